@@ -1,0 +1,6 @@
+# Baseline: Mask R-CNN with mmdet's PVT-Tiny (LayerNorm, softmax attention), COCO 1x.
+_base_ = [
+    './_base_/models/mask_rcnn_pvt_fpn.py',
+    'mmdet::_base_/datasets/coco_instance.py',
+    './_base_/schedules/pvt_adamw_1x.py',
+]
