@@ -1,0 +1,219 @@
+"""What SLAB-PVT and SLAB-Swin have in common as mmdet backbones: output norms,
+frozen stages, ``norm_eval``, weight initialisation / pretrained loading, and the
+switch to the fused deploy structure."""
+import math
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.logging import MMLogger
+from mmengine.model import BaseModule
+from mmengine.model.weight_init import trunc_normal_
+from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from ...deploy.fusion import ChannelAffine, norm_to_channel_affine
+from ..layers.prepbn import PRepBN
+from ..layers.transformer import build_token_norm, check_deployable_norm_cfg
+
+# Learned positional tables laid out on a grid: (1, h*w, C), resized in 2-D on load.
+GRID_TABLES = ('pos_embed', 'positional_encoding')
+
+
+def _check_choice(name, value, valid):
+    if value not in valid:
+        raise ValueError(f'{name} must be one of {sorted(valid)}, got {value!r}')
+
+
+class SLABBackboneBase(BaseModule):
+    """Base class of the SLAB backbones.
+
+    Subclasses build their stages, then call :meth:`_init_outputs`, and implement
+    :meth:`_frozen_modules` (the modules frozen by ``frozen_stages``).
+
+    Args (shared by the subclasses):
+        out_indices (Sequence[int]): Stages whose outputs are returned.
+        frozen_stages (int): -1 freezes nothing; 0 the stem (patch embedding);
+            k >= 1 the stem and stages 0..k-1 with their output norms (eval mode,
+            no gradients).
+        norm_eval (bool): Keep every BatchNorm (inside RepBN/PRepBN too) in eval mode
+            during training (frozen running statistics).
+        norm_cfg (dict): The token norm everywhere in the backbone.
+        deploy (bool): Build the fused structure that :meth:`switch_to_deploy` leaves:
+            no norm layers (they are folded into the neighbouring linear/conv
+            layers), so a fused checkpoint loads strictly.
+        out_norms_folded (bool): Deploy only: the output norms were folded into the
+            neck (what ``fuse_detector`` does for FPN), so none is built; otherwise each
+            stays as a fixed per-channel :class:`ChannelAffine`.
+    """
+
+    def __init__(self, num_stages, out_indices, frozen_stages, norm_eval, norm_cfg, deploy, out_norms_folded,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        name = type(self).__name__
+        out_indices = tuple(out_indices) if not isinstance(out_indices, int) else (out_indices,)
+        if not out_indices or any(not 0 <= i < num_stages for i in out_indices):
+            raise ValueError(f'{name}: out_indices must be stage indices in [0, {num_stages - 1}], got {out_indices}')
+        if not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'{name}: frozen_stages must be in [-1, {num_stages}], got {frozen_stages}')
+        if out_norms_folded and not deploy:
+            raise ValueError(f'{name}: out_norms_folded=True only makes sense with deploy=True')
+        check_deployable_norm_cfg(norm_cfg, deploy, name)
+        if init_cfg is not None and init_cfg.get('type') != 'Pretrained':
+            raise ValueError(f"{name}: init_cfg must be None or dict(type='Pretrained', checkpoint=...), "
+                             f'got {init_cfg}')
+        self.out_indices = out_indices
+        self.frozen_stages = frozen_stages
+        self.norm_eval = norm_eval
+        self.norm_cfg = norm_cfg
+        self.deploy = deploy
+        self.out_norms_folded = out_norms_folded
+
+    # --- outputs ---------------------------------------------------------------------------
+    def _init_outputs(self, stage_channels):
+        """Create the output norms ``norm{i}`` for the stages in ``out_indices``."""
+        self.num_features = list(stage_channels)
+        for i in self.out_indices:
+            if not self.deploy:
+                norm = build_token_norm(self.norm_cfg, stage_channels[i])
+            elif self.out_norms_folded:
+                norm = nn.Identity()
+            else:
+                norm = ChannelAffine(stage_channels[i])
+            self.add_module(f'norm{i}', norm)
+
+    def _output(self, i, tokens, hw_shape):
+        """Stage i's output norm applied to its tokens, as a (B, C, H, W) map."""
+        x = getattr(self, f'norm{i}')(tokens)
+        b, _, c = x.shape
+        return x.transpose(1, 2).reshape(b, c, hw_shape[0], hw_shape[1])
+
+    # --- training modes --------------------------------------------------------------------
+    def _frozen_modules(self):
+        """The modules that ``frozen_stages`` freezes (subclasses)."""
+        raise NotImplementedError
+
+    def _freeze_stages(self):
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def train(self, mode=True):
+        super().train(mode)
+        self._freeze_stages()
+        if mode and self.norm_eval:
+            for m in self.modules():
+                if isinstance(m, _BatchNorm):
+                    m.eval()
+        return self
+
+    # --- weights ---------------------------------------------------------------------------
+    def init_weights(self):
+        logger = MMLogger.get_current_instance()
+        if self.init_cfg is None:
+            logger.info(f'{type(self).__name__}: no pretrained weights, training from scratch')
+            self._init_from_scratch()
+        else:
+            self._init_from_scratch()  # anything the checkpoint lacks starts from the usual init
+            self.load_pretrained(self.init_cfg['checkpoint'], logger)
+        self._is_init = True
+
+    def _init_from_scratch(self):
+        for name, p in self.named_parameters(recurse=True):
+            leaf = name.rsplit('.', 1)[-1]
+            if leaf in ('pos_embed', 'relative_position_bias_table'):
+                trunc_normal_(p, std=.02)
+            elif leaf == 'positional_encoding':
+                nn.init.zeros_(p)   # as in the reference SLA
+        for m in self.modules():
+            if isinstance(m, nn.Linear):
+                trunc_normal_(m.weight, std=.02)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
+                nn.init.normal_(m.weight, 0, math.sqrt(2.0 / fan_out))
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    def load_pretrained(self, checkpoint, logger=None):
+        """Load backbone weights (our layout, e.g. written by tools/convert_checkpoint.py).
+
+        Accepts ``{'state_dict': ...}``, ``{'model': ...}`` or a bare state dict; strips a
+        ``backbone.`` / ``module.`` prefix (so a detector checkpoint works too), resizes
+        positional tables and relative position bias tables whose grid differs, and
+        logs the keys it did not load.
+        """
+        logger = logger or MMLogger.get_current_instance()
+        ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu', logger=logger)
+        state_dict = ckpt.get('state_dict', ckpt.get('model', ckpt)) if isinstance(ckpt, dict) else ckpt
+        if any(k.startswith('backbone.') for k in state_dict):
+            state_dict = OrderedDict((k[9:], v) for k, v in state_dict.items() if k.startswith('backbone.'))
+        state_dict = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state_dict.items())
+        own = self.state_dict()
+        for key, value in list(state_dict.items()):
+            if key in own and own[key].shape != value.shape:
+                leaf = key.rsplit('.', 1)[-1]
+                if leaf in GRID_TABLES:
+                    state_dict[key] = _resize_grid_table(value, own[key].shape[1])
+                elif leaf == 'relative_position_bias_table':
+                    state_dict[key] = _resize_bias_table(value, own[key].shape[0])
+                else:
+                    continue  # load_state_dict reports the mismatch
+                logger.info(f'{type(self).__name__}: resized {key} from {tuple(value.shape)} '
+                            f'to {tuple(own[key].shape)}')
+        load_state_dict(self, state_dict, strict=False, logger=logger)
+
+    # --- deployment ------------------------------------------------------------------------
+    def switch_to_deploy(self):
+        """Fold every norm into its neighbouring layer (mmpretrain's re-parameterisation
+        convention). Output norms become fixed :class:`ChannelAffine` layers (the
+        detector-level ``fuse_detector`` folds them into the neck where it can).
+        Refuses a model with a LayerNorm or a PRepBN that is still annealing (g > 0)."""
+        if self.deploy:
+            return
+        # Validate everything before changing anything, so a refusal leaves the model intact.
+        check_deployable_norm_cfg(self.norm_cfg, True, f'{type(self).__name__}.switch_to_deploy')
+        for name, g in ((n, m._g) for n, m in self.named_modules() if isinstance(m, PRepBN)):
+            if g != 0.0:
+                raise ValueError(
+                    f'{type(self).__name__}.switch_to_deploy: {name} is a PRepBN with g = {g:.6g} > 0, '
+                    f'i.e. still (partly) a LayerNorm, which cannot be folded. Finish the annealing '
+                    f'(PRepBNHook) so that g = 0 everywhere before fusing.')
+        self._deploy_children(self, '')
+        for i in self.out_indices:
+            setattr(self, f'norm{i}', norm_to_channel_affine(getattr(self, f'norm{i}'), f'norm{i}'))
+        self.deploy = True
+
+    @classmethod
+    def _deploy_children(cls, module, prefix):
+        for name, child in module.named_children():
+            full = f'{prefix}{name}'
+            if hasattr(child, 'switch_to_deploy'):
+                child.switch_to_deploy(full)
+            else:
+                cls._deploy_children(child, full + '.')
+
+
+def _resize_grid_table(table, num_tokens):
+    """(1, n0, C) on a square grid -> (1, num_tokens, C) on a square grid."""
+    src, dst = math.isqrt(table.shape[1]), math.isqrt(num_tokens)
+    if src * src != table.shape[1] or dst * dst != num_tokens:
+        raise ValueError(f'cannot resize a positional table of {table.shape[1]} tokens to {num_tokens}: '
+                         'only square grids are resized')
+    grid = table.reshape(1, src, src, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(dst, dst), mode='bicubic', align_corners=False)
+    return grid.flatten(2).transpose(1, 2)
+
+
+def _resize_bias_table(table, length):
+    """Swin relative position bias table ((2w-1)^2, heads) -> (length, heads), bicubic."""
+    src, dst = math.isqrt(table.shape[0]), math.isqrt(length)
+    grid = table.permute(1, 0).reshape(1, -1, src, src)
+    grid = F.interpolate(grid, size=(dst, dst), mode='bicubic', align_corners=False)
+    return grid.reshape(-1, length).permute(1, 0)

@@ -1,0 +1,177 @@
+"""SLAB-PVT: the Pyramid Vision Transformer (v1) with simplified linear attention and
+PRepBN, as an mmdet backbone that runs at any detection resolution."""
+import torch
+import torch.nn as nn
+from mmengine.model import ModuleList
+from mmdet.registry import MODELS
+
+from ..layers.attention import SpatialReductionAttention, SpatialReductionLinearAttention
+from ..layers.transformer import PatchEmbed, PreNormBlock, nlc_to_nchw, resize_pos_table
+from .base import SLABBackboneBase, _check_choice
+
+
+class PVTStage(nn.Module):
+    """One PVT stage: patch embedding, a learned positional embedding, transformer blocks."""
+
+    def __init__(self, patch_embed, pos_grid, embed_dims, blocks, drop_rate):
+        super().__init__()
+        self.patch_embed = patch_embed
+        self.pos_grid = tuple(pos_grid)
+        self.pos_embed = nn.Parameter(torch.zeros(1, pos_grid[0] * pos_grid[1], embed_dims))
+        self.pos_drop = nn.Dropout(drop_rate)
+        self.blocks = blocks
+
+
+@MODELS.register_module()
+class SLABPyramidVisionTransformer(SLABBackboneBase):
+    """SLAB-PVT (and PVT-PRepBN) backbone.
+
+    PVT v1 (Wang et al., 2021) with the SLAB paper's simplified linear attention
+    ('L') or PVT's softmax spatial-reduction attention ('S') per stage, and PRepBN
+    norms that the :class:`~slab_mmdet.engine.PRepBNHook` anneals from LayerNorm to
+    re-parameterisable BatchNorm. ``attn_types='LLLL'`` is SLAB-PVT, ``'SSSS'`` is
+    PVT-PRepBN (the paper's Table 3 rows); ``norm_cfg=dict(type='LN', eps=1e-6)``
+    gives the LayerNorm model.
+
+    Any input of at least 32 x 32 pixels works, square or not, divisible by 32 or
+    not: patch embeddings pad to their stride, positional embeddings and SLA
+    positional encodings are stored at the pre-training grid and resized in 2-D to
+    the actual grid.
+
+    Args:
+        arch (str | dict): 'tiny', 'small', 'medium', or a dict with the keys of
+            ``arch_zoo`` entries (embed_dims, num_heads, mlp_ratios, sr_ratios, depths).
+        attn_types (str): One letter per stage: 'L' (SLA) or 'S' (softmax). Default 'LLLL'.
+        la_sr_ratios (Sequence[int]): Spatial reduction of keys/values in 'L' stages.
+            The released SLAB-PVT weights use none: (1, 1, 1, 1) (default).
+        in_channels (int): Image channels. Default 3.
+        pretrain_img_size (int): Input size of the pre-training; sets the grids of the
+            positional tables. Default 224.
+        patch_size (int): Stride of the first patch embedding. Default 4.
+        qkv_bias (bool): Bias in the q/kv projections. Default True.
+        drop_rate (float): Dropout after positional embeddings and in MLPs/projections.
+        attn_drop_rate (float): Attention dropout ('S' stages only; SLA has no
+            attention matrix to drop).
+        drop_path_rate (float): Stochastic depth, increasing linearly over blocks.
+        kernel_size (int): Kernel of SLA's depth-wise conv on V. Default 5.
+        act_cfg (dict): MLP activation.
+        norm_cfg (dict): Norm everywhere. Default ``dict(type='PRepBN', eps=1e-6)``
+            (LayerNorm eps of the reference SLAB-PVT models).
+        out_indices, frozen_stages, norm_eval, deploy, out_norms_folded: see
+            :class:`SLABBackboneBase`.
+        with_cp (bool): Activation checkpointing in every block.
+        init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=...)`` or None.
+    """
+    arch_zoo = {
+        'tiny': dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
+                     sr_ratios=(8, 4, 2, 1), depths=(2, 2, 2, 2)),
+        'small': dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
+                      sr_ratios=(8, 4, 2, 1), depths=(3, 4, 6, 3)),
+        'medium': dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
+                       sr_ratios=(8, 4, 2, 1), depths=(3, 4, 18, 3)),
+    }
+    MIN_INPUT_SIZE = 32
+
+    def __init__(self,
+                 arch='small',
+                 attn_types='LLLL',
+                 la_sr_ratios=(1, 1, 1, 1),
+                 in_channels=3,
+                 pretrain_img_size=224,
+                 patch_size=4,
+                 qkv_bias=True,
+                 drop_rate=0.,
+                 attn_drop_rate=0.,
+                 drop_path_rate=0.1,
+                 kernel_size=5,
+                 act_cfg=dict(type='GELU'),
+                 norm_cfg=dict(type='PRepBN', eps=1e-6),
+                 out_indices=(0, 1, 2, 3),
+                 frozen_stages=-1,
+                 norm_eval=False,
+                 with_cp=False,
+                 deploy=False,
+                 out_norms_folded=False,
+                 init_cfg=None):
+        arch = self._resolve_arch(arch)
+        num_stages = len(arch['depths'])
+        super().__init__(num_stages, out_indices, frozen_stages, norm_eval, norm_cfg, deploy, out_norms_folded,
+                         init_cfg)
+        name = type(self).__name__
+        if len(attn_types) != num_stages or set(attn_types) - {'L', 'S'}:
+            raise ValueError(f"{name}: attn_types needs one letter per stage ({num_stages}), each 'L' (SLA) "
+                             f"or 'S' (softmax), got {attn_types!r}")
+        if len(la_sr_ratios) != num_stages or any(int(r) < 1 for r in la_sr_ratios):
+            raise ValueError(f'{name}: la_sr_ratios needs {num_stages} integers >= 1, got {la_sr_ratios}')
+        self.arch = arch
+        self.attn_types = attn_types
+        self.with_cp = with_cp
+
+        depths = arch['depths']
+        drop_path = [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths))]
+        self.stages = ModuleList()
+        grid = pretrain_img_size // patch_size
+        prev_dims, cur = in_channels, 0
+        for i in range(num_stages):
+            dims, heads = arch['embed_dims'][i], arch['num_heads'][i]
+            if i > 0:
+                grid //= 2
+            sr = int(la_sr_ratios[i]) if attn_types[i] == 'L' else arch['sr_ratios'][i]
+            blocks = ModuleList()
+            for j in range(depths[i]):
+                if attn_types[i] == 'L':
+                    attn = SpatialReductionLinearAttention(
+                        dims, heads, pos_grid=(grid // sr, grid // sr), sr_ratio=sr, qkv_bias=qkv_bias,
+                        proj_drop=drop_rate, kernel_size=kernel_size, norm_cfg=norm_cfg, deploy=deploy)
+                else:
+                    attn = SpatialReductionAttention(
+                        dims, heads, sr_ratio=sr, qkv_bias=qkv_bias, attn_drop=attn_drop_rate,
+                        proj_drop=drop_rate, norm_cfg=norm_cfg, deploy=deploy)
+                blocks.append(PreNormBlock(dims, attn, int(dims * arch['mlp_ratios'][i]), norm_cfg, drop=drop_rate,
+                                           drop_path=drop_path[cur + j], act_cfg=act_cfg, with_cp=with_cp,
+                                           deploy=deploy))
+            cur += depths[i]
+            patch_embed = PatchEmbed(prev_dims, dims, patch_size if i == 0 else 2, norm_cfg, deploy)
+            self.stages.append(PVTStage(patch_embed, (grid, grid), dims, blocks, drop_rate))
+            prev_dims = dims
+        self._init_outputs(arch['embed_dims'])
+
+    @classmethod
+    def _resolve_arch(cls, arch):
+        keys = ('embed_dims', 'num_heads', 'mlp_ratios', 'sr_ratios', 'depths')
+        if isinstance(arch, str):
+            _check_choice('arch', arch, cls.arch_zoo)
+            return cls.arch_zoo[arch]
+        if not isinstance(arch, dict) or set(arch) != set(keys):
+            raise ValueError(f'arch must be one of {sorted(cls.arch_zoo)} or a dict with exactly the keys {keys}, '
+                             f'got {arch!r}')
+        lengths = {len(arch[k]) for k in keys}
+        if len(lengths) != 1:
+            raise ValueError(f'arch: {keys} must all have one entry per stage, got {arch!r}')
+        return {k: tuple(arch[k]) for k in keys}
+
+    def _frozen_modules(self):
+        if self.frozen_stages < 0:
+            return []
+        modules = [self.stages[0].patch_embed]
+        for i in range(self.frozen_stages):
+            modules.append(self.stages[i])
+            if i in self.out_indices:
+                modules.append(getattr(self, f'norm{i}'))
+        return modules
+
+    def forward(self, x):
+        h, w = x.shape[-2:]
+        if min(h, w) < self.MIN_INPUT_SIZE:
+            raise ValueError(f'{type(self).__name__}: inputs must be at least {self.MIN_INPUT_SIZE}x'
+                             f'{self.MIN_INPUT_SIZE} pixels (mmdet pads to 32), got {h}x{w}')
+        outs = []
+        for i, stage in enumerate(self.stages):
+            tokens, hw_shape = stage.patch_embed(x)
+            tokens = stage.pos_drop(tokens + resize_pos_table(stage.pos_embed, stage.pos_grid, hw_shape))
+            for block in stage.blocks:
+                tokens = block(tokens, hw_shape)
+            if i in self.out_indices:
+                outs.append(self._output(i, tokens, hw_shape))
+            x = nlc_to_nchw(tokens, hw_shape)
+        return tuple(outs)

@@ -1,0 +1,159 @@
+"""Simplified linear attention (SLA) and the spatial-reduction attentions of SLAB-PVT.
+
+SLA (SLAB paper, Sec. 4.2): ``Attn(Q, K, V) = phi(Q) (phi(K)^T V) / (phi(Q) sum_j phi(K_j))``
+with ``phi = ReLU``, computed right to left so that it is linear in the number of
+tokens -- no N x N_kv matrix is ever formed -- plus a depth-wise convolution on V
+that restores local detail. :func:`relu_linear_attention` and
+:func:`grouped_relu_linear_attention` are the maths, shared with the window
+attention of SLAB-Swin; :class:`ValueDWConv` is the depth-wise branch.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from mmengine.model import BaseModule
+
+from ...deploy.fusion import fold_norm
+from .transformer import build_token_norm, nchw_to_nlc, nlc_to_nchw, resize_pos_table
+
+SLA_EPS = 1e-6  # added to the normaliser, as in the reference implementation
+
+
+def relu_linear_attention(q, k, v, eps=SLA_EPS):
+    """``q (k^T v) / (q . sum_j k_j + eps)`` for non-negative q (..., N, d), k (..., M, d), v (..., M, e)."""
+    kv = k.transpose(-2, -1) @ v                                   # (..., d, e)
+    normaliser = q @ k.sum(dim=-2).unsqueeze(-1)                    # (..., N, 1)
+    return (q @ kv) / (normaliser + eps)
+
+
+def grouped_relu_linear_attention(q, k, v, groups, eps=SLA_EPS):
+    """Linear attention where each token only sees the tokens of its own group.
+
+    Args:
+        q, k, v: (B, W, h, N, d) -- W windows of N tokens, h heads.
+        groups: (W, N, R) one-hot float membership of each token in R groups; a token
+            whose row is all zero belongs to no group: it is never attended to and its
+            own output is 0 (used for padding).
+    """
+    kv = torch.einsum('bwhmd,wmr,bwhme->bwhrde', k, groups, v)
+    k_sum = torch.einsum('bwhmd,wmr->bwhrd', k, groups)
+    q_grouped = torch.einsum('bwhnd,wnr->bwhnrd', q, groups)
+    numerator = torch.einsum('bwhnrd,bwhrde->bwhne', q_grouped, kv)
+    normaliser = torch.einsum('bwhnrd,bwhrd->bwhn', q_grouped, k_sum).unsqueeze(-1)
+    return numerator / (normaliser + eps)
+
+
+def split_heads(x, num_heads):
+    """(B, N, h*d) -> (B, h, N, d)."""
+    b, n, c = x.shape
+    return x.reshape(b, n, num_heads, c // num_heads).transpose(1, 2)
+
+
+def merge_heads(x):
+    """(B, h, N, d) -> (B, N, h*d)."""
+    b, h, n, d = x.shape
+    return x.transpose(1, 2).reshape(b, n, h * d)
+
+
+class ValueDWConv(nn.Module):
+    """SLA's depth-wise conv on V: one k x k kernel per head channel, shared by all heads."""
+
+    def __init__(self, head_dim, kernel_size=5):
+        super().__init__()
+        self.dwc = nn.Conv2d(head_dim, head_dim, kernel_size, padding=kernel_size // 2, groups=head_dim)
+
+    def forward(self, v, hw_shape):
+        """v: (B, h, H*W, d) laid out on an H x W grid -> (B, h, H*W, d)."""
+        b, h, n, d = v.shape
+        grid = v.reshape(b * h, hw_shape[0], hw_shape[1], d).permute(0, 3, 1, 2)
+        return self.dwc(grid).permute(0, 2, 3, 1).reshape(b, h, n, d)
+
+
+class SpatialReductionAttentionBase(BaseModule):
+    """Projections shared by PVT's attentions: q from all tokens; k and v from tokens
+    spatially reduced by a stride-``sr_ratio`` conv followed by a norm (when sr_ratio > 1)."""
+
+    def __init__(self, embed_dims, num_heads, sr_ratio=1, qkv_bias=True, proj_drop=0.,
+                 norm_cfg=dict(type='PRepBN', eps=1e-6), deploy=False, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        if embed_dims % num_heads:
+            raise ValueError(f'embed_dims {embed_dims} is not divisible by num_heads {num_heads}')
+        self.embed_dims, self.num_heads, self.sr_ratio = embed_dims, num_heads, sr_ratio
+        self.q = nn.Linear(embed_dims, embed_dims, bias=qkv_bias)
+        self.kv = nn.Linear(embed_dims, embed_dims * 2, bias=qkv_bias)
+        if sr_ratio > 1:
+            self.sr = nn.Conv2d(embed_dims, embed_dims, kernel_size=sr_ratio, stride=sr_ratio)
+            self.norm = build_token_norm(norm_cfg, embed_dims, deploy)
+        self.proj = nn.Linear(embed_dims, embed_dims)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def input_layers(self):
+        """The layers that read this module's input (a preceding norm folds into them)."""
+        return [self.q, self.sr if self.sr_ratio > 1 else self.kv]
+
+    def keys_values(self, x, hw_shape):
+        """k and v (B, M, C) and the grid (h, w) they live on."""
+        if self.sr_ratio > 1:
+            reduced = self.sr(nlc_to_nchw(x, hw_shape))
+            kv_hw = (reduced.shape[2], reduced.shape[3])
+            x = self.norm(nchw_to_nlc(reduced))
+        else:
+            kv_hw = hw_shape
+        k, v = self.kv(x).chunk(2, dim=-1)
+        return k, v, kv_hw
+
+    def switch_to_deploy(self, name='attn'):
+        if self.sr_ratio > 1 and not isinstance(self.norm, nn.Identity):
+            self.norm = fold_norm(self.norm, f'{name}.norm', next_layers=[self.kv])
+
+
+class SpatialReductionAttention(SpatialReductionAttentionBase):
+    """PVT's softmax spatial-reduction attention (``'S'`` in ``attn_types``)."""
+
+    def __init__(self, embed_dims, num_heads, sr_ratio=1, qkv_bias=True, attn_drop=0., proj_drop=0.,
+                 norm_cfg=dict(type='PRepBN', eps=1e-6), deploy=False, init_cfg=None):
+        super().__init__(embed_dims, num_heads, sr_ratio, qkv_bias, proj_drop, norm_cfg, deploy, init_cfg)
+        self.attn_drop = attn_drop
+
+    def forward(self, x, hw_shape):
+        k, v, _ = self.keys_values(x, hw_shape)
+        q, k, v = (split_heads(t, self.num_heads) for t in (self.q(x), k, v))
+        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.)
+        return self.proj_drop(self.proj(merge_heads(out)))
+
+
+class SpatialReductionLinearAttention(SpatialReductionAttentionBase):
+    """SLA with PVT's (optional) spatial reduction of keys and values (``'L'`` in ``attn_types``).
+
+    As in the reference model: a learned positional encoding is added to the keys
+    (after the kv projection, before the ReLU); it is stored on the keys' grid at the
+    pre-training size and resized in 2-D to the actual grid. The depth-wise conv acts
+    on V on the queries' (H, W) grid; when keys/values are spatially reduced, V is
+    first resized to H*W tokens by 1-D linear interpolation along the flattened token
+    sequence -- what the reference does at 224x224, generalised to any size.
+
+    Args:
+        pos_grid (tuple[int]): Grid (h, w) of the positional encoding, i.e. the keys'
+            grid at the pre-training input size.
+        kernel_size (int): Kernel of the depth-wise conv on V. Default: 5.
+    """
+
+    def __init__(self, embed_dims, num_heads, pos_grid, sr_ratio=1, qkv_bias=True, proj_drop=0.,
+                 kernel_size=5, norm_cfg=dict(type='PRepBN', eps=1e-6), deploy=False, init_cfg=None):
+        super().__init__(embed_dims, num_heads, sr_ratio, qkv_bias, proj_drop, norm_cfg, deploy, init_cfg)
+        self.pos_grid = tuple(pos_grid)
+        self.positional_encoding = nn.Parameter(torch.zeros(1, self.pos_grid[0] * self.pos_grid[1], embed_dims))
+        self.value_conv = ValueDWConv(embed_dims // num_heads, kernel_size)
+
+    def forward(self, x, hw_shape):
+        k, v, kv_hw = self.keys_values(x, hw_shape)
+        q = F.relu(self.q(x))
+        k = F.relu(k + resize_pos_table(self.positional_encoding, self.pos_grid, kv_hw))
+        q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            out = relu_linear_attention(q.float(), k.float(), v.float())
+        if self.sr_ratio > 1:
+            b, h, m, d = v.shape
+            v = F.interpolate(v.reshape(b * h, m, d).transpose(1, 2), size=hw_shape[0] * hw_shape[1],
+                              mode='linear', align_corners=False).transpose(1, 2).reshape(b, h, -1, d)
+        out = out.to(v.dtype) + self.value_conv(v, hw_shape)
+        return self.proj_drop(self.proj(merge_heads(out)))

@@ -1,0 +1,169 @@
+"""Pieces shared by the SLAB-PVT and SLAB-Swin backbones.
+
+* :func:`build_token_norm`: the PRepBN plumbing -- builds a norm from ``norm_cfg``, or
+  nothing (``nn.Identity``) in deploy mode, where it has been folded away.
+* :class:`Mlp`, :class:`PatchEmbed`, :class:`PreNormBlock`: the transformer parts.
+* Token/grid helpers: :func:`nlc_to_nchw`, :func:`nchw_to_nlc`, :func:`resize_pos_table`,
+  :func:`pad_to_multiple`.
+
+Every module that owns a norm implements ``switch_to_deploy()``, which folds the norm
+into its neighbour (see :mod:`slab_mmdet.deploy.fusion`) and leaves the structure that
+``deploy=True`` builds directly.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torch.utils.checkpoint as cp
+from mmcv.cnn import build_activation_layer, build_norm_layer
+from mmcv.cnn.bricks import DropPath
+from mmengine.model import BaseModule
+
+from ...deploy.fusion import fold_norm
+
+
+def build_token_norm(norm_cfg, num_features, deploy=False):
+    """A norm over the channels of (B, N, C) tokens, or ``nn.Identity`` when ``deploy``."""
+    if deploy:
+        return nn.Identity()
+    return build_norm_layer(norm_cfg, num_features)[1]
+
+
+def check_deployable_norm_cfg(norm_cfg, deploy, owner):
+    """Refuse ``deploy=True`` with a norm that fusion can never remove (e.g. LayerNorm)."""
+    if deploy and norm_cfg.get('type') not in ('PRepBN', 'RepBN', 'BN', 'BN1d', 'SyncBN'):
+        raise ValueError(
+            f'{owner}: deploy=True builds the fused structure, which needs a foldable norm '
+            f"(PRepBN, RepBN or BN); norm_cfg type {norm_cfg.get('type')!r} cannot be folded")
+
+
+def nlc_to_nchw(x, hw_shape):
+    h, w = hw_shape
+    b, n, c = x.shape
+    assert n == h * w, f'{n} tokens do not make a {h}x{w} grid'
+    return x.transpose(1, 2).reshape(b, c, h, w)
+
+
+def nchw_to_nlc(x):
+    return x.flatten(2).transpose(1, 2)
+
+
+def resize_pos_table(table, src_hw, dst_hw, mode='bilinear'):
+    """Resize a (1, h0*w0, C) positional table laid out on an h0 x w0 grid to (1, H*W, C).
+
+    Returns the table itself when the grids match (so pretraining-size inputs see
+    exactly the trained values).
+    """
+    if tuple(src_hw) == tuple(dst_hw):
+        return table
+    c = table.shape[-1]
+    grid = table.reshape(1, src_hw[0], src_hw[1], c).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=tuple(dst_hw), mode=mode, align_corners=False)
+    return grid.flatten(2).transpose(1, 2)
+
+
+def pad_to_multiple(x, multiple, channels_last=True):
+    """Zero-pad the bottom/right of a grid to multiples of ``multiple`` (int or (mh, mw)).
+
+    ``x`` is (B, H, W, C) when ``channels_last`` else (B, C, H, W). Returns the padded
+    tensor and the padding (pad_h, pad_w).
+    """
+    mh, mw = (multiple, multiple) if isinstance(multiple, int) else multiple
+    h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
+    pad_h, pad_w = (-h) % mh, (-w) % mw
+    if pad_h or pad_w:
+        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h))
+    return x, (pad_h, pad_w)
+
+
+class Mlp(BaseModule):
+    """The transformer feed-forward network: fc1 -> activation -> dropout -> fc2 -> dropout."""
+
+    def __init__(self, in_features, hidden_features, act_cfg=dict(type='GELU'), drop=0., init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.fc1 = nn.Linear(in_features, hidden_features)
+        self.act = build_activation_layer(act_cfg)
+        self.fc2 = nn.Linear(hidden_features, in_features)
+        self.drop = nn.Dropout(drop)
+
+    def forward(self, x):
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+
+class PatchEmbed(BaseModule):
+    """Non-overlapping patch embedding: conv (kernel = stride) then a post-norm.
+
+    The input is zero-padded at the bottom/right to a multiple of the stride, so no
+    pixel is dropped at any input size (at sizes divisible by the stride this is the
+    plain conv of the reference models).
+
+    Args:
+        in_channels (int): Input channels.
+        embed_dims (int): Output channels.
+        patch_size (int): Kernel size and stride.
+        norm_cfg (dict | None): The post-norm (None: no norm).
+        deploy (bool): Build the fused structure (no norm).
+    """
+
+    def __init__(self, in_channels, embed_dims, patch_size, norm_cfg=None, deploy=False, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.patch_size = patch_size
+        self.proj = nn.Conv2d(in_channels, embed_dims, kernel_size=patch_size, stride=patch_size)
+        self.norm = build_token_norm(norm_cfg, embed_dims, deploy) if norm_cfg is not None else nn.Identity()
+
+    def forward(self, x):
+        """(B, C, H, W) -> tokens (B, N, C) and their grid (H', W')."""
+        x, _ = pad_to_multiple(x, self.patch_size, channels_last=False)
+        x = self.proj(x)
+        hw_shape = (x.shape[2], x.shape[3])
+        return self.norm(nchw_to_nlc(x)), hw_shape
+
+    def switch_to_deploy(self, name='patch_embed'):
+        if not isinstance(self.norm, nn.Identity):
+            self.norm = fold_norm(self.norm, f'{name}.norm', previous_layer=self.proj)
+
+
+class PreNormBlock(BaseModule):
+    """A pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
+
+    ``attn`` is any module called as ``attn(x, hw_shape)`` that lists the layers reading
+    its input in ``attn.input_layers()`` (where ``norm1`` is folded in deploy mode).
+
+    Args:
+        embed_dims (int): Channels C.
+        attn (nn.Module): The token mixer.
+        mlp_hidden (int): Hidden channels of the MLP.
+        norm_cfg (dict): Config of norm1/norm2.
+        drop (float): Dropout in the MLP.
+        drop_path (float): Stochastic depth rate of both residual branches.
+        act_cfg (dict): MLP activation.
+        with_cp (bool): Activation checkpointing (saves memory, costs a recompute).
+        deploy (bool): Build the fused structure (no norms).
+    """
+
+    def __init__(self, embed_dims, attn, mlp_hidden, norm_cfg, drop=0., drop_path=0.,
+                 act_cfg=dict(type='GELU'), with_cp=False, deploy=False, init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        self.norm1 = build_token_norm(norm_cfg, embed_dims, deploy)
+        self.attn = attn
+        self.norm2 = build_token_norm(norm_cfg, embed_dims, deploy)
+        self.mlp = Mlp(embed_dims, mlp_hidden, act_cfg, drop)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.with_cp = with_cp
+
+    def _forward(self, x, hw_shape):
+        x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward(self, x, hw_shape):
+        if self.with_cp and x.requires_grad:
+            # Non-reentrant checkpointing works with DDP's find_unused_parameters.
+            return cp.checkpoint(self._forward, x, hw_shape, use_reentrant=False)
+        return self._forward(x, hw_shape)
+
+    def switch_to_deploy(self, name='block'):
+        if not isinstance(self.norm1, nn.Identity):
+            self.norm1 = fold_norm(self.norm1, f'{name}.norm1', next_layers=self.attn.input_layers())
+        if not isinstance(self.norm2, nn.Identity):
+            self.norm2 = fold_norm(self.norm2, f'{name}.norm2', next_layers=[self.mlp.fc1])
+        if hasattr(self.attn, 'switch_to_deploy'):
+            self.attn.switch_to_deploy(f'{name}.attn')
