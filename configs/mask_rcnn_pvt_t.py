@@ -4,3 +4,7 @@ _base_ = [
     'mmdet::_base_/datasets/coco_instance.py',
     './_base_/schedules/pvt_adamw_1x.py',
 ]
+model = dict(
+    backbone=dict(
+        num_layers=[2, 2, 2, 2],
+        init_cfg=dict(type='Pretrained', checkpoint='https://github.com/whai362/PVT/releases/download/v2/pvt_tiny.pth')))

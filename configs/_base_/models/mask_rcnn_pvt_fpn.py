@@ -7,6 +7,5 @@ model = dict(
     backbone=dict(
         _delete_=True,
         type='PyramidVisionTransformer',
-        num_layers=[2, 2, 2, 2],
-        init_cfg=None),
+        num_layers=[2, 2, 2, 2]),
     neck=dict(in_channels=[64, 128, 320, 512]))
