@@ -1,5 +1,6 @@
+from .fuse import count_norm_layers, deploy_config, fuse_detector
 from .fusion import (ChannelAffine, fold_into_next, fold_into_previous, fold_norm, is_foldable_norm, norm_affine,
                      norm_to_channel_affine)
 
-__all__ = ['ChannelAffine', 'fold_into_next', 'fold_into_previous', 'fold_norm', 'is_foldable_norm', 'norm_affine',
-           'norm_to_channel_affine']
+__all__ = ['ChannelAffine', 'count_norm_layers', 'deploy_config', 'fold_into_next', 'fold_into_previous', 'fold_norm',
+           'fuse_detector', 'is_foldable_norm', 'norm_affine', 'norm_to_channel_affine']

@@ -42,6 +42,12 @@ def grouped_relu_linear_attention(q, k, v, groups, eps=SLA_EPS):
     return numerator / (normaliser + eps)
 
 
+def at_least_fp32(*tensors):
+    """SLA's sums over all tokens run in (at least) float32, also under mixed precision."""
+    dtype = torch.promote_types(tensors[0].dtype, torch.float32)
+    return tuple(t.to(dtype) for t in tensors)
+
+
 def split_heads(x, num_heads):
     """(B, N, h*d) -> (B, h, N, d)."""
     b, n, c = x.shape
@@ -150,7 +156,7 @@ class SpatialReductionLinearAttention(SpatialReductionAttentionBase):
         k = F.relu(k + resize_pos_table(self.positional_encoding, self.pos_grid, kv_hw))
         q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = relu_linear_attention(q.float(), k.float(), v.float())
+            out = relu_linear_attention(*at_least_fp32(q, k, v))
         if self.sr_ratio > 1:
             b, h, m, d = v.shape
             v = F.interpolate(v.reshape(b * h, m, d).transpose(1, 2), size=hw_shape[0] * hw_shape[1],

@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
-from .attention import (SLA_EPS, ValueDWConv, grouped_relu_linear_attention, merge_heads,
+from .attention import (SLA_EPS, ValueDWConv, at_least_fp32, grouped_relu_linear_attention, merge_heads,
                         relu_linear_attention, split_heads)
 from .transformer import pad_to_multiple
 
@@ -128,12 +128,12 @@ class WindowLinearAttention(WindowAttentionBase):
         q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))    # (B*nW, h, N, d)
         ws = (self.window_size, self.window_size)
         with torch.autocast(device_type=x.device.type, enabled=False):
-            q, k, v32 = q.float(), k.float(), v.float()
+            q, k, v32 = at_least_fp32(q, k, v)
             if region is None:
                 out = relu_linear_attention(q, k, v32)
             else:
                 # One-hot region membership; padding belongs to no region.
-                groups = F.one_hot(region, num_regions).float() * valid[..., None].float()  # (nW, N, R)
+                groups = (F.one_hot(region, num_regions) * valid[..., None]).to(q.dtype)  # (nW, N, R)
                 nw = groups.shape[0]
                 shape = (-1, nw) + q.shape[1:]
                 out = grouped_relu_linear_attention(q.view(shape), k.view(shape), v32.view(shape), groups,
