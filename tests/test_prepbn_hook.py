@@ -11,7 +11,6 @@ from helpers import ToyTokenModel, runner_log_text, single_torch_thread, toy_run
 from mmengine.hooks import Hook
 
 from slab_mmdet.engine import PRepBNHook, check_ddp_find_unused_parameters, prepbn_schedule
-from slab_mmdet.models.layers import iter_prepbn
 
 
 @pytest.fixture(autouse=True)
@@ -297,7 +296,3 @@ def test_ddp_needs_find_unused_parameters():
     with pytest.raises(ValueError, match='find_unused_parameters=False'):
         PRepBNHook(anneal_iters=3).before_train(FakeRunner())
 
-
-def test_layer_names_match_iter_prepbn():
-    model = ToyTokenModel()
-    assert [n for n, _ in iter_prepbn(model)] == ['blocks.0.0', 'blocks.1.0', 'blocks.2.0']

@@ -185,6 +185,7 @@ class PRepBNHook(Hook):
         self.max_iters = None
         self.accumulative_counts = 1
         self.start_values = None  # {PRepBN name: g at iteration 0}
+        self._layers = []  # [(name, PRepBN)], found in before_train
         self._checkpoint_start_values = None  # from the last loaded checkpoint
 
     # ----------------------------------------------------------------- maths
@@ -219,7 +220,7 @@ class PRepBNHook(Hook):
         """Write g for iteration ``it`` into every PRepBN; return the largest value."""
         s = self.scale(it)
         largest = 0.0
-        for name, m in iter_prepbn(self._model(runner)):
+        for name, m in self._layers:
             g = self.start_values[name] * s
             if m._g != g:
                 m.set_g(g)
@@ -243,7 +244,7 @@ class PRepBNHook(Hook):
     # ----------------------------------------------------------------- hooks
     def before_train(self, runner):
         check_ddp_find_unused_parameters(runner.model)
-        layers = self._prepbn_layers(runner)
+        layers = self._layers = self._prepbn_layers(runner)
         self.max_iters = runner.max_iters
         if self.anneal_iters is not None:
             self.T = self.anneal_iters
@@ -271,7 +272,7 @@ class PRepBNHook(Hook):
     def after_train(self, runner):
         it = runner.iter
         s = self.scale(it)
-        layers = self._prepbn_layers(runner)
+        layers = self._layers
         wrong = [(name, m._g, self.start_values[name] * s) for name, m in layers
                  if m._g != self.start_values[name] * s]
         if wrong:
