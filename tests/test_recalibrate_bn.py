@@ -162,12 +162,12 @@ def test_hook_recalibrates_after_the_anneal(tmp_path):
     ckpt = torch.load(osp.join(tmp_path, 'bn_recalibrated_iter_8.pth'), map_location='cpu')
     assert ckpt['meta']['bn_recalibration'] == dict(iters=2, layers=3)
     assert ckpt['meta']['iter'] == 8 and ckpt['meta']['prepbn_start_g'] == {f'blocks.{i}.0': 1.0 for i in range(3)}
-    for name in bn_names:
-        torch.testing.assert_close(ckpt['state_dict'][f'{name}.running_mean'], expected[name][0])
-        torch.testing.assert_close(ckpt['state_dict'][f'{name}.running_var'], expected[name][1])
+    for name in bn_names:  # (.cpu(): the Runner puts the model on the GPU where there is one)
+        torch.testing.assert_close(ckpt['state_dict'][f'{name}.running_mean'], expected[name][0].cpu())
+        torch.testing.assert_close(ckpt['state_dict'][f'{name}.running_var'], expected[name][1].cpu())
         assert int(ckpt['state_dict'][f'{name}.num_batches_tracked']) == 2
     for key, value in model.state_dict().items():
-        torch.testing.assert_close(ckpt['state_dict'][key], value, rtol=0, atol=0, msg=key)
+        torch.testing.assert_close(ckpt['state_dict'][key], value.cpu(), rtol=0, atol=0, msg=key)
     assert any(not torch.equal(p, q) for p, q in zip(before.parameters(), model.parameters()))  # it trained
     assert 'recalibrated 3 BatchNorm layers over 2 batches' in runner_log_text(runner)
 

@@ -216,7 +216,7 @@ class PRepBNHook(Hook):
                 f'in the config, or remove the PRepBNHook from custom_hooks.')
         return layers
 
-    def _set_g(self, runner, it):
+    def _set_g(self, it):
         """Write g for iteration ``it`` into every PRepBN; return the largest value."""
         s = self.scale(it)
         largest = 0.0
@@ -252,7 +252,7 @@ class PRepBNHook(Hook):
             self.T = max(1, math.floor(self.anneal_ratio * self.max_iters + 0.5))  # rounded half up
         self.accumulative_counts = _accumulative_counts(runner.optim_wrapper)
         self.start_values = self._resolve_start_values(runner, layers)
-        g = self._set_g(runner, runner.iter)
+        g = self._set_g(runner.iter)
         length = (f'{self.T} iterations' if self.anneal_iters is not None else
                   f'{self.T} iterations (anneal_ratio={self.anneal_ratio} of max_iters={self.max_iters})')
         starts = sorted(set(self.start_values.values()))
@@ -263,11 +263,11 @@ class PRepBNHook(Hook):
             f'g = {g:.6g} at iteration {runner.iter}')
 
     def before_train_iter(self, runner, batch_idx, data_batch=None):
-        g = self._set_g(runner, runner.iter)
+        g = self._set_g(runner.iter)
         runner.message_hub.update_scalar('train/prepbn_g', g)
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
-        self._set_g(runner, runner.iter + 1)
+        self._set_g(runner.iter + 1)
 
     def after_train(self, runner):
         it = runner.iter
