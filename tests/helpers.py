@@ -44,3 +44,142 @@ def run_python(args, cwd=REPO_ROOT, timeout=600, env=None):
     full_env.update(env or {})
     return subprocess.run([sys.executable] + list(args), cwd=cwd, env=full_env, timeout=timeout,
                           capture_output=True, text=True)
+
+
+# ---------------------------------------------------------------------------
+# A toy token model with PRepBN layers and a toy dataset, for Runner-based tests
+# of PRepBNHook and BN recalibration (each run takes about a second on a CPU).
+import uuid  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+from mmengine.evaluator import BaseMetric  # noqa: E402
+from mmengine.model import BaseModel  # noqa: E402
+from torch.utils.data import Dataset  # noqa: E402
+
+
+class ToyTokenDataset(Dataset):
+    """`num_samples` fixed random token sequences of shape (num_tokens, in_dim)."""
+
+    def __init__(self, num_samples=8, num_tokens=6, in_dim=4, seed=0):
+        gen = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(num_samples, num_tokens, in_dim, generator=gen) * 2 + 0.5
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return dict(inputs=self.x[i])
+
+
+class ToyTokenModel(BaseModel):
+    """Linear -> `num_layers` residual blocks [norm -> Linear] -> head, on (B, N, C) tokens.
+
+    `norm` is a PRepBN unless `norm=...` builds something else (e.g. nn.LayerNorm).
+    Every train forward (mode='loss') appends the g of each PRepBN to `train_g`,
+    every val forward (mode='predict') to `val_g`.
+    """
+
+    def __init__(self, num_layers=3, dim=8, in_dim=4, norm=None, start_g=None, seed=0):
+        super().__init__()
+        from slab_mmdet.models.layers import PRepBN
+        torch.manual_seed(seed)
+        norm = norm or PRepBN
+        self.proj = nn.Linear(in_dim, dim)
+        self.blocks = nn.ModuleList(nn.Sequential(norm(dim), nn.Linear(dim, dim)) for _ in range(num_layers))
+        self.head = nn.Linear(dim, 1)
+        for i, g in enumerate(start_g or []):
+            self.blocks[i][0].set_g(g)
+        self.train_g = []
+        self.val_g = []
+
+    def prepbn_g(self):
+        from slab_mmdet.models.layers import iter_prepbn
+        return [m._g for _, m in iter_prepbn(self)]
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        x = self.proj(inputs)
+        for block in self.blocks:
+            x = x + block(x)
+        if mode == 'loss':
+            self.train_g.append(self.prepbn_g())
+            return dict(loss=(self.head(x) ** 2).mean())
+        if mode == 'predict':
+            self.val_g.append(self.prepbn_g())
+            return [dict(score=float(s)) for s in self.head(x).mean(dim=(1, 2))]
+        return x
+
+
+class ToyMetric(BaseMetric):
+    """Mean of the toy model's scores (validation only needs some metric)."""
+
+    def process(self, data_batch, data_samples):
+        self.results.extend(d['score'] for d in data_samples)
+
+    def compute_metrics(self, results):
+        return dict(score=sum(results) / len(results))
+
+
+def toy_runner(work_dir, hooks, model=None, max_iters=8, max_epochs=None, val_interval=None, batch_size=2,
+               num_samples=8, accumulative_counts=1, checkpoint_interval=None, load_from=None, resume=False,
+               log_level='INFO'):
+    """An mmengine Runner training `model` (default ToyTokenModel()) on ToyTokenDataset with SGD.
+
+    Iteration based for `max_iters` unless `max_epochs` is given. Validation every
+    `val_interval` iterations/epochs (None: no validation). Logs every iteration
+    (text log and LocalVisBackend scalars). Each Runner gets its own experiment name,
+    so several can live in one process.
+    """
+    from mmengine.runner import Runner
+    by_epoch = max_epochs is not None
+    if by_epoch:
+        train_cfg = dict(by_epoch=True, max_epochs=max_epochs, val_interval=val_interval or 10**9)
+    else:
+        train_cfg = dict(by_epoch=False, max_iters=max_iters, val_interval=val_interval or 10**9)
+    # An iteration-based loop restarts a finite sampler with a 2 s pause; InfiniteSampler has none.
+    sampler = dict(type='DefaultSampler' if by_epoch else 'InfiniteSampler', shuffle=False)
+    loader = dict(dataset=ToyTokenDataset(num_samples), sampler=sampler,
+                  batch_size=batch_size, num_workers=0, collate_fn=dict(type='default_collate'))
+    val_loader = dict(loader, sampler=dict(type='DefaultSampler', shuffle=False))
+    val = dict(val_dataloader=val_loader, val_cfg=dict(), val_evaluator=[ToyMetric()]) if val_interval else {}
+    name = f'toy_{uuid.uuid4().hex[:12]}'
+    return Runner(
+        model=model if model is not None else ToyTokenModel(),
+        work_dir=str(work_dir),
+        experiment_name=name,
+        train_dataloader=loader,
+        train_cfg=train_cfg,
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.05), accumulative_counts=accumulative_counts),
+        custom_hooks=list(hooks),
+        default_hooks=dict(
+            logger=dict(type='LoggerHook', interval=1),
+            checkpoint=dict(type='CheckpointHook', interval=checkpoint_interval or 10**9, by_epoch=by_epoch)),
+        log_processor=dict(window_size=1, by_epoch=by_epoch),
+        visualizer=dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')]),
+        log_level=log_level,
+        default_scope='mmengine',
+        randomness=dict(seed=0),
+        load_from=load_from,
+        resume=resume,
+        **val)
+
+
+def runner_log_text(runner):
+    """The text of a Runner's log file."""
+    with open(os.path.join(runner.log_dir, f'{runner.timestamp}.log')) as f:
+        return f.read()
+
+
+def single_torch_thread():
+    """Context manager: run torch on one thread (tiny tensors are slower with more on a busy machine)."""
+    import contextlib
+
+    @contextlib.contextmanager
+    def ctx():
+        old = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(old)
+    return ctx()

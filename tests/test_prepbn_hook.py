@@ -1,0 +1,298 @@
+"""PRepBNHook: schedule maths, and real mmengine Runner runs of a toy PRepBN model."""
+import glob
+import json
+import math
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn as nn
+from helpers import ToyTokenModel, runner_log_text, single_torch_thread, toy_runner
+from mmengine.hooks import Hook
+
+from slab_mmdet.engine import PRepBNHook, check_ddp_find_unused_parameters, prepbn_schedule
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These models are tiny: one thread is much faster than two on the shared 2-core machine.
+    with single_torch_thread():
+        yield
+
+
+def linear(t, T, warmup=0):
+    t = t - warmup
+    return 1.0 if t < 0 else max(0.0, (T - t) / T)
+
+
+def cosine(t, T, warmup=0):
+    t = t - warmup
+    return 1.0 if t < 0 else (0.0 if t >= T else 0.5 * (1 + math.cos(math.pi * t / T)))
+
+
+def step(t, T, n, warmup=0):
+    t = t - warmup
+    return 1.0 if t < 0 else (0.0 if t >= T else 1 - math.floor(n * t / T) / n)
+
+
+# --------------------------------------------------------------------------- schedule maths
+def test_schedule_values():
+    assert [prepbn_schedule(t, 10) for t in (-5, -1, 0, 1, 5, 9, 10, 11, 100)] == \
+        [1.0, 1.0, 1.0, 0.9, 0.5, 0.1, 0.0, 0.0, 0.0]
+    assert prepbn_schedule(0, 10, 'cosine') == 1.0
+    assert prepbn_schedule(5, 10, 'cosine') == pytest.approx(0.5)
+    assert prepbn_schedule(2, 10, 'cosine') == pytest.approx(0.5 * (1 + math.cos(math.pi / 5)))
+    assert prepbn_schedule(10, 10, 'cosine') == 0.0 and prepbn_schedule(-1, 10, 'cosine') == 1.0
+    # Default 4 steps over T = 8: drops of 1/4 every 2 iterations.
+    assert [prepbn_schedule(t, 8, 'step') for t in range(-1, 10)] == \
+        [1.0, 1.0, 1.0, 0.75, 0.75, 0.5, 0.5, 0.25, 0.25, 0.0, 0.0]
+    # 3 steps over T = 10: s = 1 - floor(3t/10)/3.
+    assert [prepbn_schedule(t, 10, 'step', num_steps=3) for t in (0, 3, 4, 6, 7, 9, 10)] == \
+        pytest.approx([1, 1, 2 / 3, 2 / 3, 1 / 3, 1 / 3, 0])
+    assert prepbn_schedule(0, 1) == 1.0 and prepbn_schedule(1, 1) == 0.0
+
+
+def test_schedule_errors():
+    with pytest.raises(ValueError, match=r"one of \['cosine', 'linear', 'step'\], got 'exp'"):
+        prepbn_schedule(0, 10, 'exp')
+    with pytest.raises(ValueError, match=r"'linear' takes no parameters; got \['num_steps'\]"):
+        prepbn_schedule(0, 10, 'linear', num_steps=4)
+    with pytest.raises(ValueError, match=r"'step' takes only \['num_steps'\]; got \['steps'\]"):
+        prepbn_schedule(0, 10, 'step', steps=4)
+    with pytest.raises(ValueError, match='num_steps must be an int >= 1, got 0'):
+        prepbn_schedule(0, 10, 'step', num_steps=0)
+    with pytest.raises(ValueError, match='T must be an int >= 1, got 0'):
+        prepbn_schedule(0, 0)
+
+
+@pytest.mark.parametrize('kwargs, match', [
+    (dict(), r'exactly one of anneal_iters .* got anneal_iters=None, anneal_ratio=None'),
+    (dict(anneal_iters=10, anneal_ratio=0.5), r'exactly one .* got anneal_iters=10, anneal_ratio=0.5'),
+    (dict(anneal_iters=0), 'anneal_iters must be an int >= 1, got 0'),
+    (dict(anneal_iters=2.5), 'anneal_iters must be an int >= 1, got 2.5'),
+    (dict(anneal_ratio=1.5), r'anneal_ratio must be a float in \(0, 1\], got 1.5'),
+    (dict(anneal_ratio=0.0), r'anneal_ratio must be a float in \(0, 1\], got 0.0'),
+    (dict(anneal_iters=5, warmup_iters=-1), 'warmup_iters must be an int >= 0, got -1'),
+    (dict(anneal_iters=5, schedule='exp'), r"one of \['cosine', 'linear', 'step'\], got 'exp'"),
+    (dict(anneal_iters=5, num_steps=3), r"'linear' takes no parameters; got \['num_steps'\]"),
+    (dict(anneal_iters=5, schedule='step', num_steps=0), 'num_steps must be an int >= 1, got 0'),
+    (dict(anneal_iters=5, start_g=1.5), r"start_g must be 'model' or a float in \[0, 1\], got 1.5"),
+    (dict(anneal_iters=5, start_g='layer'), r"start_g must be 'model' or a float in \[0, 1\], got 'layer'"),
+    (dict(anneal_iters=5, recalibrate_bn_iters=-2), 'recalibrate_bn_iters must be an int >= 0'),
+])
+def test_hook_argument_errors(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        PRepBNHook(**kwargs)
+
+
+# --------------------------------------------------------------------------- runs
+def message_hub_g(runner):
+    """The 'train/prepbn_g' values logged at every iteration."""
+    return [float(v) for v in runner.message_hub.get_scalar('train/prepbn_g').data[0]]
+
+
+def assert_all_layers(recorded, expected):
+    """`recorded`: per-iteration lists of every layer's g; `expected`: one value per iteration."""
+    assert len(recorded) == len(expected)
+    for it, (gs, e) in enumerate(zip(recorded, expected)):
+        assert gs == pytest.approx([e] * len(gs), abs=1e-12), f'iteration {it}'
+
+
+@pytest.mark.parametrize('schedule, num_steps, reference', [
+    ('linear', None, lambda t: linear(t, 4, warmup=2)),
+    ('cosine', None, lambda t: cosine(t, 4, warmup=2)),
+    ('step', 2, lambda t: step(t, 4, 2, warmup=2)),
+])
+def test_iter_based_schedule_and_log(tmp_path, schedule, num_steps, reference):
+    # max_iters 8, anneal_ratio 0.5 -> T = 4 after 2 warm-up iterations: g = 0 from iteration 6.
+    extra = {} if num_steps is None else dict(num_steps=num_steps)
+    hook = dict(type='PRepBNHook', anneal_ratio=0.5, warmup_iters=2, schedule=schedule, **extra)
+    runner = toy_runner(tmp_path, [hook], max_iters=8)
+    runner.train()
+    expected = [reference(t) for t in range(8)]
+    assert_all_layers(runner.model.train_g, expected)
+    assert message_hub_g(runner) == pytest.approx(expected)
+    assert runner.model.prepbn_g() == [0.0, 0.0, 0.0]  # exactly 0 at the end
+    # The value shows in the text log line and in the visualizer's scalars.
+    log = runner_log_text(runner)
+    for t in (0, 3, 7):
+        assert f'Iter(train) [{t + 1}/8]' in log
+        line = next(x for x in log.splitlines() if f'Iter(train) [{t + 1}/8]' in x)
+        assert f'prepbn_g: {expected[t]:.4f}' in line
+    assert 'anneal complete, all 3 PRepBN layers have g = 0' in log
+    scalars = glob.glob(osp.join(runner.log_dir, 'vis_data', 'scalars.json'))[0]
+    with open(scalars) as f:
+        logged = [json.loads(x) for x in f if x.strip()]
+    assert [d['prepbn_g'] for d in logged if 'prepbn_g' in d] == pytest.approx(expected)
+
+
+def test_epoch_based_anneal_ratio_and_validation(tmp_path):
+    # 8 samples / batch 2 = 4 iterations per epoch, 3 epochs: max_iters 12, T = 0.75 * 12 = 9.
+    hook = PRepBNHook(anneal_ratio=0.75, schedule='cosine')
+    runner = toy_runner(tmp_path, [hook], max_epochs=3, val_interval=1)
+    runner.train()
+    assert hook.T == 9 and hook.max_iters == 12
+    assert_all_layers(runner.model.train_g, [cosine(t, 9) for t in range(12)])
+    # Validation after epochs 1, 2, 3 (4 batches each) sees the post-step g of iterations 4, 8, 12.
+    assert_all_layers(runner.model.val_g, [cosine(t, 9) for t in (4, 8, 12) for _ in range(4)])
+    assert runner.model.prepbn_g() == [0.0, 0.0, 0.0]
+    assert 'prepbn_g: 1.0000' in runner_log_text(runner)
+
+
+def test_anneal_ratio_rounds_half_up(tmp_path):
+    hook = PRepBNHook(anneal_ratio=0.5)
+    runner = toy_runner(tmp_path, [hook], max_iters=5)
+    runner.train()
+    assert hook.T == 3  # 2.5 -> 3 (Python's round() would give 2)
+    assert_all_layers(runner.model.train_g, [1.0, 2 / 3, 1 / 3, 0.0, 0.0])
+
+
+def test_validation_between_iterations(tmp_path):
+    runner = toy_runner(tmp_path, [dict(type='PRepBNHook', anneal_iters=6)], max_iters=6, val_interval=2,
+                        batch_size=4)
+    runner.train()
+    assert_all_layers(runner.model.val_g, [linear(t, 6) for t in (2, 2, 4, 4, 6, 6)])
+
+
+def test_gradient_accumulation_holds_g_per_window(tmp_path):
+    # Windows of 2 iterations: g evaluated at 0, 0, 2, 2, 4, 4, 6; after the last iteration at max_iters.
+    hook = PRepBNHook(anneal_iters=5)
+    runner = toy_runner(tmp_path, [hook], max_iters=7, accumulative_counts=2)
+    runner.train()
+    assert hook.accumulative_counts == 2
+    assert_all_layers(runner.model.train_g, [1.0, 1.0, 0.6, 0.6, 0.2, 0.2, 0.0])
+    assert runner.model.prepbn_g() == [0.0, 0.0, 0.0]
+
+
+def test_start_g_model_keeps_annealed_layers(tmp_path):
+    # Layer 1 comes from an already annealed checkpoint (g = 0), layer 2 starts half way.
+    model = ToyTokenModel(start_g=[1.0, 0.0, 0.6])
+    runner = toy_runner(tmp_path, [dict(type='PRepBNHook', anneal_iters=4)], model=model, max_iters=6)
+    runner.train()
+    for t, gs in enumerate(model.train_g):
+        s = linear(t, 4)
+        assert gs == pytest.approx([s, 0.0, 0.6 * s])
+    assert message_hub_g(runner) == pytest.approx([linear(t, 4) for t in range(6)])  # the largest g
+    assert model.prepbn_g() == [0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize('start_g', [1.0, 0.5])
+def test_start_g_float_forces_every_layer(tmp_path, start_g):
+    model = ToyTokenModel(start_g=[1.0, 0.0, 0.6])
+    runner = toy_runner(tmp_path, [dict(type='PRepBNHook', anneal_iters=4, start_g=start_g)], model=model,
+                        max_iters=5)
+    runner.train()
+    assert_all_layers(model.train_g, [start_g * linear(t, 4) for t in range(5)])
+
+
+class StopAt(Hook):
+    """Stops an iteration-based run after `iters` iterations."""
+    priority = 'LOWEST'
+
+    def __init__(self, iters):
+        self.iters = iters
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.iter + 1 == self.iters:
+            runner.train_loop.stop_training = True
+
+
+def test_resume_is_exact(tmp_path):
+    hook = dict(type='PRepBNHook', anneal_ratio=0.6, warmup_iters=1)  # T = 6: g = 0 from iteration 7
+    start = [1.0, 0.0, 0.6]
+    full = toy_runner(tmp_path / 'full', [hook], model=ToyTokenModel(start_g=start), max_iters=10)
+    full.train()
+
+    first = toy_runner(tmp_path / 'first', [hook, StopAt(4)], model=ToyTokenModel(start_g=start), max_iters=10,
+                       checkpoint_interval=4)
+    first.train()
+    assert len(first.model.train_g) == 4
+    ckpt = str(tmp_path / 'first' / 'iter_4.pth')
+    saved = torch.load(ckpt, map_location='cpu')  # weights_only=True (torch's default)
+    assert saved['meta']['prepbn_start_g'] == {'blocks.0.0': 1.0, 'blocks.1.0': 0.0, 'blocks.2.0': 0.6}
+    assert float(saved['state_dict']['blocks.0.0.g']) == pytest.approx(linear(4, 6, warmup=1))  # post-step value
+
+    # A fresh model (all g = 1) resumed from the checkpoint continues the same anneal.
+    resumed = toy_runner(tmp_path / 'resumed', [hook], model=ToyTokenModel(), max_iters=10, load_from=ckpt,
+                         resume=True)
+    resumed.train()
+    assert first.model.train_g + resumed.model.train_g == full.model.train_g
+    assert message_hub_g(resumed)[-6:] == message_hub_g(full)[-6:]
+    full_state, resumed_state = full.model.state_dict(), resumed.model.state_dict()
+    for name in full_state:
+        torch.testing.assert_close(resumed_state[name], full_state[name], rtol=0, atol=0, msg=name)
+    assert resumed.model.prepbn_g() == [0.0, 0.0, 0.0]
+
+
+def test_resume_without_start_values_falls_back_to_one(tmp_path):
+    hook = dict(type='PRepBNHook', anneal_iters=6)
+    first = toy_runner(tmp_path / 'first', [hook, StopAt(2)], model=ToyTokenModel(start_g=[1.0, 0.0, 0.6]),
+                       max_iters=8, checkpoint_interval=2)
+    first.train()
+    ckpt = torch.load(str(tmp_path / 'first' / 'iter_2.pth'), map_location='cpu')
+    del ckpt['meta']['prepbn_start_g']
+    old = str(tmp_path / 'old.pth')
+    torch.save(ckpt, old)
+    resumed = toy_runner(tmp_path / 'resumed', [hook], max_iters=8, load_from=old, resume=True)
+    resumed.train()
+    assert_all_layers(resumed.model.train_g, [linear(t, 6) for t in range(2, 8)])
+    assert "the checkpoint has no start value of g (meta['prepbn_start_g']) for 3 PRepBN layer(s)" in \
+        runner_log_text(resumed)
+
+
+def test_unfinished_anneal_warns(tmp_path):
+    runner = toy_runner(tmp_path, [dict(type='PRepBNHook', anneal_iters=20, warmup_iters=2)], max_iters=6)
+    runner.train()
+    g = linear(6, 20, warmup=2)
+    assert runner.model.prepbn_g() == pytest.approx([g] * 3)
+    log = runner_log_text(runner)
+    assert (f'training ended at iteration 6 before the PRepBN anneal finished (g reaches 0 at iteration 22): '
+            f'the model still has g = {g:.6g} in 3 of 3 PRepBN layers, so its norms cannot be fused') in log
+
+
+class Tamper(Hook):
+    """Changes one PRepBN's g after the hook's last update."""
+    priority = 'LOWEST'
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        if runner.iter + 1 == runner.max_iters:
+            runner.model.blocks[1][0].set_g(0.25)
+
+
+def test_end_check_names_layers_with_wrong_g(tmp_path):
+    runner = toy_runner(tmp_path, [dict(type='PRepBNHook', anneal_iters=3), Tamper()], max_iters=4)
+    with pytest.raises(RuntimeError, match=r'1 PRepBN layer\(s\) do not have the scheduled g.*'
+                                           r'blocks\.1\.0: g=0\.25 \(expected 0\)'):
+        runner.train()
+
+
+def test_model_without_prepbn_is_a_clear_error(tmp_path):
+    runner = toy_runner(tmp_path, [dict(type='PRepBNHook', anneal_iters=3)],
+                        model=ToyTokenModel(norm=nn.LayerNorm), max_iters=2)
+    with pytest.raises(ValueError, match=r'the model \(ToyTokenModel\) has no PRepBN layer.*'
+                                         r'model\.backbone\.norm_cfg = dict\(type="PRepBN"\)'):
+        runner.train()
+
+
+def test_ddp_needs_find_unused_parameters():
+    from torch.nn.parallel import DistributedDataParallel
+
+    def stub(find_unused):
+        # A DistributedDataParallel without a process group: only what the check reads.
+        ddp = DistributedDataParallel.__new__(DistributedDataParallel)
+        nn.Module.__init__(ddp)
+        ddp.module = ToyTokenModel()
+        ddp.find_unused_parameters = find_unused
+        return ddp
+
+    with pytest.raises(ValueError, match=r'Set `find_unused_parameters = True` in the config'):
+        check_ddp_find_unused_parameters(stub(False))
+    check_ddp_find_unused_parameters(stub(True))
+    check_ddp_find_unused_parameters(ToyTokenModel())
+
+    class FakeRunner:
+        model = stub(False)
+
+    with pytest.raises(ValueError, match='find_unused_parameters=False'):
+        PRepBNHook(anneal_iters=3).before_train(FakeRunner())
+

@@ -1,0 +1,249 @@
+"""RepBN / PRepBN numerics against hand-written formulas, Lemma 4.1, and mmdet backbones built with PRepBN."""
+import pytest
+import torch
+import torch.nn as nn
+from helpers import single_torch_thread
+from mmcv.cnn import build_norm_layer
+
+from slab_mmdet.models.layers import PRepBN, RepBN, iter_prepbn, repbn_affine, repbn_to_bn_params
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # These models are tiny: one thread is much faster than two on the shared 2-core machine.
+    with single_torch_thread():
+        yield
+
+
+C = 8
+
+
+def tokens(seed, shape=(3, 5, C)):
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen) * 1.5 + torch.linspace(-1, 2, shape[-1])
+
+
+def randomise_repbn(repbn, seed, stats=True):
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        repbn.alpha.fill_(0.7)
+        repbn.bn.weight.copy_(torch.rand(C, generator=gen) + 0.5)
+        repbn.bn.bias.copy_(torch.randn(C, generator=gen))
+        if stats:
+            repbn.bn.running_mean.copy_(torch.randn(C, generator=gen))
+            repbn.bn.running_var.copy_(torch.rand(C, generator=gen) * 2 + 0.2)
+
+
+def randomise_prepbn(m, seed):
+    randomise_repbn(m.repbn, seed)
+    gen = torch.Generator().manual_seed(seed + 100)
+    with torch.no_grad():
+        m.ln.weight.copy_(torch.rand(C, generator=gen) + 0.5)
+        m.ln.bias.copy_(torch.randn(C, generator=gen))
+
+
+def hand_bn(x, mean, var, weight, bias, eps):
+    return (x - mean) / torch.sqrt(var + eps) * weight + bias
+
+
+def hand_repbn(x, repbn, train):
+    """BN over batch x tokens (dims 0, 1) + alpha * x, in train (batch stats) or eval (running stats) mode."""
+    bn = repbn.bn
+    if train:
+        mean, var = x.mean(dim=(0, 1)), x.var(dim=(0, 1), unbiased=False)
+    else:
+        mean, var = bn.running_mean, bn.running_var
+    return hand_bn(x, mean, var, bn.weight, bn.bias, bn.eps) + repbn.alpha * x
+
+
+def hand_ln(x, ln):
+    mean, var = x.mean(-1, keepdim=True), x.var(-1, unbiased=False, keepdim=True)
+    return (x - mean) / torch.sqrt(var + ln.eps) * ln.weight + ln.bias
+
+
+# --------------------------------------------------------------------------- RepBN
+def test_repbn_train_mode_and_running_stats():
+    m = RepBN(C)
+    randomise_repbn(m, 0, stats=False)
+    x = tokens(1)
+    with torch.no_grad():
+        expected = hand_repbn(x, m, train=True)
+    m.train()
+    torch.testing.assert_close(m(x), expected)
+    # Running stats: momentum 0.1 from (0, 1), with the unbiased variance over the 15 rows.
+    torch.testing.assert_close(m.bn.running_mean, 0.1 * x.mean(dim=(0, 1)))
+    torch.testing.assert_close(m.bn.running_var, 0.9 + 0.1 * x.var(dim=(0, 1), unbiased=True))
+    assert int(m.bn.num_batches_tracked) == 1
+
+
+def test_repbn_eval_mode_uses_running_stats():
+    m = RepBN(C)
+    randomise_repbn(m, 2)
+    m.eval()
+    x = tokens(3, shape=(2, 7, C))
+    stats = m.bn.running_mean.clone(), m.bn.running_var.clone()
+    with torch.no_grad():
+        torch.testing.assert_close(m(x), hand_repbn(x, m, train=False))
+    torch.testing.assert_close(m.bn.running_mean, stats[0])
+    torch.testing.assert_close(m.bn.running_var, stats[1])
+    assert m.alpha.shape == (1,)
+    assert RepBN(C).alpha.item() == 1.0  # initialised to 1
+
+
+# --------------------------------------------------------------------------- PRepBN
+@pytest.mark.parametrize('g', [0.0, 0.3, 1.0])
+@pytest.mark.parametrize('train', [True, False])
+def test_prepbn_equals_mix_of_ln_and_repbn(g, train):
+    m = PRepBN(C)
+    randomise_prepbn(m, 4)
+    m.set_g(g)
+    m.train(train)
+    x = tokens(5)
+    with torch.no_grad():
+        expected = g * hand_ln(x, m.ln) + (1 - g) * hand_repbn(x, m.repbn, train)
+    torch.testing.assert_close(m(x), expected)
+
+
+def count_calls(module):
+    calls = []
+    module.register_forward_hook(lambda *args: calls.append(1))
+    return calls
+
+
+def test_prepbn_g0_runs_no_layernorm_and_g1_no_batchnorm():
+    m = PRepBN(C).train()
+    ln_calls, bn_calls = count_calls(m.ln), count_calls(m.repbn.bn)
+    m.set_g(0.0)
+    m(tokens(6))
+    assert (len(ln_calls), len(bn_calls)) == (0, 1)
+    m.set_g(1.0)
+    mean, var, count = m.repbn.bn.running_mean.clone(), m.repbn.bn.running_var.clone(), int(
+        m.repbn.bn.num_batches_tracked)
+    m(tokens(7))
+    assert (len(ln_calls), len(bn_calls)) == (1, 1)
+    assert torch.equal(m.repbn.bn.running_mean, mean) and torch.equal(m.repbn.bn.running_var, var)
+    assert int(m.repbn.bn.num_batches_tracked) == count
+    m.set_g(0.5)
+    m(tokens(8))
+    assert (len(ln_calls), len(bn_calls)) == (2, 2)
+
+
+def test_prepbn_g_buffer_round_trips_through_state_dict():
+    m = PRepBN(C)
+    assert m._g == 1.0 and float(m.g) == 1.0
+    randomise_prepbn(m, 9)
+    m.set_g(0.25)
+    assert float(m.g) == 0.25 and m._g == 0.25
+    state = nn.Sequential(m).state_dict()
+    assert '0.g' in state and [n for n, _ in m.named_buffers()].count('g') == 1
+    fresh = nn.Sequential(PRepBN(C))
+    fresh.load_state_dict(state)
+    assert fresh[0]._g == 0.25 and float(fresh[0].g) == 0.25  # the python mirror follows the loaded buffer
+    assert 'g=0.25' in repr(fresh[0])
+    x = tokens(10)
+    m.eval(), fresh.eval()
+    torch.testing.assert_close(fresh(x), m(x))
+
+
+@pytest.mark.parametrize('bad', [-0.1, 1.5, float('nan')])
+def test_set_g_rejects_values_outside_unit_interval(bad):
+    m = PRepBN(C)
+    with pytest.raises(ValueError, match=r'g must be in \[0, 1\]'):
+        m.set_g(bad)
+    assert m._g == 1.0 and float(m.g) == 1.0
+
+
+# --------------------------------------------------------------------------- Lemma 4.1
+def test_lemma_4_1_repbn_is_a_batchnorm_in_eval_mode():
+    m = RepBN(C)
+    randomise_repbn(m, 11)
+    with torch.no_grad():
+        m.alpha.fill_(-0.45)  # alpha != 1
+    m.eval()
+    weight, bias = repbn_to_bn_params(m)
+    bn = nn.BatchNorm1d(C, eps=m.bn.eps).eval()
+    with torch.no_grad():
+        bn.weight.copy_(weight)
+        bn.bias.copy_(bias)
+        bn.running_mean.copy_(m.bn.running_mean)
+        bn.running_var.copy_(m.bn.running_var)
+    x = tokens(12)
+    with torch.no_grad():
+        expected = m(x)
+        torch.testing.assert_close(bn(x.reshape(-1, C)).reshape(x.shape), expected)
+        # The closed forms, written out: weight = gamma + alpha sigma, bias = beta + alpha mu.
+        sigma = torch.sqrt(m.bn.running_var + m.bn.eps)
+        torch.testing.assert_close(weight, m.bn.weight - 0.45 * sigma)
+        torch.testing.assert_close(bias, m.bn.bias - 0.45 * m.bn.running_mean)
+        scale, shift = repbn_affine(m)
+        torch.testing.assert_close(x * scale + shift, expected)
+        torch.testing.assert_close(scale, m.bn.weight / sigma - 0.45)
+        torch.testing.assert_close(shift, m.bn.bias - m.bn.weight * m.bn.running_mean / sigma)
+
+
+# --------------------------------------------------------------------------- registry and mmdet backbones
+def test_build_norm_layer():
+    name, layer = build_norm_layer(dict(type='PRepBN'), 16)
+    assert isinstance(layer, PRepBN) and name == 'prepbn'
+    assert layer.ln.eps == 1e-5 and layer.repbn.bn.eps == 1e-5  # build_norm_layer's default eps
+    _, layer = build_norm_layer(dict(type='PRepBN', eps=1e-6), 16, postfix=2)
+    assert layer.ln.eps == 1e-6 and layer.ln.normalized_shape == (16,)
+    name, layer = build_norm_layer(dict(type='RepBN'), 16, postfix=1)
+    assert isinstance(layer, RepBN) and name == 'repbn1' and layer.bn.num_features == 16
+    assert PRepBN(16).ln.eps == 1e-6  # the class default (reference SLAB-PVT)
+
+
+def pvt():
+    from mmdet.models.backbones import PyramidVisionTransformer
+    return PyramidVisionTransformer(embed_dims=8, num_layers=[1, 1, 1, 1], num_heads=[1, 1, 1, 1],
+                                    mlp_ratios=[2, 2, 2, 2], drop_path_rate=0.0, norm_cfg=dict(type='PRepBN'))
+
+
+def swin():
+    from mmdet.models.backbones import SwinTransformer
+    return SwinTransformer(embed_dims=8, depths=(2, 2, 2, 2), num_heads=(1, 1, 1, 1), window_size=2, mlp_ratio=2,
+                           drop_path_rate=0.0, norm_cfg=dict(type='PRepBN'))
+
+
+def branch_params(m):
+    return {'ln': list(m.ln.parameters()), 'bn': list(m.repbn.parameters())}
+
+
+@pytest.mark.parametrize('build', [pvt, swin], ids=['pvt', 'swin'])
+def test_mmdet_backbone_builds_and_trains_with_prepbn(build):
+    torch.manual_seed(0)
+    model = build()
+    model.init_weights()
+    norms = list(iter_prepbn(model))
+    assert len(norms) >= 8
+    x = torch.randn(2, 3, 64, 64)
+
+    def backward(g):
+        for _, m in norms:
+            m.set_g(g)
+        model.zero_grad(set_to_none=True)
+        loss = sum((out ** 2).mean() for out in model(x))
+        loss.backward()
+        return loss
+
+    # Every PRepBN gets gradients on the branches that run: LN only at g = 1, BN only at g = 0, both between.
+    for g, used in ((1.0, {'ln'}), (0.0, {'bn'}), (0.5, {'ln', 'bn'})):
+        assert torch.isfinite(backward(g))
+        for name, m in norms:
+            for branch, params in branch_params(m).items():
+                for p in params:
+                    if branch in used:
+                        assert p.grad is not None and p.grad.abs().sum() > 0, (g, name, branch)
+                    else:
+                        assert p.grad is None, (g, name, branch)
+
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(3):
+        losses.append(backward(0.5).item())
+        optimizer.step()
+    for name, m in norms:
+        for p_name, p in m.named_parameters():
+            assert not torch.equal(p, before[f'{name}.{p_name}']), f'{name}.{p_name} did not change'
+    assert all(torch.isfinite(torch.tensor(losses)))
