@@ -146,18 +146,22 @@ def test_mim_train_mmdet_then_resume_with_ours_then_test(mim_run):
     for name in ('bbox_mAP', 'segm_mAP'):
         assert 0.0 <= coco_metric(out, name) <= 1.0
 
-    # 4. Ours, through `mim test slab_mmdet` (no custom_imports), also dumping the predictions.
-    preds = osp.join(mim_run['tmp'], 'preds.pkl')
+    # 4. Ours, through `mim test slab_mmdet` (no custom_imports), also dumping the predictions
+    # and drawing them.
+    preds, test_dir = osp.join(mim_run['tmp'], 'preds.pkl'), osp.join(mim_run['tmp'], 'test_ours')
     out = mim('test', 'slab_mmdet', mim_run['config_no_imports'], '--checkpoint',
-              osp.join(work_dir, 'iter_3.pth'),
-              '--work-dir', osp.join(mim_run['tmp'], 'test_ours'), '--out', preds, pythonpath=pythonpath)
+              osp.join(work_dir, 'iter_3.pth'), '--work-dir', test_dir, '--out', preds, '--show-dir', 'vis',
+              pythonpath=pythonpath)
     assert re.search(r'slab_mmdet/(\.mim/)?tools/test\.py', out)
     assert 0.0 <= coco_metric(out, 'bbox_mAP') <= 1.0
     with open(preds, 'rb') as f:
         results = pickle.load(f)
     with open(osp.join(mim_run['data_root'], 'annotations', 'instances_val.json')) as f:
-        assert len(results) == len(json.load(f)['images'])
+        val_images = json.load(f)['images']
+    assert len(results) == len(val_images)
     assert {'pred_instances', 'img_id'} <= set(results[0])
+    drawn = [f for _, _, files in os.walk(test_dir) for f in files if f.endswith('.jpg')]
+    assert sorted(drawn) == sorted(img['file_name'] for img in val_images)
 
 
 # ---------------------------------------------------------------------------- argument errors
