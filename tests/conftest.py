@@ -9,8 +9,11 @@ sys.path.insert(0, osp.join(REPO_ROOT, 'tests'))
 
 import torch  # noqa: E402
 
-# The suite runs on a 2-core machine: keep torch from oversubscribing it.
-torch.set_num_threads(min(2, os.cpu_count() or 1))
+# The suite runs on a 2-core machine: keep torch from oversubscribing it. An explicit
+# OMP_NUM_THREADS wins (torch reads it itself): on a shared machine, 2 threads that
+# wait for each other can make a Runner test several times slower than 1 thread.
+if 'OMP_NUM_THREADS' not in os.environ:
+    torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
 @pytest.fixture(scope='session')

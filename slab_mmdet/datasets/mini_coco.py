@@ -161,6 +161,16 @@ def _visible_masks(masks):
     return visible[::-1]
 
 
+def annotation_file(out_dir, split):
+    """Path of a split's COCO JSON."""
+    return osp.join(out_dir, 'annotations', f'instances_{split}.json')
+
+
+def image_file_name(image_id):
+    """File name of an image (COCO's naming)."""
+    return f'{image_id:012d}.jpg'
+
+
 def write_split(out_dir, spec, log=print):
     """Write one split's images and its COCO JSON; returns the JSON path."""
     import cv2
@@ -172,7 +182,7 @@ def write_split(out_dir, spec, log=print):
     for i in range(spec.num_images):
         img, instances = make_scene(rng)
         image_id = i + 1
-        file_name = f'{image_id:012d}.jpg'
+        file_name = image_file_name(image_id)
         cv2.imwrite(osp.join(img_dir, file_name), img, [cv2.IMWRITE_JPEG_QUALITY, 92])
         images.append(dict(id=image_id, file_name=file_name, height=img.shape[0], width=img.shape[1]))
         for cls, polys, bbox, area in instances:
@@ -185,7 +195,7 @@ def write_split(out_dir, spec, log=print):
         licenses=[],
         images=images, annotations=annotations,
         categories=[dict(id=i + 1, name=n, supercategory='shape') for i, n in enumerate(CLASSES)])
-    ann_file = osp.join(out_dir, 'annotations', f'instances_{spec.name}.json')
+    ann_file = annotation_file(out_dir, spec.name)
     with open(ann_file, 'w') as f:
         json.dump(coco, f)
     return ann_file
@@ -203,16 +213,31 @@ def make_mini_coco(out_dir, num_train=200, num_val=50, seed=0, log=print):
 GENERATOR_VERSION = 1
 
 
+def _missing_files(out_dir, num_train, num_val):
+    """The files of a set with these sizes that are not under `out_dir`."""
+    expected = []
+    for split, n in (('train', num_train), ('val', num_val)):
+        expected.append(annotation_file(out_dir, split))
+        expected += [osp.join(out_dir, split, image_file_name(i)) for i in range(1, n + 1)]
+    return [f for f in expected if not osp.isfile(f)]
+
+
 def ensure_mini_coco(out_dir, num_train=200, num_val=50, seed=0, force=False, log=print):
-    """Make mini COCO under `out_dir` unless the same set (same parameters) is already there."""
+    """Make mini COCO under `out_dir` unless the same set (same parameters, all its files)
+    is already there. The manifest records the parameters, not the content: use
+    ``force=True`` to rewrite files that were modified."""
     manifest = osp.join(out_dir, 'manifest.json')
     params = dict(version=GENERATOR_VERSION, num_train=num_train, num_val=num_val, seed=seed)
     if not force and osp.isfile(manifest):
         with open(manifest) as f:
-            if json.load(f) == params:
-                if log:
-                    log(f'[mini_coco] {out_dir} is up to date ({num_train} train / {num_val} val images)')
-                return {s: osp.join(out_dir, 'annotations', f'instances_{s}.json') for s in ('train', 'val')}
+            same_params = json.load(f) == params
+        missing = _missing_files(out_dir, num_train, num_val) if same_params else []
+        if same_params and not missing:
+            if log:
+                log(f'[mini_coco] {out_dir} is up to date ({num_train} train / {num_val} val images)')
+            return {s: annotation_file(out_dir, s) for s in ('train', 'val')}
+        if missing and log:
+            log(f'[mini_coco] {out_dir}: {len(missing)} files missing (e.g. {missing[0]}), rewriting the set')
     if osp.isfile(manifest):
         os.remove(manifest)
     files = make_mini_coco(out_dir, num_train, num_val, seed, log)

@@ -1,0 +1,200 @@
+"""`mim train` / `mim test` with mmdet's tools and with ours (tools/train.py, tools/test.py).
+
+The training runs use a child config, written to tmp, that inherits
+configs/mini/mask_rcnn_pvt_t.py and points it at the session's mini COCO with small
+images, few proposals and an iteration-based schedule; `--cfg-options` then sets the
+iteration count, so the tests also see that overrides reach the run.
+"""
+import json
+import math
+import os
+import os.path as osp
+import pickle
+import pprint
+import re
+
+import pytest
+import torch
+from mmengine.config import Config
+
+import slab_mmdet  # noqa: F401  (checkpoints load with weights_only=True)
+from helpers import REPO_ROOT, light_two_stage, mini_config, run_python
+
+CONFIG = 'configs/mini/mask_rcnn_pvt_t.py'
+CHILD_MAX_ITERS = 4   # what the child config says; the command lines ask for fewer
+# The top-level keys mini_config / light_two_stage change; the child replaces them whole.
+CHILD_KEYS = ('model', 'train_dataloader', 'val_dataloader', 'test_dataloader', 'val_evaluator',
+              'test_evaluator', 'train_cfg', 'param_scheduler', 'default_hooks', 'log_processor', 'randomness')
+TRAIN_LINE = re.compile(r'Iter\(train\) \[\s*(\d+)/(\d+)\].*?\bloss: ([0-9.]+)')
+
+
+def write_child_config(path, data_root):
+    cfg = light_two_stage(mini_config(CONFIG, data_root, work_dir='unused', max_iters=CHILD_MAX_ITERS,
+                                      img_scale=(160, 120), val=False))
+    cfg.randomness = dict(seed=0)
+    plain = cfg.to_dict()
+    base = Config.fromfile(osp.join(REPO_ROOT, CONFIG))
+    lines = [f'_base_ = {osp.join(REPO_ROOT, CONFIG)!r}', '']
+    for key in CHILD_KEYS:
+        value = plain[key]
+        if isinstance(value, dict) and key in base:   # replace the base's dict, don't merge into it
+            value = dict(_delete_=True, **value)
+        lines.append(f'{key} = {pprint.pformat(value, sort_dicts=False)}')
+    path.write_text('\n'.join(lines) + '\n')
+    return str(path)
+
+
+def mim_pythonpath(tmp_path):
+    """PYTHONPATH under which mim's `slab_mmdet` is this checkout.
+
+    mim finds a package's tools through its installed distribution
+    (<location>/slab_mmdet/.mim/tools). The cached venv is shared by clones and its
+    editable install may point at another one; then a stand-in distribution in tmp,
+    laid out as `make setup` lays out an editable install, puts this checkout first.
+    """
+    code = 'from mim.utils import get_installed_path; print(get_installed_path("slab_mmdet"))'
+    proc = run_python(['-I', '-W', 'ignore', '-c', code])
+    assert proc.returncode == 0, proc.stderr
+    installed = proc.stdout.strip().splitlines()[-1]
+    if osp.dirname(osp.realpath(installed)) == osp.realpath(REPO_ROOT):
+        return REPO_ROOT
+    from slab_mmdet import __version__
+    site = tmp_path / 'site'
+    dist_info = site / f'slab_mmdet-{__version__}.dist-info'
+    dist_info.mkdir(parents=True)
+    (dist_info / 'METADATA').write_text(f'Metadata-Version: 2.1\nName: slab_mmdet\nVersion: {__version__}\n')
+    mim_dir = site / 'slab_mmdet' / '.mim'   # no __init__.py: `import slab_mmdet` still finds the checkout's
+    mim_dir.mkdir(parents=True)
+    for name in ('configs', 'tools'):
+        os.symlink(osp.join(REPO_ROOT, name), mim_dir / name)
+    return os.pathsep.join([str(site), REPO_ROOT])
+
+
+def mim(*args, pythonpath, timeout=300):
+    """Run the venv's mim; returns its output (stdout + stderr)."""
+    proc = run_python(['-m', 'mim', *args], env=dict(PYTHONPATH=pythonpath), timeout=timeout)
+    assert proc.returncode == 0, f'mim {" ".join(args)} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}'
+    return proc.stdout + proc.stderr
+
+
+def train_log_lines(work_dir):
+    """[(iteration, max iterations, loss)] from the training logs in work_dir (oldest run first)."""
+    logs = sorted(osp.join(work_dir, d, f'{d}.log') for d in os.listdir(work_dir)
+                  if osp.isfile(osp.join(work_dir, d, f'{d}.log')))
+    assert logs, f'no log in {work_dir}'
+    out = []
+    for log in logs:
+        with open(log) as f:
+            out += [(int(m[1]), int(m[2]), float(m[3])) for m in map(TRAIN_LINE.search, f) if m]
+    return out
+
+
+def coco_metric(output, name):
+    values = re.findall(rf'coco/{name}: (-?[0-9.]+)', output)
+    assert values, f'no coco/{name} in the output:\n{output[-3000:]}'
+    return float(values[-1])
+
+
+@pytest.fixture(scope='module')
+def mim_run(mini_coco, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp('mim')
+    config = write_child_config(tmp / 'child_config.py', mini_coco)
+    # Without custom_imports, only an entry point that imports slab_mmdet itself finds
+    # MiniCocoDataset (--cfg-options cannot remove it: the config imports it while loading).
+    (tmp / 'no_imports.py').write_text(
+        f'_base_ = {config!r}\n'
+        'custom_imports = dict(_delete_=True, imports=[], allow_failed_imports=False)\n')
+    return dict(config=config, config_no_imports=str(tmp / 'no_imports.py'),
+                pythonpath=mim_pythonpath(tmp), work_dir=str(tmp / 'work'), tmp=tmp, data_root=mini_coco)
+
+
+@pytest.mark.slow
+def test_mim_train_mmdet_then_resume_with_ours_then_test(mim_run):
+    cfg, pythonpath, work_dir = mim_run['config'], mim_run['pythonpath'], mim_run['work_dir']
+    # mmdet's own tools need the config's custom_imports to find MiniCocoDataset.
+    proc = run_python(['-m', 'mim', 'train', 'mmdet', mim_run['config_no_imports'], '--work-dir',
+                       osp.join(mim_run['tmp'], 'fails')], env=dict(PYTHONPATH=pythonpath), timeout=300)
+    assert proc.returncode != 0 and 'MiniCocoDataset is not in the' in proc.stdout + proc.stderr
+
+    # 1. mmdet's tools/train.py, through mim: 2 iterations (the child config says 4).
+    out = mim('train', 'mmdet', cfg, '--work-dir', work_dir, '--cfg-options', 'train_cfg.max_iters=2',
+              pythonpath=pythonpath)
+    assert re.search(r'mmdet/\.mim/tools/train\.py', out)
+    assert osp.isfile(osp.join(work_dir, 'iter_2.pth'))
+    lines = train_log_lines(work_dir)
+    assert [(i, n) for i, n, _ in lines] == [(1, 2), (2, 2)]
+    assert all(math.isfinite(loss) and loss > 0 for _, _, loss in lines)
+
+    # 2. Our tools/train.py, through `mim train slab_mmdet`: resume the run above (its
+    # checkpoint loads with weights_only=True) for one more iteration, from a config
+    # without custom_imports: our entry point registers slab-mmdet's modules itself.
+    out = mim('train', 'slab_mmdet', mim_run['config_no_imports'], '--work-dir', work_dir, '--resume',
+              '--cfg-options', 'train_cfg.max_iters=3', pythonpath=pythonpath)
+    assert re.search(r'slab_mmdet/\.mim/tools/train\.py', out)
+    assert f'Auto resumed from the latest checkpoint {osp.join(work_dir, "iter_2.pth")}' in out
+    assert re.search(r'resumed epoch: \d+, iter: 2\b', out)
+    assert osp.isfile(osp.join(work_dir, 'iter_3.pth'))
+    lines = train_log_lines(work_dir)
+    assert [(i, n) for i, n, _ in lines] == [(1, 2), (2, 2), (3, 3)]
+    ckpt = torch.load(osp.join(work_dir, 'iter_3.pth'), map_location='cpu')
+    assert ckpt['meta']['iter'] == 3
+    assert len(ckpt['message_hub']['log_scalars']['train/loss'].data[0]) == 3   # history carried over
+
+    # 3. mmdet's tools/test.py evaluates that checkpoint.
+    out = mim('test', 'mmdet', cfg, '--checkpoint', osp.join(work_dir, 'iter_3.pth'),
+              '--work-dir', osp.join(mim_run['tmp'], 'test_mmdet'), pythonpath=pythonpath)
+    for name in ('bbox_mAP', 'segm_mAP'):
+        assert 0.0 <= coco_metric(out, name) <= 1.0
+
+    # 4. Ours, through `mim test slab_mmdet` (no custom_imports), also dumping the predictions
+    # and drawing them.
+    preds, test_dir = osp.join(mim_run['tmp'], 'preds.pkl'), osp.join(mim_run['tmp'], 'test_ours')
+    out = mim('test', 'slab_mmdet', mim_run['config_no_imports'], '--checkpoint',
+              osp.join(work_dir, 'iter_3.pth'), '--work-dir', test_dir, '--out', preds, '--show-dir', 'vis',
+              pythonpath=pythonpath)
+    assert re.search(r'slab_mmdet/(\.mim/)?tools/test\.py', out)
+    assert 0.0 <= coco_metric(out, 'bbox_mAP') <= 1.0
+    with open(preds, 'rb') as f:
+        results = pickle.load(f)
+    with open(osp.join(mim_run['data_root'], 'annotations', 'instances_val.json')) as f:
+        val_images = json.load(f)['images']
+    assert len(results) == len(val_images)
+    assert {'pred_instances', 'img_id'} <= set(results[0])
+    drawn = [f for _, _, files in os.walk(test_dir) for f in files if f.endswith('.jpg')]
+    assert sorted(drawn) == sorted(img['file_name'] for img in val_images)
+
+
+# ---------------------------------------------------------------------------- argument errors
+
+@pytest.mark.parametrize('args, message', [
+    (['tools/train.py', 'no/such/config.py'], 'config file not found: no/such/config.py'),
+    (['tools/train.py', CONFIG, '--resume', 'no_such.pth'], '--resume checkpoint not found: no_such.pth'),
+    (['tools/train.py', CONFIG, '--launcher', 'local'], "invalid choice: 'local'"),
+    (['tools/test.py', CONFIG, 'no_such.pth'], 'checkpoint not found: no_such.pth'),
+    (['tools/test.py', CONFIG, __file__, '--out', 'preds.json'],
+     '--out must be a .pkl or .pickle file, got preds.json'),
+])
+def test_entry_points_reject_bad_arguments(args, message):
+    proc = run_python(args, timeout=120)
+    assert proc.returncode == 2
+    assert message in proc.stderr
+
+
+def test_train_help_does_not_offer_gpus():
+    """mim adds `--gpus N` / `--device cpu` to the command when the help mentions --gpus;
+    our train.py takes neither (the launcher decides the devices)."""
+    proc = run_python(['tools/train.py', '-h'], timeout=120)
+    assert proc.returncode == 0
+    assert '--gpus' not in proc.stdout
+    for flag in ('--work-dir', '--amp', '--auto-scale-lr', '--resume', '--cfg-options', '--launcher'):
+        assert flag in proc.stdout
+
+
+def test_auto_scale_lr_needs_base_batch_size(tmp_path):
+    cfg = tmp_path / 'no_auto_scale.py'
+    cfg.write_text(f'_base_ = {osp.join(REPO_ROOT, CONFIG)!r}\n'
+                   'auto_scale_lr = dict(_delete_=True, enable=False)\n')
+    proc = run_python(['tools/train.py', str(cfg), '--auto-scale-lr', '--work-dir', str(tmp_path / 'w')],
+                      timeout=300)
+    assert proc.returncode != 0
+    assert 'auto_scale_lr.base_batch_size' in proc.stderr

@@ -1,0 +1,71 @@
+"""Evaluate a checkpoint on a config's test set, with slab-mmdet's modules registered.
+
+The counterpart of mmdet's ``tools/test.py``, and what
+``mim test slab_mmdet CONFIG --checkpoint CKPT`` runs. It imports ``slab_mmdet``, so
+configs can use its modules even without ``custom_imports``, and checkpoints
+written by mmengine load with ``torch.load(weights_only=True)``.
+
+Examples:
+    python tools/test.py configs/mini/mask_rcnn_pvt_t.py work_dirs/pvt_t/epoch_12.pth
+    python tools/test.py configs/mini/mask_rcnn_pvt_t.py CKPT --out results.pkl --show-dir vis
+    mim test slab_mmdet configs/mini/mask_rcnn_pvt_t.py --checkpoint CKPT
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import DictAction
+
+LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='test config file path')
+    parser.add_argument('checkpoint', help='checkpoint file (or URL)')
+    parser.add_argument('--work-dir', help='directory for the log and metrics '
+                        '(default: the config\'s work_dir, else ./work_dirs/<config name>)')
+    parser.add_argument('--out', help='also dump the predictions to this .pkl file')
+    parser.add_argument('--show-dir', help='save images with predictions drawn here '
+                        '(relative paths are under <work dir>/<timestamp>/)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='override config settings, e.g. test_dataloader.batch_size=2 '
+                        '(lists: key="[a,b]", no spaces)')
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
+    # torch.distributed launchers pass --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not osp.isfile(args.config):
+        parser.error(f'config file not found: {args.config}')
+    if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
+        parser.error(f'checkpoint not found: {args.checkpoint}')
+    if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
+        parser.error(f'--out must be a .pkl or .pickle file, got {args.out}')
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # Imported after parsing, so that -h and bad arguments answer fast.
+    from mmdet.engine.hooks.utils import trigger_visualization_hook
+    from mmdet.evaluation import DumpDetResults
+    from mmdet.utils import setup_cache_size_limit_of_dynamo
+
+    import slab_mmdet  # noqa: F401  (registers slab-mmdet's modules)
+    from slab_mmdet.engine.run_config import build_runner, load_run_config
+
+    setup_cache_size_limit_of_dynamo()
+    cfg = load_run_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+    cfg.load_from = args.checkpoint
+    if args.show_dir:
+        cfg = trigger_visualization_hook(cfg, argparse.Namespace(show=False, show_dir=args.show_dir))
+
+    runner = build_runner(cfg)
+    if args.out is not None:
+        runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
+    runner.test()
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,76 @@
+"""Train a detector from an mmdet config, with slab-mmdet's modules registered.
+
+The counterpart of mmdet's ``tools/train.py`` (same arguments), and what
+``mim train slab_mmdet CONFIG`` runs. It imports ``slab_mmdet``, so configs can use
+its backbones, norms, hooks and datasets even without ``custom_imports``.
+
+Examples:
+    python tools/train.py configs/mini/mask_rcnn_pvt_t.py --work-dir work_dirs/pvt_t
+    python tools/train.py configs/mini/mask_rcnn_pvt_t.py --resume          # latest in work dir
+    python tools/train.py configs/mini/mask_rcnn_pvt_t.py --cfg-options train_cfg.max_epochs=2
+    mim train slab_mmdet configs/mini/mask_rcnn_pvt_t.py --work-dir work_dirs/pvt_t
+"""
+import argparse
+import os
+import os.path as osp
+
+from mmengine.config import DictAction
+
+LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='train config file path')
+    parser.add_argument('--work-dir', help='directory for logs and checkpoints '
+                        '(default: the config\'s work_dir, else ./work_dirs/<config name>)')
+    parser.add_argument('--amp', action='store_true', help='automatic mixed precision (needs a GPU)')
+    parser.add_argument('--auto-scale-lr', action='store_true',
+                        help='scale the learning rate by total batch size / auto_scale_lr.base_batch_size')
+    parser.add_argument('--resume', nargs='?', const='auto', metavar='CKPT',
+                        help='resume from CKPT, or without CKPT from the latest checkpoint in the work dir')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
+                        help='override config settings, e.g. train_cfg.max_epochs=2 '
+                        'optim_wrapper.optimizer.lr=1e-4 (lists: key="[a,b]", no spaces)')
+    parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
+    # torch.distributed launchers pass --local-rank (torch >= 2.0) or --local_rank.
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if not osp.isfile(args.config):
+        parser.error(f'config file not found: {args.config}')
+    if args.resume not in (None, 'auto') and not osp.isfile(args.resume) and '://' not in args.resume:
+        parser.error(f'--resume checkpoint not found: {args.resume} '
+                     '(give an existing file, or --resume alone for the latest in the work dir)')
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    # Imported after parsing, so that -h (which mim runs first) and bad arguments answer fast.
+    from mmdet.utils import setup_cache_size_limit_of_dynamo
+
+    import slab_mmdet  # noqa: F401  (registers slab-mmdet's modules)
+    from slab_mmdet.engine.run_config import build_runner, load_run_config
+
+    setup_cache_size_limit_of_dynamo()
+    cfg = load_run_config(args.config, args.cfg_options, args.work_dir, args.launcher)
+
+    if args.amp:
+        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.loss_scale = 'dynamic'
+    if args.auto_scale_lr:
+        if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
+            raise SystemExit(f'--auto-scale-lr: {args.config} has no auto_scale_lr.base_batch_size; add '
+                             'auto_scale_lr = dict(enable=False, base_batch_size=<batch size the lr is for>)')
+        cfg.auto_scale_lr.enable = True
+    if args.resume == 'auto':
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume is not None:
+        cfg.resume, cfg.load_from = True, args.resume
+
+    build_runner(cfg).train()
+
+
+if __name__ == '__main__':
+    main()
