@@ -112,4 +112,120 @@ def deploy_config(cfg, out_norms_folded):
     return cfg
 
 
-__all__ = ['count_norm_layers', 'deploy_config', 'fuse_detector']
+
+
+# ----------------------------------------------------------------- checking equivalence
+
+
+def compare_features(a, b):
+    """Largest |a - b| / max|a| over matching feature maps (tuples of tensors)."""
+    return max(float((x - y).abs().max() / x.abs().max().clamp_min(1e-12)) for x, y in zip(a, b))
+
+
+def compare_detections(a, b, image_shape):
+    """How far two ``pred_instances`` are apart.
+
+    Returns a dict: ``count`` (len a, len b), and when the counts agree, ``boxes``
+    (largest coordinate difference relative to the image's longer side), ``scores``
+    (largest absolute difference), ``masks`` (fraction of mask pixels that differ).
+    """
+    out = dict(count=(len(a), len(b)))
+    if len(a) != len(b):
+        return out
+    if len(a):
+        out['boxes'] = float((a.bboxes - b.bboxes).abs().max()) / max(image_shape)
+        out['scores'] = float((a.scores - b.scores).abs().max())
+        out['labels_equal'] = bool((a.labels == b.labels).all())
+        if 'masks' in a and 'masks' in b:
+            out['masks'] = float((a.masks != b.masks).float().mean())
+    return out
+
+
+def detections_equivalent(diff, tolerance):
+    return (diff['count'][0] == diff['count'][1] and diff.get('labels_equal', True)
+            and all(diff.get(k, 0.0) <= tolerance for k in ('boxes', 'scores', 'masks')))
+
+
+def _first_test_image(cfg):
+    from mmdet.registry import DATASETS
+    dataset_cfg = copy.deepcopy(cfg.test_dataloader.dataset)
+    try:
+        dataset = DATASETS.build(dataset_cfg)
+        return dataset.get_data_info(0)['img_path']
+    except (FileNotFoundError, IndexError) as e:
+        raise FileNotFoundError(
+            f'no test image: the config\'s test dataset could not be read ({e}). Pass an image with --image PATH') \
+            from e
+
+
+def _backbone_features(model, pipeline, image):
+    from mmengine.dataset import pseudo_collate
+    data = model.data_preprocessor(pseudo_collate([pipeline(dict(img_path=image, img_id=0))]), False)
+    return model.backbone(data['inputs']), data['inputs'].shape[-2:]
+
+
+def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, tolerance=1e-4, logger=print):
+    """Fuse a trained detector and write the fused checkpoint and its deploy config.
+
+    Loads ``checkpoint`` (strictly) into the detector of ``config``, fuses a copy with
+    :func:`fuse_detector`, checks on a real image through the config's test pipeline
+    that backbone features and detections agree within ``tolerance`` (relative), writes
+    ``<out_dir>/<config>_deploy.py`` and ``<out_dir>/<checkpoint>_fused.pth``, and checks
+    that the fused weights load strictly into the deploy config.
+
+    Returns a dict with the paths, the fusion report and the measured differences.
+    Raises ValueError if the fused model is not equivalent.
+    """
+    import os
+    import os.path as osp
+
+    import torch
+    from mmcv.transforms import Compose
+    from mmdet.apis import inference_detector, init_detector
+    from mmdet.utils import get_test_pipeline_cfg
+    from mmengine.runner import load_checkpoint
+
+    cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.model.backbone.init_cfg = None  # the checkpoint has all the weights
+    model = init_detector(cfg, None, device='cpu')
+    ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    model.dataset_meta = ckpt.get('meta', {}).get('dataset_meta', model.dataset_meta)
+    model.eval()
+    fused = copy.deepcopy(model)
+    report = fuse_detector(fused)
+    logger(f'[fuse] removed {report["removed_norms"]} norm layers from {type(model.backbone).__name__}; '
+           f'output norms {report["output_norms"]}')
+
+    image = image or _first_test_image(cfg)
+    pipeline = Compose(get_test_pipeline_cfg(cfg))
+    with torch.no_grad():
+        (feats_a, shape), (feats_b, _) = (_backbone_features(m, pipeline, image) for m in (model, fused))
+        det_a, det_b = (inference_detector(m, image).pred_instances for m in (model, fused))
+    diff = dict(backbone_features=compare_features(feats_a, feats_b),
+                detections=compare_detections(det_a, det_b, tuple(shape)))
+    logger(f'[fuse] checked on {image}: largest difference: backbone features {diff["backbone_features"]:.2e} '
+           f'(relative), detections {diff["detections"]}')
+    if diff['backbone_features'] > tolerance or not detections_equivalent(diff['detections'], tolerance):
+        raise ValueError(f'fused model is not equivalent within {tolerance}: {diff}')
+
+    os.makedirs(out_dir, exist_ok=True)
+    stem = osp.splitext(osp.basename(config if isinstance(config, str) else 'model.py'))[0]
+    deploy_cfg = deploy_config(cfg, report['out_norms_folded'])
+    config_path = osp.join(out_dir, f'{stem}_deploy.py')
+    deploy_cfg.dump(config_path)
+    ckpt_path = osp.join(out_dir, f'{osp.splitext(osp.basename(checkpoint))[0]}_fused.pth')
+    meta = dict(ckpt.get('meta', {}), fused=dict(report, source_checkpoint=osp.abspath(checkpoint),
+                                                  source_config=config if isinstance(config, str) else None))
+    torch.save(dict(meta=meta, state_dict=fused.state_dict()), ckpt_path)
+
+    # The fused weights must load strictly into the plain deploy config.
+    deployed = init_detector(Config.fromfile(config_path), None, device='cpu')
+    load_checkpoint(deployed, ckpt_path, map_location='cpu', strict=True)
+    logger(f'[fuse] wrote {ckpt_path} and {config_path} (loads strictly)')
+    return dict(config=config_path, checkpoint=ckpt_path, report=report, diff=diff, image=image)
+
+
+__all__ = ['compare_detections', 'compare_features', 'count_norm_layers', 'deploy_config', 'fuse_checkpoint',
+           'fuse_detector']

@@ -1,0 +1,58 @@
+"""Fold every norm of a trained SLAB detector into its neighbouring layers.
+
+Loads CHECKPOINT into the detector of CONFIG, fuses it (PRepBN/RepBN with g = 0 fold
+into the following projections or the preceding patch-embedding convs; the
+backbone's output norms into the FPN lateral convs), checks on a real image through
+the config's test pipeline that features and detections are unchanged, and writes
+into OUT_DIR:
+
+    <config>_deploy.py     the config with backbone deploy=True (runs with mmdet's
+                           tools/test.py, DetInferencer, `mim test`)
+    <checkpoint>_fused.pth the fused weights, which load strictly into it
+
+Refuses a model that is still annealing (a PRepBN with g > 0) or has LayerNorms.
+
+Example:
+    python tools/fuse_norms.py configs/mask_rcnn_slab_pvt_s.py work_dirs/slab_pvt_s/epoch_12.pth \\
+        --out-dir work_dirs/slab_pvt_s/deploy
+"""
+import argparse
+import os.path as osp
+import sys
+
+from mmengine.config import DictAction
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('config', help='the (training) config of the model')
+    parser.add_argument('checkpoint', help='the trained checkpoint (all PRepBN at g = 0)')
+    parser.add_argument('--out-dir', required=True, help='where to write the deploy config and fused checkpoint')
+    parser.add_argument('--image', help='image for the equivalence check (default: the first test image)')
+    parser.add_argument('--tolerance', type=float, default=1e-4,
+                        help='largest relative difference accepted (default: 1e-4)')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint'), (args.image, 'image')):
+        if path is not None and not osp.isfile(path):
+            sys.exit(f'fuse_norms: {what} not found: {path}')
+    if args.tolerance <= 0:
+        sys.exit(f'fuse_norms: --tolerance must be > 0, got {args.tolerance}')
+    from slab_mmdet.deploy import fuse_checkpoint
+    try:
+        result = fuse_checkpoint(args.config, args.checkpoint, args.out_dir, image=args.image,
+                                 cfg_options=args.cfg_options, tolerance=args.tolerance)
+    except (ValueError, TypeError, FileNotFoundError) as e:
+        sys.exit(f'fuse_norms: {e}')
+    print(f'norm layers removed: {result["report"]["removed_norms"]}')
+    print(f'largest difference: backbone features {result["diff"]["backbone_features"]:.3e} (relative); '
+          f'detections {result["diff"]["detections"]}')
+    print(f'deploy config: {result["config"]}\nfused checkpoint: {result["checkpoint"]}')
+
+
+if __name__ == '__main__':
+    main()
