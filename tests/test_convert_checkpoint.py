@@ -239,6 +239,30 @@ def test_cli_converts_reference_checkpoint(tmp_path, trap_module, capsys):
     assert torch.equal(own['stages.0.blocks.0.attn.value_conv.dwc.weight'], sd['block1.0.attn.dwc.weight'])
 
 
+def test_plain_repbn_norms_convert_with_g0():
+    """A reference model built with plain RepBN norms (swin_transformer.py's default
+    norm_layer) has no LayerNorm branch: g = 0. In eval mode the reference LinearNorm
+    is its RepBN alone, so the golden eval outputs are also this model's."""
+    golden = torch.load(osp.join(TESTS, 'data', 'reference_golden_pvt.pt'), weights_only=True)
+    linear_norms = [k[:-len('.total_step')] for k in golden['state_dict'] if k.endswith('.total_step')]
+    sd = {}
+    for key, value in golden['state_dict'].items():
+        owner = next((p for p in linear_norms if key.startswith(p + '.')), None)
+        if owner is None:
+            sd[key] = value
+        elif key.startswith(owner + '.norm2.'):
+            sd[owner + '.' + key[len(owner + '.norm2.'):]] = value
+    state_dict, report = convert_state_dict(sd)
+    assert report.unmapped == [] and set(report.g_values.values()) == {0.0}
+    assert len(report.g_values) == len(linear_norms) and 'plain RepBN' in report.summary()
+    ours = MODELS.build(dict(report.backbone_cfg, drop_path_rate=0.0))
+    ours.load_state_dict(state_dict, strict=False)
+    ours.eval()
+    got = block_outputs(ours, [stage.blocks[-1] for stage in ours.stages], golden['input'].float())
+    for g, w in zip(got, golden['eval_g0']):
+        torch.testing.assert_close(g, w, rtol=1e-4, atol=2e-5)
+
+
 def test_cli_refuses_bad_input(tmp_path):
     sd = golden_state_dict('pvt')
     src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'

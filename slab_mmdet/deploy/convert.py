@@ -14,7 +14,8 @@ Two source layouts are recognised from the keys (:func:`detect_layout`):
   ``q``/``kv``, 1x1-conv FFNs into linears, ``nn.Unfold`` channel order of Swin's
   patch merging into the concatenation order of ours).
 
-A norm that is a plain LayerNorm in either layout converts like mmdet's (g = 1).
+A norm that is a plain LayerNorm in either layout converts like mmdet's (g = 1); a
+plain RepBN (the reference Swin's default ``norm_layer``) gives ``g = 0``.
 The architecture (our backbone config) is read off the keys and shapes; the
 converted weights are then checked against our backbone built from that config:
 every key must exist with the same shape (a mismatch is an error naming the key),
@@ -598,14 +599,28 @@ def _build_backbone(cfg):
 def _convert_norms(state_dict, source, backbone, report):
     """Turn each source norm in front of one of our PRepBNs into PRepBN weights.
 
-    A reference ``LinearNorm`` (``norm1`` LayerNorm, ``norm2`` RepBN, ``iter``,
-    ``total_step``, ``warm``) gives ``g = iter / total_step`` (1 while it warms up:
-    then it trains as a pure LayerNorm); a LayerNorm (``weight``, ``bias``) becomes the
-    LayerNorm branch with ``g = 1`` and our freshly initialised RepBN.
+    * a reference ``LinearNorm`` (``norm1`` LayerNorm, ``norm2`` RepBN, ``iter``,
+      ``total_step``, ``warm``): ``g = iter / total_step`` (1 while it warms up: then
+      it trains as a pure LayerNorm);
+    * a LayerNorm (``weight``, ``bias``): the LayerNorm branch, ``g = 1``, our freshly
+      initialised RepBN;
+    * a plain RepBN (``alpha``, ``bn.*``; the reference Swin's default norm): the
+      RepBN branch, ``g = 0``, our freshly initialised LayerNorm.
     """
     from ..models.layers.prepbn import iter_prepbn
     own = backbone.state_dict()
     out = OrderedDict(state_dict)
+
+    def move(old_prefix, new_prefix, keys):
+        for key in keys:
+            new_key = new_prefix + key[len(old_prefix):]
+            out[new_key], source[new_key] = out.pop(key), source[key]
+
+    def fresh(prefix, what):
+        for key in (k for k in own if k.startswith(prefix)):
+            out[key], source[key] = own[key].clone(), what
+
+    repbn_only = []
     for name, _ in iter_prepbn(backbone):
         p = name + '.'
         if p + 'total_step' in out:
@@ -618,20 +633,23 @@ def _convert_norms(state_dict, source, backbone, report):
             g = 1.0 if warm > 0 else (done / total if total > 0 else 0.0)
             g = min(max(g, 0.0), 1.0)
             for old, new in (('norm1.', 'ln.'), ('norm2.', 'repbn.')):
-                for key in [k for k in out if k.startswith(p + old)]:
-                    new_key = p + new + key[len(p + old):]
-                    out[new_key], source[new_key] = out.pop(key), source[key]
+                move(p + old, p + new, [k for k in out if k.startswith(p + old)])
         elif p + 'weight' in out:
-            for leaf in ('weight', 'bias'):
-                if p + leaf in out:
-                    out[p + 'ln.' + leaf], source[p + 'ln.' + leaf] = out.pop(p + leaf), source[p + leaf]
+            move(p, p + 'ln.', [p + leaf for leaf in ('weight', 'bias') if p + leaf in out])
+            fresh(p + 'repbn.', '(fresh RepBN)')
             g = 1.0
-            for key in (k for k in own if k.startswith(p + 'repbn.')):
-                out[key], source[key] = own[key].clone(), '(fresh RepBN)'
+        elif p + 'alpha' in out:
+            move(p, p + 'repbn.', [k for k in out if k == p + 'alpha' or k.startswith(p + 'bn.')])
+            fresh(p + 'ln.', '(fresh LayerNorm)')
+            g = 0.0
+            repbn_only.append(name)
         else:
             continue
         out[p + 'g'], source[p + 'g'] = torch.tensor(g), f'({name}: g)'
         report.g_values[name] = g
+    if repbn_only:
+        report.notes.append(f'{len(repbn_only)} norms are plain RepBN in the checkpoint (no LayerNorm branch): '
+                            'g = 0, as the reference model; their LayerNorm branch is left at initialisation')
     return out
 
 
