@@ -263,6 +263,22 @@ def test_plain_repbn_norms_convert_with_g0():
         torch.testing.assert_close(g, w, rtol=1e-4, atol=2e-5)
 
 
+def test_reference_detector_checkpoint_converts_backbone_and_keeps_the_rest():
+    """The authors' detection backbones: the classification layout under ``backbone.``,
+    plus output norms norm0..3 (LinearNorms)."""
+    golden = golden_state_dict('swin')
+    sd = {'backbone.' + k: v for k, v in golden.items() if not k.startswith(('head.', 'norm.'))}
+    for key in [k for k in golden if k.startswith('layers.1.blocks.0.norm1.')]:   # 16 channels, like norm1
+        sd['backbone.norm1.' + key[len('layers.1.blocks.0.norm1.'):]] = golden[key]
+    sd['backbone.norm1.iter'] = torch.tensor(250)
+    sd['neck.fpn_convs.0.conv.weight'] = neck = torch.randn(4, 4, 3, 3)
+    state_dict, report = convert_state_dict(sd)
+    assert report.detector and report.kept == ['neck'] and report.unmapped == []
+    assert report.g_values['norm1'] == 0.25 and torch.equal(state_dict['neck.fpn_convs.0.conv.weight'], neck)
+    assert torch.equal(state_dict['backbone.norm1.repbn.alpha'], golden['layers.1.blocks.0.norm1.norm2.alpha'])
+    assert sorted({k.split('.')[0] for k in report.new_keys}) == ['norm0', 'norm2', 'norm3']
+
+
 def test_cli_refuses_bad_input(tmp_path):
     sd = golden_state_dict('pvt')
     src, dst = tmp_path / 'src.pth', tmp_path / 'dst.pth'

@@ -52,7 +52,7 @@ def main(argv=None):
     try:
         report = convert_checkpoint(args.src, args.dst, family=args.family, num_heads=args.num_heads,
                                     force=args.force)
-    except (ConversionError, FileNotFoundError, FileExistsError) as e:
+    except (ConversionError, OSError) as e:   # OSError: missing SRC, existing DST, unwritable DST
         raise SystemExit(f'error: {e}')
     print('\nPaste into your mmdet config:\n')
     print(config_snippet(report, args.dst))

@@ -419,6 +419,7 @@ def _reference_swin(sd, report, num_heads):
         # The classification model's final norm acts on the last stage's output:
         # exactly what our last output norm does.
         (r'norm\.(.*)', _to(lambda m: f'norm{last}.{m[1]}')),
+        (r'norm(\d+)\.(.*)', _to(lambda m: f'norm{m[1]}.{m[2]}')),   # the authors' detection backbones
     ]
     return cfg, rules, []
 
@@ -789,8 +790,12 @@ def convert_checkpoint(src, dst, family='auto', num_heads=None, force=False, log
     log(f'writing {dst}')
     os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
     tmp = dst + '.tmp'
-    torch.save(dict(state_dict=state_dict, meta=meta), tmp)
-    os.replace(tmp, dst)
+    try:
+        torch.save(dict(state_dict=state_dict, meta=meta), tmp)
+        os.replace(tmp, dst)
+    finally:
+        if osp.exists(tmp):
+            os.remove(tmp)
     return report
 
 
