@@ -141,6 +141,7 @@ def test_foreign_training_config_loads_as_inert_data_without_running_code(tmp_pa
         assert ckpt['epoch'] == 299 and ckpt['max_accuracy'] == 76.5
         assert ckpt['model'].keys() == weights.keys()
         assert all(torch.equal(ckpt['model'][k], v) for k, v in weights.items())
+        return ckpt
 
     check_loaded()   # the trap's module is importable: still nothing of it runs
     # Control: a full unpickling does run the trap.
@@ -148,7 +149,9 @@ def test_foreign_training_config_loads_as_inert_data_without_running_code(tmp_pa
     assert marker.read_text() == MARKER_TEXT
     marker.unlink()
     trap_module.make_unimportable()   # like a machine without yacs
-    check_loaded()
+    _, report = convert_state_dict(check_loaded()['model'])
+    assert report.unmapped == [] and report.backbone_cfg['attn_types'] == 'LSLL'
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize('make, named', [
