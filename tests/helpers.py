@@ -202,3 +202,59 @@ def light_two_stage(cfg, proposals=100, rois=64, detections=20):
     model.test_cfg.rpn.update(nms_pre=proposals * 2, max_per_img=proposals)
     model.test_cfg.rcnn.update(max_per_img=detections, score_thr=0.0)
     return cfg
+
+
+def anneal_and_randomise_norms(model, seed=0):
+    """Set every PRepBN to g = 0 and give every RepBN non-trivial statistics, affine and
+    alpha, so that fusing it is a real test (a fresh BN is nearly the identity)."""
+    import torch
+    from slab_mmdet.models.layers import PRepBN, RepBN
+    gen = torch.Generator().manual_seed(seed)
+
+    def rand(t, lo, hi):
+        return torch.rand(t.shape, generator=gen, dtype=t.dtype) * (hi - lo) + lo
+
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, PRepBN):
+                m.set_g(0.0)
+            elif isinstance(m, RepBN):
+                m.alpha.copy_(rand(m.alpha, 0.5, 1.5))
+                m.bn.running_mean.copy_(rand(m.bn.running_mean, -0.5, 0.5))
+                m.bn.running_var.copy_(rand(m.bn.running_var, 0.5, 2.0))
+                m.bn.weight.copy_(rand(m.bn.weight, 0.7, 1.3))
+                m.bn.bias.copy_(rand(m.bn.bias, -0.2, 0.2))
+    return model
+
+
+def float64_detection_ops():
+    """A context that lets an mmdet two-stage detector run in float64 on the CPU:
+    mmcv's NMS (float32 only) is replaced by torchvision's, and masks are pasted in
+    float32. Exact comparisons of detections are then possible."""
+    import contextlib
+    import sys as _sys
+
+    import torch
+    import torchvision
+    import mmdet.models.roi_heads.mask_heads.fcn_mask_head as fcn_mask_head
+
+    def nms(boxes, scores, iou_threshold, offset=0, score_threshold=0, max_num=-1):
+        keep = torchvision.ops.nms(boxes, scores, iou_threshold)
+        keep = keep[:max_num] if max_num > 0 else keep
+        return torch.cat([boxes[keep], scores[keep, None]], 1), keep
+
+    paste = fcn_mask_head._do_paste_mask
+
+    @contextlib.contextmanager
+    def ctx():
+        mmcv_nms = _sys.modules['mmcv.ops.nms']
+        old_nms = mmcv_nms.nms
+        mmcv_nms.nms = nms
+        fcn_mask_head._do_paste_mask = lambda masks, boxes, h, w, skip_empty=True: paste(
+            masks.float(), boxes.float(), h, w, skip_empty)
+        try:
+            yield
+        finally:
+            mmcv_nms.nms = old_nms
+            fcn_mask_head._do_paste_mask = paste
+    return ctx()

@@ -49,7 +49,7 @@ def main(argv=None):
     except (ValueError, TypeError, FileNotFoundError) as e:
         sys.exit(f'fuse_norms: {e}')
     print(f'norm layers removed: {result["report"]["removed_norms"]}')
-    print(f'largest difference: backbone features {result["diff"]["backbone_features"]:.3e} (relative); '
+    print(f'largest difference: features {result["diff"]["features"]:.3e} (relative); '
           f'detections {result["diff"]["detections"]}')
     print(f'deploy config: {result["config"]}\nfused checkpoint: {result["checkpoint"]}')
 

@@ -158,10 +158,11 @@ def _first_test_image(cfg):
             from e
 
 
-def _backbone_features(model, pipeline, image):
+def _features(model, pipeline, image):
+    """The detector's features (backbone + neck: where fused output norms end up) for one image."""
     from mmengine.dataset import pseudo_collate
     data = model.data_preprocessor(pseudo_collate([pipeline(dict(img_path=image, img_id=0))]), False)
-    return model.backbone(data['inputs']), data['inputs'].shape[-2:]
+    return model.extract_feat(data['inputs']), data['inputs'].shape[-2:]
 
 
 def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, tolerance=1e-4, logger=print):
@@ -169,7 +170,7 @@ def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, t
 
     Loads ``checkpoint`` (strictly) into the detector of ``config``, fuses a copy with
     :func:`fuse_detector`, checks on a real image through the config's test pipeline
-    that backbone features and detections agree within ``tolerance`` (relative), writes
+    that features (backbone + neck) and detections agree within ``tolerance`` (relative), writes
     ``<out_dir>/<config>_deploy.py`` and ``<out_dir>/<checkpoint>_fused.pth``, and checks
     that the fused weights load strictly into the deploy config.
 
@@ -201,13 +202,13 @@ def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, t
     image = image or _first_test_image(cfg)
     pipeline = Compose(get_test_pipeline_cfg(cfg))
     with torch.no_grad():
-        (feats_a, shape), (feats_b, _) = (_backbone_features(m, pipeline, image) for m in (model, fused))
+        (feats_a, shape), (feats_b, _) = (_features(m, pipeline, image) for m in (model, fused))
         det_a, det_b = (inference_detector(m, image).pred_instances for m in (model, fused))
-    diff = dict(backbone_features=compare_features(feats_a, feats_b),
+    diff = dict(features=compare_features(feats_a, feats_b),
                 detections=compare_detections(det_a, det_b, tuple(shape)))
-    logger(f'[fuse] checked on {image}: largest difference: backbone features {diff["backbone_features"]:.2e} '
+    logger(f'[fuse] checked on {image}: largest difference: features {diff["features"]:.2e} '
            f'(relative), detections {diff["detections"]}')
-    if diff['backbone_features'] > tolerance or not detections_equivalent(diff['detections'], tolerance):
+    if diff['features'] > tolerance or not detections_equivalent(diff['detections'], tolerance):
         raise ValueError(f'fused model is not equivalent within {tolerance}: {diff}')
 
     os.makedirs(out_dir, exist_ok=True)

@@ -1,0 +1,278 @@
+"""Fusion: every PRepBN/RepBN (g = 0) folds into its neighbour, exactly.
+
+Equivalence is checked in float64 (so that "equal" means ~1e-12, not "within float
+noise") and in float32 within the 1e-4 relative the fusion promises, at sizes where
+Swin's windows need padding too (the padded tokens must stay inert after fusion).
+"""
+import copy
+import logging
+import os.path as osp
+
+import pytest
+import torch
+import torch.nn as nn
+from mmdet.registry import MODELS
+from mmengine.config import Config
+from mmengine.logging import MMLogger
+
+from helpers import REPO_ROOT, anneal_and_randomise_norms, float64_detection_ops, mini_config, run_python
+from slab_mmdet.deploy import (ChannelAffine, deploy_config, fold_into_next, fold_into_previous, fuse_detector,
+                               norm_affine)
+from slab_mmdet.deploy.fuse import NORM_TYPES
+from slab_mmdet.models.layers import PRepBN, RepBN
+
+PVT = dict(type='SLABPyramidVisionTransformer',
+           arch=dict(embed_dims=(16, 32, 40, 64), num_heads=(1, 2, 5, 8), mlp_ratios=(2, 2, 2, 2),
+                     sr_ratios=(8, 4, 2, 1), depths=(1, 1, 1, 1)),
+           attn_types='LSLL', la_sr_ratios=(4, 1, 2, 1), drop_path_rate=0.0)
+# Windows (8, 8, 4, 4): at these sizes every stage pads, and shifted blocks have regions.
+SWIN = dict(type='SLABSwinTransformer', arch=dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)),
+            attn_types='LLSS', window_sizes=(8, 8, 4, 4), drop_path_rate=0.0)
+SIZES = [(64, 64), (75, 101), (130, 98)]
+
+
+@pytest.fixture(autouse=True)
+def quiet_logger():
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    yield
+    logger.setLevel(level)
+
+
+def annealed_backbone(cfg, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    backbone = MODELS.build(copy.deepcopy(cfg))
+    backbone.init_weights()
+    return anneal_and_randomise_norms(backbone, seed).to(dtype).eval()
+
+
+def max_rel_diff(a, b):
+    return max(float((x - y).abs().max() / x.abs().max()) for x, y in zip(a, b))
+
+
+# ------------------------------------------------------------------- fusion maths
+
+
+def test_fold_into_next_and_previous_are_exact():
+    torch.manual_seed(0)
+    scale, shift = torch.rand(6, dtype=torch.float64) + 0.5, torch.randn(6, dtype=torch.float64)
+    x = torch.randn(3, 10, 6, dtype=torch.float64)
+    linear = nn.Linear(6, 4).double()
+    want = linear(x * scale + shift)
+    fold_into_next(linear, scale, shift)
+    torch.testing.assert_close(linear(x), want)
+
+    conv = nn.Conv2d(6, 5, 2, stride=2).double()
+    img = torch.randn(2, 6, 8, 10, dtype=torch.float64)
+    want = conv(img * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
+    fold_into_next(conv, scale, shift)
+    torch.testing.assert_close(conv(img), want)
+
+    producer = nn.Conv2d(3, 6, 4, stride=4, bias=False).double()   # bias is created by folding
+    img = torch.randn(1, 3, 16, 16, dtype=torch.float64)
+    want = producer(img) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
+    fold_into_previous(producer, scale, shift)
+    torch.testing.assert_close(producer(img), want)
+
+
+def test_fold_refuses_a_padded_conv_and_unfoldable_norms():
+    with pytest.raises(ValueError, match='zero-pads'):
+        fold_into_next(nn.Conv2d(4, 4, 3, padding=1), torch.ones(4), torch.zeros(4))
+    with pytest.raises(TypeError, match='LayerNorm'):
+        norm_affine(nn.LayerNorm(4), 'stages.0.norm1')
+    prepbn = PRepBN(4)
+    prepbn.set_g(0.25)
+    with pytest.raises(ValueError, match=r'blocks\.3\.norm2: PRepBN has g = 0\.25'):
+        norm_affine(prepbn, 'blocks.3.norm2')
+
+
+def test_norm_affine_matches_each_foldable_norm_in_eval_mode():
+    torch.manual_seed(0)
+    x = torch.randn(2, 7, 5, dtype=torch.float64)
+    prepbn = anneal_and_randomise_norms(PRepBN(5).double()).eval()
+    bn = anneal_and_randomise_norms(nn.ModuleList([RepBN(5)])).double().eval()[0].bn
+    affine = ChannelAffine(5).double()
+    with torch.no_grad():
+        affine.weight.uniform_(0.5, 2)
+        affine.bias.normal_()
+    for norm, run in ((prepbn, prepbn), (prepbn.repbn, prepbn.repbn), (affine, affine),
+                      (bn, lambda t: bn(t.reshape(-1, 5)).reshape(t.shape))):
+        scale, shift = norm_affine(norm)
+        torch.testing.assert_close(x * scale + shift, run(x))
+
+
+# --------------------------------------------------------------------- backbones
+
+
+@pytest.mark.parametrize('cfg', [PVT, SWIN], ids=['pvt', 'swin'])
+def test_switch_to_deploy_is_exact_and_leaves_no_norm(cfg):
+    backbone = annealed_backbone(cfg)
+    fused = copy.deepcopy(backbone)
+    fused.switch_to_deploy()
+    assert fused.deploy
+    assert not any(isinstance(m, NORM_TYPES) for m in fused.modules())
+    with torch.no_grad():
+        for hw in SIZES:
+            x = torch.randn(2, 3, *hw, dtype=torch.float64)
+            assert max_rel_diff(backbone(x), fused(x)) < 1e-10, hw
+
+    # deploy=True builds exactly that structure: the fused weights load strictly.
+    deployed = MODELS.build(dict(cfg, deploy=True)).double().eval()
+    deployed.load_state_dict(fused.state_dict(), strict=True)
+    assert all(isinstance(getattr(deployed, f'norm{i}'), ChannelAffine) for i in deployed.out_indices)
+    x = torch.randn(1, 3, *SIZES[1], dtype=torch.float64)
+    with torch.no_grad():
+        assert max_rel_diff(backbone(x), deployed(x)) < 1e-10
+
+
+@pytest.mark.parametrize('cfg', [PVT, SWIN], ids=['pvt', 'swin'])
+def test_float32_fusion_within_1e4_relative(cfg):
+    backbone = annealed_backbone(cfg, dtype=torch.float32)
+    fused = copy.deepcopy(backbone)
+    fused.switch_to_deploy()
+    with torch.no_grad():
+        for hw in SIZES:
+            x = torch.randn(1, 3, *hw)
+            assert max_rel_diff(backbone(x), fused(x)) < 1e-4, hw
+
+
+def test_fusion_refuses_a_model_still_annealing_and_leaves_it_unchanged():
+    backbone = annealed_backbone(SWIN)
+    backbone.stages[1].blocks[1].norm2.set_g(0.125)
+    before = copy.deepcopy(backbone.state_dict())
+    with pytest.raises(ValueError, match=r'stages\.1\.blocks\.1\.norm2 is a PRepBN with g = 0\.125'):
+        backbone.switch_to_deploy()
+    assert not backbone.deploy
+    after = backbone.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_fusion_refuses_layernorm_backbones():
+    backbone = MODELS.build(dict(PVT, norm_cfg=dict(type='LN', eps=1e-6)))
+    with pytest.raises(ValueError, match="'LN' cannot be folded"):
+        backbone.switch_to_deploy()
+    with pytest.raises(ValueError, match="'LN' cannot be folded"):
+        MODELS.build(dict(PVT, norm_cfg=dict(type='LN'), deploy=True))
+
+
+# ------------------------------------------------------------------ whole detector
+
+
+def mask_rcnn(config, seed=0):
+    from mmdet.apis import init_detector
+    torch.manual_seed(seed)
+    model = init_detector(Config.fromfile(osp.join(REPO_ROOT, config)), None, device='cpu')
+    model.init_weights()
+    return anneal_and_randomise_norms(model, seed).eval()
+
+
+def predict(model, x):
+    from mmdet.structures import DetDataSample
+    hw = tuple(x.shape[-2:])
+    sample = DetDataSample(metainfo=dict(img_shape=hw, ori_shape=hw, scale_factor=(1.0, 1.0),
+                                         batch_input_shape=hw, pad_shape=hw))
+    with torch.no_grad():
+        return model.predict(x, [sample])[0].pred_instances
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('config', ['configs/mini/mask_rcnn_slab_pvt_t.py', 'configs/mini/mask_rcnn_slab_swin_t.py'])
+def test_fused_mask_rcnn_gives_the_same_features_and_detections(config):
+    model = mask_rcnn(config).double()
+    fused = copy.deepcopy(model)
+    report = fuse_detector(fused)
+    assert report['out_norms_folded'] and report['removed_norms'] > 20
+    assert not any(isinstance(m, NORM_TYPES + (ChannelAffine,)) for m in fused.backbone.modules())
+    with float64_detection_ops():
+        for hw in [(224, 288), (200, 328)]:   # (200, 328): every Swin stage pads
+            x = torch.randn(1, 3, *hw, dtype=torch.float64)
+            with torch.no_grad():
+                assert max_rel_diff(model.extract_feat(x), fused.extract_feat(x)) < 1e-10
+            a, b = predict(model, x), predict(fused, x)
+            assert len(a) == len(b) > 0
+            torch.testing.assert_close(b.bboxes, a.bboxes, rtol=1e-8, atol=1e-8)
+            torch.testing.assert_close(b.scores, a.scores, rtol=1e-8, atol=1e-10)
+            assert torch.equal(a.labels, b.labels) and torch.equal(a.masks, b.masks)
+
+
+def test_output_norms_stay_an_affine_when_the_neck_reads_backbone_outputs_elsewhere():
+    cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs/mini/mask_rcnn_slab_pvt_t.py'))
+    cfg.model.neck.add_extra_convs = 'on_input'   # the last output also feeds the extra conv
+    from mmdet.apis import init_detector
+    torch.manual_seed(0)
+    model = anneal_and_randomise_norms(init_detector(cfg, None, device='cpu')).double().eval()
+    fused = copy.deepcopy(model)
+    report = fuse_detector(fused)
+    assert not report['out_norms_folded'] and report['output_norms'] == 'kept as ChannelAffine'
+    x = torch.randn(1, 3, 96, 128, dtype=torch.float64)
+    with torch.no_grad():
+        assert max_rel_diff(model.extract_feat(x), fused.extract_feat(x)) < 1e-10
+    deployed = init_detector(deploy_config(cfg, False), None, device='cpu')
+    deployed.load_state_dict(fused.state_dict(), strict=True)
+
+
+def test_deploy_config_drops_the_hook_and_pretrained_init():
+    cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs/mask_rcnn_slab_pvt_s.py'))
+    out = deploy_config(cfg, True)
+    assert out.model.backbone.deploy and out.model.backbone.out_norms_folded
+    assert out.model.backbone.init_cfg is None
+    assert not any(h['type'] == 'PRepBNHook' for h in out.custom_hooks)
+    assert cfg.model.backbone.get('deploy', False) is False   # the input is not modified
+
+
+# --------------------------------------------------------- the tool and mmdet's tools
+
+
+@pytest.fixture(scope='module')
+def trained_like_checkpoint(tmp_path_factory):
+    """A mini SLAB-PVT-T checkpoint as training would leave it: g = 0, real BN statistics."""
+    model = mask_rcnn('configs/mini/mask_rcnn_slab_pvt_t.py', seed=1)
+    path = tmp_path_factory.mktemp('ckpt') / 'epoch_12.pth'
+    from slab_mmdet.datasets import MINI_COCO_CLASSES, MINI_COCO_PALETTE
+    torch.save(dict(state_dict=model.state_dict(),
+                    meta=dict(dataset_meta=dict(classes=MINI_COCO_CLASSES, palette=MINI_COCO_PALETTE))), path)
+    return str(path)
+
+
+@pytest.mark.slow
+def test_fuse_norms_tool_then_mmdet_test_and_inferencer(trained_like_checkpoint, mini_coco, tmp_path):
+    from mmdet.apis import DetInferencer
+    data = [f'{s}.dataset.data_root={mini_coco}/' for s in ('train_dataloader', 'val_dataloader',
+                                                             'test_dataloader')]
+    out_dir = tmp_path / 'deploy'
+    proc = run_python(['tools/fuse_norms.py', 'configs/mini/mask_rcnn_slab_pvt_t.py', trained_like_checkpoint,
+                       '--out-dir', str(out_dir), '--cfg-options'] + data)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    removed = int(proc.stdout.split('norm layers removed: ')[1].split()[0])
+    assert removed == 24   # 2+2+2+2 blocks x 2 norms, 4 patch embeddings, 4 output norms
+    largest = float(proc.stdout.split('largest difference: features ')[1].split()[0])
+    assert largest < 1e-4
+    deploy_cfg = out_dir / 'mask_rcnn_slab_pvt_t_deploy.py'
+    fused_ckpt = out_dir / 'epoch_12_fused.pth'
+    assert Config.fromfile(str(deploy_cfg)).model.backbone.deploy is True
+
+    # mmdet's own test tool runs the fused model with no special code path.
+    test_py = osp.join(osp.dirname(__import__('mmdet').__file__), '.mim', 'tools', 'test.py')
+    proc = run_python([test_py, str(deploy_cfg), str(fused_ckpt), '--work-dir', str(tmp_path / 'test'),
+                       '--cfg-options', f'test_dataloader.dataset.data_root={mini_coco}/',
+                       f'test_evaluator.ann_file={mini_coco}/annotations/instances_val.json',
+                       'test_dataloader.num_workers=0', 'test_dataloader.persistent_workers=False'])
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert 'coco/bbox_mAP' in proc.stdout + proc.stderr
+
+    inferencer = DetInferencer(model=str(deploy_cfg), weights=str(fused_ckpt), device='cpu', show_progress=False)
+    result = inferencer(osp.join(mini_coco, 'val', '000000000001.jpg'), return_datasamples=True)
+    assert len(result['predictions'][0].pred_instances) > 0
+
+
+def test_fuse_norms_tool_refuses_a_model_still_annealing(tmp_path, mini_coco):
+    model = mask_rcnn('configs/mini/mask_rcnn_slab_pvt_t.py')
+    model.backbone.stages[0].blocks[0].norm1.set_g(0.5)
+    ckpt = tmp_path / 'annealing.pth'
+    torch.save(dict(state_dict=model.state_dict()), ckpt)
+    proc = run_python(['tools/fuse_norms.py', 'configs/mini/mask_rcnn_slab_pvt_t.py', str(ckpt), '--out-dir',
+                       str(tmp_path / 'out'), '--image', osp.join(mini_coco, 'val', '000000000001.jpg')])
+    assert proc.returncode != 0
+    assert 'stages.0.blocks.0.norm1 is a PRepBN with g = 0.5' in proc.stderr
+    assert not (tmp_path / 'out').exists()
