@@ -10,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from backbone_utils import (assert_checkpointing_equivalent, assert_frozen_stages, assert_gradients_reach_every_parameter,
-                            assert_invalid, assert_norm_eval, assert_resized_grid_table, assert_save_load_round_trip,
-                            build_backbone, check_outputs, common_invalid_arguments, largest_intermediate,
-                            structured_grid_table)
+from backbone_utils import (assert_checkpointing_equivalent, assert_frozen_stages,
+                            assert_gradients_reach_every_parameter, assert_invalid, assert_norm_eval,
+                            assert_resized_grid_table, assert_save_load_round_trip, build_backbone, check_outputs,
+                            common_invalid_arguments, largest_intermediate, structured_grid_table)
 from slab_mmdet.models.layers.attention import SpatialReductionAttention, SpatialReductionLinearAttention
 
 MINI_ARCH = dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), mlp_ratios=(2, 2, 2, 2),
@@ -118,7 +118,8 @@ def test_pretrained_positional_tables_are_resized_to_pretrain_img_size(tmp_path)
     model = build_backbone(dict(cfg, pretrain_img_size=224, init_cfg=dict(type='Pretrained', checkpoint=str(path))))
     source_tables = {name: grid for name, _, grid in pvt_grid_tables(source)}
     # 224 / 4 = 56 -> 28 -> 14 -> 7 tokens (SLA keys in stage 0 reduced by 2 more).
-    assert [grid for _, _, grid in pvt_grid_tables(model)] == [(56, 56), (28, 28), (28, 28), (28, 28), (14, 14), (7, 7), (7, 7)]
+    grids = [(56, 56), (28, 28), (28, 28), (28, 28), (14, 14), (7, 7), (7, 7)]
+    assert [grid for _, _, grid in pvt_grid_tables(model)] == grids
     for name, table, grid in pvt_grid_tables(model):
         assert table.shape == (1, grid[0] * grid[1], table.shape[-1])
         assert_resized_grid_table(table.detach(), grid, source_tables[name][0])

@@ -12,10 +12,10 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from backbone_utils import (assert_checkpointing_equivalent, assert_frozen_stages, assert_gradients_reach_every_parameter,
-                            assert_invalid, assert_norm_eval, assert_resized_grid_table, assert_save_load_round_trip,
-                            build_backbone, check_outputs, common_invalid_arguments, eval_outputs, largest_intermediate,
-                            structured_grid_table)
+from backbone_utils import (assert_checkpointing_equivalent, assert_frozen_stages,
+                            assert_gradients_reach_every_parameter, assert_invalid, assert_norm_eval,
+                            assert_resized_grid_table, assert_save_load_round_trip, build_backbone, check_outputs,
+                            common_invalid_arguments, eval_outputs, largest_intermediate, structured_grid_table)
 from slab_mmdet.models.layers import window_attention
 from slab_mmdet.models.layers.transformer import pad_to_multiple
 from slab_mmdet.models.layers.window_attention import (ShiftedWindowAttention, WindowLinearAttention,
