@@ -36,7 +36,9 @@ class SLABPyramidVisionTransformer(SLABBackboneBase):
     Any input of at least 32 x 32 pixels works, square or not, divisible by 32 or
     not: patch embeddings pad to their stride, positional embeddings and SLA
     positional encodings are stored at the pre-training grid and resized in 2-D to
-    the actual grid.
+    the actual grid. A spatial reduction ratio above 32 / stride (e.g. la_sr_ratios
+    (1, 2, 4, 1): 4 at stride 16) raises the minimum (``min_input_size``, here 64),
+    as the reduction conv needs a feature map at least as large as its kernel.
 
     Args:
         arch (str | dict): 'tiny', 'small', 'medium', or a dict with the keys of
@@ -112,11 +114,13 @@ class SLABPyramidVisionTransformer(SLABBackboneBase):
         self.stages = ModuleList()
         grid = pretrain_img_size // patch_size
         prev_dims, cur = in_channels, 0
+        self.min_input_size = self.MIN_INPUT_SIZE
         for i in range(num_stages):
             dims, heads = arch['embed_dims'][i], arch['num_heads'][i]
             if i > 0:
                 grid //= 2
             sr = int(la_sr_ratios[i]) if attn_types[i] == 'L' else arch['sr_ratios'][i]
+            self.min_input_size = max(self.min_input_size, patch_size * 2 ** i * sr)
             blocks = ModuleList()
             for j in range(depths[i]):
                 if attn_types[i] == 'L':
@@ -162,9 +166,10 @@ class SLABPyramidVisionTransformer(SLABBackboneBase):
 
     def forward(self, x):
         h, w = x.shape[-2:]
-        if min(h, w) < self.MIN_INPUT_SIZE:
-            raise ValueError(f'{type(self).__name__}: inputs must be at least {self.MIN_INPUT_SIZE}x'
-                             f'{self.MIN_INPUT_SIZE} pixels (mmdet pads to 32), got {h}x{w}')
+        if min(h, w) < self.min_input_size:
+            m = self.min_input_size
+            raise ValueError(f'{type(self).__name__}: inputs must be at least {m}x{m} pixels (mmdet pads to 32; '
+                             f'more only for spatial reduction ratios above 32 / stride), got {h}x{w}')
         outs = []
         for i, stage in enumerate(self.stages):
             tokens, hw_shape = stage.patch_embed(x)
