@@ -26,8 +26,8 @@ from .runner import (BREAKDOWN_MODES, TARGETS, BenchmarkResult, ModelTimings, be
 __all__ = [
     'BREAKDOWN_MODES', 'DEFAULT_MINI_ROOT', 'DETECTOR_PARTS', 'FUSED_SUFFIX', 'FUSE_MODES', 'IMAGE_EXTENSIONS',
     'OTHER_PART', 'TARGETS', 'BenchModel', 'BenchmarkError', 'BenchmarkResult', 'ImageSet', 'ModelTimings',
-    'PartTimer', 'benchmark_backbones', 'benchmark_detectors', 'check_device', 'check_inputs', 'dataset_signature', 'find_parts',
-    'inference_pipeline', 'load_config', 'load_models', 'machine_facts', 'memory_probe', 'plot_summary',
-    'render_markdown', 'resolve_breakdown', 'resolve_images', 'run_benchmark', 'select_images', 'summarize_result',
-    'summarize_timings', 'weights_mib', 'write_report',
+    'PartTimer', 'benchmark_backbones', 'benchmark_detectors', 'check_device', 'check_inputs',
+    'dataset_signature', 'find_parts', 'inference_pipeline', 'load_config', 'load_models', 'machine_facts',
+    'memory_probe', 'plot_summary', 'render_markdown', 'resolve_breakdown', 'resolve_images', 'run_benchmark',
+    'select_images', 'summarize_result', 'summarize_timings', 'weights_mib', 'write_report',
 ]

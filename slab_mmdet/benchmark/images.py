@@ -77,7 +77,7 @@ def list_test_dataset(cfg, config_name='the config', limit=None):
     A missing annotation file or image folder raises BenchmarkError naming it and the
     alternatives (--images / --mini).
     """
-    dataset_cfg = cfg.get('test_dataloader', {}).get('dataset')
+    dataset_cfg = (cfg.get('test_dataloader') or {}).get('dataset')
     if dataset_cfg is None:
         raise BenchmarkError(f'{config_name} has no test_dataloader.dataset; {ALTERNATIVES}')
     for path in _dataset_paths(dataset_cfg):
@@ -97,7 +97,7 @@ def list_test_dataset(cfg, config_name='the config', limit=None):
 
 def dataset_signature(cfg):
     """What identifies a config's test images (to tell whether two configs use the same ones)."""
-    dataset_cfg = cfg.get('test_dataloader', {}).get('dataset') or {}
+    dataset_cfg = (cfg.get('test_dataloader') or {}).get('dataset') or {}
     return tuple(_dataset_paths(dataset_cfg))
 
 

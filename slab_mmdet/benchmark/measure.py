@@ -84,7 +84,8 @@ def summarize_timings(ms):
 def find_parts(model):
     """Names of the parts of `model` (see DETECTOR_PARTS) that the breakdown times."""
     return [name for name, method in DETECTOR_PARTS
-            if isinstance(getattr(model, name, None), nn.Module) and callable(getattr(getattr(model, name), method, None))]
+            if isinstance(getattr(model, name, None), nn.Module)
+            and callable(getattr(getattr(model, name), method, None))]
 
 
 class PartTimer:

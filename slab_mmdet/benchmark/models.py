@@ -164,10 +164,12 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
             weights, folded by ``slab_mmdet.deploy.fuse_detector``).
         device: where the models live.
         cfg_options: dict merged into every config (as --cfg-options).
+        log: prints progress messages (None: quiet).
 
     Raises BenchmarkError naming the bad value (unknown config, too many checkpoints, a
     missing checkpoint file, a model that cannot be fused).
     """
+    log = log or (lambda message: None)
     configs = list(configs)
     checkpoints = check_inputs(configs, checkpoints, fuse)
     cfgs = [load_config(c, cfg_options) for c in configs]   # all configs checked before any model is built

@@ -23,6 +23,7 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
     BenchmarkError. Returns ``(summary, paths)``: the JSON summary and the written files
     ({'md', 'json', 'png'}; empty when `out_dir` is None).
     """
+    log = log or (lambda message: None)
     device = check_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     for name, value, low in (('num_images', num_images, 1), ('warmup', warmup, 0)):
         if not isinstance(value, int) or value < low:

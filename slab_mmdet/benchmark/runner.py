@@ -101,7 +101,8 @@ def _as_image_set(images):
 def describe_schedule(num_models, warmup, breakdown, memory_in_timed_pass):
     """The order of the forwards in words, e.g. '1 warm-up round(s) (A B), then per image: timed A B'."""
     names = ' '.join(chr(ord('A') + i) if i < 26 else f'#{i + 1}' for i in range(num_models))
-    passes = ['timed'] + (['breakdown'] if breakdown == 'extra-pass' else []) + ([] if memory_in_timed_pass else ['memory'])
+    passes = (['timed'] + (['breakdown'] if breakdown == 'extra-pass' else [])
+              + ([] if memory_in_timed_pass else ['memory']))
     return f'{warmup} warm-up round(s) ({names}), then per image: ' + ', then '.join(f'{p} {names}' for p in passes)
 
 
