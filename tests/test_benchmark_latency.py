@@ -233,6 +233,20 @@ def test_fuse_failure_stops_naming_the_config(monkeypatch, capsys, mini_coco):
 
 # --------------------------------------------------------------------------- the benchmark loop
 
+def test_checkpoints_go_to_the_configs_in_order(tmp_path):
+    reference = load_models([MASK_RCNN], log=None)[0].model
+    with torch.no_grad():
+        for p in reference.parameters():
+            p.fill_(0.25)
+    ckpt = str(tmp_path / 'weights.pth')
+    torch.save({'state_dict': reference.state_dict()}, ckpt)
+    with_ckpt, without = load_models([MASK_RCNN, MASK_RCNN], [ckpt], log=None)
+    assert (with_ckpt.checkpoint, without.checkpoint) == (ckpt, None)
+    assert [m.name for m in (with_ckpt, without)] == ['mini/mask_rcnn_pvt_t', 'mini/mask_rcnn_pvt_t #2']
+    assert all(bool((p == 0.25).all()) for p in with_ckpt.model.parameters())
+    assert not all(bool((p == 0.25).all()) for p in without.model.parameters())
+
+
 def test_interleaved_order_untimed_preprocessing_and_breakdown(small_configs, mini_coco):
     """Only model parts advance the fake clock inside the timed region; the pipeline and the
     data_preprocessor advance it by much more, outside. So every measured time is exact."""

@@ -159,7 +159,8 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
 
     Args:
         configs: config paths (or ``package::path``).
-        checkpoints: zero or one per config, in the same order (None for "random weights").
+        checkpoints: at most one per config, in the order of the configs (None, or none left:
+            random weights).
         fuse: 'none', 'yes' (fused only) or 'both' (unfused, then fused: a copy with the same
             weights, folded by ``slab_mmdet.deploy.fuse_detector``).
         device: where the models live.

@@ -172,6 +172,7 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress):
                                              measure_memory=probe.in_timed_pass)
                 timings[i].total_ms.append(elapsed * 1e3)
                 timings[i].detections.append(_count_detections(outputs) if target == 'detector' else None)
+                del outputs   # not kept alive during the next model's forward
             if mode == 'extra-pass':
                 for i, data in enumerate(batch):
                     timed_run(i, data, 'breakdown', k, timers[i])
