@@ -1,0 +1,33 @@
+"""Batch-1 latency benchmarking of mmdet detectors and their backbones.
+
+Several configs (and fused variants) are measured in one run, interleaved image by image,
+with preprocessing outside the timed region; see docs/benchmark_tool.md and
+tools/benchmark_latency.py. Typical use::
+
+    summary, paths = run_benchmark(['configs/a.py', 'configs/b.py'], device='cuda', out_dir='work_dirs/latency')
+
+or, step by step::
+
+    images = resolve_images(load_config('configs/a.py'), num_images=100)
+    models = load_models(['configs/a.py', 'configs/b.py'], device='cuda')
+    summary = summarize_result(benchmark_detectors(models, images, warmup=10))
+    write_report(summary, 'work_dirs/latency')
+"""
+from .errors import BenchmarkError
+from .images import DEFAULT_MINI_ROOT, IMAGE_EXTENSIONS, ImageSet, dataset_signature, resolve_images, select_images
+from .measure import (DETECTOR_PARTS, OTHER_PART, PartTimer, check_device, find_parts, memory_probe,
+                      summarize_timings, weights_mib)
+from .models import FUSE_MODES, FUSED_SUFFIX, BenchModel, check_inputs, inference_pipeline, load_config, load_models
+from .report import machine_facts, plot_summary, render_markdown, summarize_result, write_report
+from .run import run_benchmark
+from .runner import (BREAKDOWN_MODES, TARGETS, BenchmarkResult, ModelTimings, benchmark_backbones,
+                     benchmark_detectors, resolve_breakdown)
+
+__all__ = [
+    'BREAKDOWN_MODES', 'DEFAULT_MINI_ROOT', 'DETECTOR_PARTS', 'FUSED_SUFFIX', 'FUSE_MODES', 'IMAGE_EXTENSIONS',
+    'OTHER_PART', 'TARGETS', 'BenchModel', 'BenchmarkError', 'BenchmarkResult', 'ImageSet', 'ModelTimings',
+    'PartTimer', 'benchmark_backbones', 'benchmark_detectors', 'check_device', 'check_inputs',
+    'dataset_signature', 'find_parts', 'inference_pipeline', 'load_config', 'load_models', 'machine_facts',
+    'memory_probe', 'plot_summary', 'render_markdown', 'resolve_breakdown', 'resolve_images', 'run_benchmark',
+    'select_images', 'summarize_result', 'summarize_timings', 'weights_mib', 'write_report',
+]

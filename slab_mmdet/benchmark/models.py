@@ -1,0 +1,189 @@
+"""The detectors a benchmark compares: configs resolved and loaded, weights, fused variants,
+and the test pipeline that turns an image file into model inputs."""
+import copy
+import os.path as osp
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+from mmcv.transforms import Compose
+from mmengine.config import Config
+from mmengine.dataset import pseudo_collate
+from mmengine.model.utils import revert_sync_batchnorm
+from mmengine.registry import init_default_scope
+from mmengine.runner import load_checkpoint
+from mmengine.utils import get_installed_path, is_installed
+from torch import nn
+
+from .errors import BenchmarkError
+
+FUSE_MODES = ('none', 'yes', 'both')
+FUSED_SUFFIX = ' (fused)'
+
+
+@dataclass
+class BenchModel:
+    """One model variant in a benchmark: the detector, its test pipeline and where it came from."""
+    name: str
+    config: str
+    model: nn.Module
+    pipeline: Compose
+    checkpoint: Optional[str] = None
+    fused: bool = False
+    fuse_info: Optional[dict] = field(default=None)
+
+    def prepare(self, img_path, img_id=0):
+        """The untimed part of one inference: test pipeline, collation and data_preprocessor.
+
+        Returns the ``dict(inputs=..., data_samples=...)`` that ``model(**data, mode='predict')``
+        takes, already on the model's device.
+        """
+        data = self.pipeline(dict(img_path=img_path, img_id=img_id))
+        with torch.inference_mode():
+            return self.model.data_preprocessor(pseudo_collate([data]), False)
+
+
+def resolve_config_path(config):
+    """The file of `config`: a path, or a package config such as ``mmdet::retinanet/x.py``."""
+    path = config
+    if '::' in config:
+        package, _, relative = config.partition('::')
+        if not is_installed(package):
+            raise BenchmarkError(f'config {config!r}: package {package!r} is not installed')
+        path = osp.join(get_installed_path(package), '.mim', 'configs', relative)
+    if not osp.isfile(path):
+        raise BenchmarkError(f'config not found: {config!r} (no file {path}); give a config file path '
+                             f'or a package config such as mmdet::retinanet/retinanet_r18_fpn_1x_coco.py')
+    return path
+
+
+def load_config(config, cfg_options=None):
+    """Load a config (path or ``package::path``) and apply `cfg_options` (a dict as from --cfg-options)."""
+    cfg = Config.fromfile(resolve_config_path(config))
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    return cfg
+
+
+def _type_name(transform_cfg):
+    t = transform_cfg.get('type', '')
+    return (t if isinstance(t, str) else getattr(t, '__name__', str(t))).split('.')[-1]
+
+
+def inference_pipeline(cfg):
+    """The config's test pipeline without its annotation loaders (prediction does not use them).
+
+    The result takes ``dict(img_path=..., img_id=...)``, as mmdet's inference does, so any
+    image file goes through exactly the resizing and packing of the config's evaluation.
+    """
+    from mmdet.utils import get_test_pipeline_cfg
+    steps = [t for t in copy.deepcopy(get_test_pipeline_cfg(cfg)) if not _type_name(t).endswith('Annotations')]
+    return Compose(steps)
+
+
+def build_detector(cfg, device='cpu', checkpoint=None):
+    """Build ``cfg.model`` in its default scope, load `checkpoint` (if any), move to `device`, eval mode.
+
+    Without a checkpoint the weights are those of construction (random): ``init_weights`` is
+    not called, so nothing is downloaded.
+    """
+    scope = cfg.get('default_scope', 'mmdet')
+    if scope:
+        init_default_scope(scope)
+    from mmdet.registry import MODELS
+    model = revert_sync_batchnorm(MODELS.build(cfg.model))
+    if checkpoint:
+        load_checkpoint(model, checkpoint, map_location=device)
+    model.cfg = cfg
+    return model.to(device).eval()
+
+
+def _import_fuse_detector():
+    try:
+        from slab_mmdet.deploy import fuse_detector
+    except ImportError as e:
+        raise BenchmarkError(f'--fuse needs slab_mmdet.deploy.fuse_detector, which cannot be imported: {e}') from e
+    return fuse_detector
+
+
+def fuse_copy(model, config, fuse_detector, device):
+    """A fused copy of `model` (same weights), and fuse_detector's report; BenchmarkError if it cannot be fused."""
+    fused = copy.deepcopy(model)
+    try:
+        info = fuse_detector(fused)
+    except ValueError as e:
+        raise BenchmarkError(f'cannot fuse the model of {config}: {e}. Benchmark it without --fuse '
+                             f'(or drop it from the list) instead.') from e
+    if not isinstance(info, dict) or 'removed_norms' not in info:
+        raise BenchmarkError(f"fuse_detector returned {info!r} for {config}; expected a dict with 'removed_norms'")
+    return fused.to(device).eval(), info
+
+
+def unique_names(configs):
+    """Short, distinct display names: the config file stem, with its folder or a counter when stems repeat."""
+    stems = [osp.splitext(osp.basename(c.split('::')[-1]))[0] for c in configs]
+    names = []
+    for config, stem in zip(configs, stems):
+        name = stem
+        if stems.count(stem) > 1:
+            parent = osp.basename(osp.dirname(config.split('::')[-1]))
+            name = f'{parent}/{stem}' if parent else stem
+        base, k = name, 2
+        while name in names:
+            name, k = f'{base} #{k}', k + 1
+        names.append(name)
+    return names
+
+
+def check_inputs(configs, checkpoints=(), fuse='none'):
+    """Validate configs, checkpoints and fuse mode without loading anything heavy; returns one
+    checkpoint (or None) per config."""
+    configs, checkpoints = list(configs), list(checkpoints or ())
+    if not configs:
+        raise BenchmarkError('no config given')
+    for config in configs:
+        resolve_config_path(config)
+    if fuse not in FUSE_MODES:
+        raise BenchmarkError(f'fuse mode {fuse!r} is not valid; valid: {", ".join(FUSE_MODES)}')
+    if len(checkpoints) > len(configs):
+        raise BenchmarkError(f'{len(checkpoints)} checkpoints for {len(configs)} configs; give at most one '
+                             f'checkpoint per config, in the order of the configs')
+    for ckpt in checkpoints:
+        if ckpt and '://' not in ckpt and not osp.isfile(ckpt):
+            raise BenchmarkError(f'checkpoint not found: {ckpt!r}')
+    return checkpoints + [None] * (len(configs) - len(checkpoints))
+
+
+def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=None, log=print):
+    """Load the variants to benchmark, in order: per config, unfused and/or fused as `fuse` says.
+
+    Args:
+        configs: config paths (or ``package::path``).
+        checkpoints: at most one per config, in the order of the configs (None, or none left:
+            random weights).
+        fuse: 'none', 'yes' (fused only) or 'both' (unfused, then fused: a copy with the same
+            weights, folded by ``slab_mmdet.deploy.fuse_detector``).
+        device: where the models live.
+        cfg_options: dict merged into every config (as --cfg-options).
+        log: prints progress messages (None: quiet).
+
+    Raises BenchmarkError naming the bad value (unknown config, too many checkpoints, a
+    missing checkpoint file, a model that cannot be fused).
+    """
+    log = log or (lambda message: None)
+    configs = list(configs)
+    checkpoints = check_inputs(configs, checkpoints, fuse)
+    cfgs = [load_config(c, cfg_options) for c in configs]   # all configs checked before any model is built
+    fuse_detector = _import_fuse_detector() if fuse != 'none' else None
+    variants = []
+    for config, cfg, ckpt, name in zip(configs, cfgs, checkpoints, unique_names(configs)):
+        model = build_detector(cfg, device, ckpt)
+        pipeline = inference_pipeline(cfg)
+        log(f'[benchmark] loaded {name} from {config} ({"weights: " + ckpt if ckpt else "random weights"})')
+        if fuse in ('none', 'both'):
+            variants.append(BenchModel(name, config, model, pipeline, ckpt))
+        if fuse in ('yes', 'both'):
+            fused, info = fuse_copy(model, config, fuse_detector, device)
+            log(f'[benchmark] fused {name}: removed {info["removed_norms"]} norms')
+            variants.append(BenchModel(name + FUSED_SUFFIX, config, fused, pipeline, ckpt, True, info))
+    return variants

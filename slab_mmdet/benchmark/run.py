@@ -1,0 +1,59 @@
+"""One benchmark run from start to end, as tools/benchmark_latency.py does it."""
+import time
+
+import torch
+
+from .errors import BenchmarkError
+from .images import dataset_signature, resolve_images
+from .measure import check_device
+from .models import check_inputs, load_config, load_models
+from .report import machine_facts, summarize_result, write_report
+from .runner import TARGETS, benchmark_backbones, benchmark_detectors, resolve_breakdown
+
+
+def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=None, num_images=100, warmup=10,
+                  images_dir=None, mini_root=None, target='detector', breakdown='auto', cfg_options=None,
+                  out_dir=None, command=None, clock=time.perf_counter, progress=True, log=print):
+    """Validate the inputs, load the models, time them interleaved, and write the report.
+
+    Every argument mirrors an option of tools/benchmark_latency.py; `device` None means CUDA
+    when available, else the CPU; `threads` sets ``torch.set_num_threads``. The images are
+    `images_dir`, else the mini COCO val split under `mini_root`, else the first config's test
+    dataset. All input checks run before any model is built; a bad value raises
+    BenchmarkError. Returns ``(summary, paths)``: the JSON summary and the written files
+    ({'md', 'json', 'png'}; empty when `out_dir` is None).
+    """
+    log = log or (lambda message: None)
+    device = check_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
+    for name, value, low in (('num_images', num_images, 1), ('warmup', warmup, 0)):
+        if not isinstance(value, int) or value < low:
+            raise BenchmarkError(f'{name} must be an integer >= {low}, got {value!r}')
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise BenchmarkError(f'threads must be an integer >= 1, got {threads!r}')
+    if target not in TARGETS:
+        raise BenchmarkError(f'target {target!r} is not valid; valid: {", ".join(TARGETS)}')
+    resolve_breakdown(breakdown, device, target)
+    configs = list(configs)
+    checkpoints = check_inputs(configs, checkpoints, fuse)
+    if threads is not None:
+        torch.set_num_threads(threads)
+
+    first_cfg = load_config(configs[0], cfg_options)
+    images = resolve_images(first_cfg, num_images, images_dir, mini_root, config_name=configs[0])
+    if images_dir is None and mini_root is None:
+        for config in configs[1:]:
+            if dataset_signature(load_config(config, cfg_options)) != dataset_signature(first_cfg):
+                log(f'[benchmark] note: {config} has another test dataset than {configs[0]}; every model is '
+                    f'timed on the images of {configs[0]}')
+    log(f'[benchmark] {len(images.paths)} images per model ({images.num_unique} distinct) from {images.source}')
+    if images.num_unique < len(images.paths):
+        log(f'[benchmark] note: only {images.num_unique} images available; they are reused in order')
+
+    models = load_models(configs, checkpoints, fuse, device, cfg_options, log=log)
+    if target == 'detector':
+        result = benchmark_detectors(models, images, warmup, breakdown, clock=clock, progress=progress)
+    else:
+        result = benchmark_backbones(models, images, warmup, clock=clock, progress=progress)
+    summary = summarize_result(result, machine_facts(device, command))
+    paths = write_report(summary, out_dir) if out_dir else {}
+    return summary, paths

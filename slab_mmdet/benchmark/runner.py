@@ -1,0 +1,210 @@
+"""The benchmark loop: models interleaved image by image, preprocessing outside the timed region.
+
+For every image, each model first gets its inputs prepared (test pipeline + data_preprocessor,
+untimed); then the models run one after the other (A B C, then A B C on the next image...), so
+that drift of the machine (clock boosts, heat, other jobs) hits all of them alike. The timed
+region is the forward alone, under ``torch.inference_mode()``, between two device syncs.
+"""
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import BenchmarkError
+from .images import ImageSet, select_images
+from .measure import OTHER_PART, PartTimer, check_device, memory_probe, synchronizer
+
+TARGETS = ('detector', 'backbone')
+BREAKDOWN_MODES = ('auto', 'same-pass', 'extra-pass', 'off')
+TIMED_REGIONS = {
+    'detector': "model(**data, mode='predict') (= model.predict: backbone, neck, heads, post-processing)",
+    'backbone': 'model.backbone(inputs), inputs = the preprocessed image tensor',
+}
+
+
+@dataclass
+class ModelTimings:
+    """Raw per-image measurements of one model (lists in image order)."""
+    total_ms: list = field(default_factory=list)
+    breakdown_ms: dict = field(default_factory=dict)       # part -> ms per image, OTHER_PART included
+    breakdown_pass_ms: list = field(default_factory=list)  # total of the pass the parts were timed in
+    memory_mib: list = field(default_factory=list)         # peak memory the forward added
+    device_peak_mib: list = field(default_factory=list)    # CUDA: the device's absolute peak
+    detections: list = field(default_factory=list)         # predicted instances per image
+
+
+@dataclass
+class BenchmarkResult:
+    """Everything a run measured; ``report.summarize_result`` turns it into statistics."""
+    target: str
+    device: str
+    models: list
+    timings: list
+    images: ImageSet
+    warmup: int
+    breakdown: str
+    memory_method: str
+    schedule: str  # the order of the passes, in words
+    events: list   # (pass, model index, image index) of every forward, in call order
+
+
+def resolve_breakdown(breakdown, device, target='detector'):
+    """The per-part mode actually used: 'auto' is 'same-pass' on the CPU, 'extra-pass' on CUDA.
+
+    Timing a part needs a device sync before and after it. On CUDA those syncs stall the
+    queue and change the total, so totals are timed without the part wrappers and the parts
+    in an extra interleaved pass. On the CPU nothing is queued and the wrappers cost two clock
+    reads per part, so both come from the same pass.
+    """
+    if breakdown not in BREAKDOWN_MODES:
+        raise BenchmarkError(f'breakdown mode {breakdown!r} is not valid; valid: {", ".join(BREAKDOWN_MODES)}')
+    if target == 'backbone':
+        if breakdown not in ('auto', 'off'):
+            raise BenchmarkError(f'breakdown {breakdown!r} applies to whole detectors, not to backbone timing')
+        return 'off'
+    if breakdown == 'auto':
+        return 'extra-pass' if str(device).startswith('cuda') else 'same-pass'
+    return breakdown
+
+
+def models_device(models):
+    """The one device all models' parameters are on (BenchmarkError if they differ)."""
+    devices = {str(next(m.model.parameters()).device) for m in models}
+    if len(devices) != 1:
+        raise BenchmarkError(f'the models are on different devices ({", ".join(sorted(devices))}); put them on one')
+    return devices.pop()
+
+
+def _predict(model, data):
+    return model(**data, mode='predict')
+
+
+def _backbone(model, data):
+    return model.backbone(data['inputs'])
+
+
+def _count_detections(outputs):
+    try:
+        return int(len(outputs[0].pred_instances))
+    except (AttributeError, IndexError, TypeError):
+        return None
+
+
+def _as_image_set(images):
+    if isinstance(images, ImageSet):
+        return images
+    images = list(images)
+    return select_images(images, len(images), 'given image paths')
+
+
+def describe_schedule(num_models, warmup, breakdown, memory_in_timed_pass):
+    """The order of the forwards in words, e.g. '1 warm-up round(s) (A B), then per image: timed A B'."""
+    names = ' '.join(chr(ord('A') + i) if i < 26 else f'#{i + 1}' for i in range(num_models))
+    passes = (['timed'] + (['breakdown'] if breakdown == 'extra-pass' else [])
+              + ([] if memory_in_timed_pass else ['memory']))
+    return f'{warmup} warm-up round(s) ({names}), then per image: ' + ', then '.join(f'{p} {names}' for p in passes)
+
+
+def _benchmark(models, images, warmup, target, breakdown, clock, progress):
+    if not models:
+        raise BenchmarkError('no models to benchmark')
+    if not isinstance(warmup, int) or warmup < 0:
+        raise BenchmarkError(f'warm-up iterations must be an integer >= 0, got {warmup!r}')
+    images = _as_image_set(images)
+    device = check_device(models_device(models))
+    mode = resolve_breakdown(breakdown, device, target)
+    sync = synchronizer(device)
+    probe = memory_probe(device)
+    forward = _predict if target == 'detector' else _backbone
+    timers = [PartTimer(m.model, sync, clock) if mode != 'off' else None for m in models]
+    timings = [ModelTimings() for _ in models]
+    for timer, record in zip(timers, timings):
+        if timer:
+            record.breakdown_ms = {p: [] for p in timer.parts + [OTHER_PART]}
+    events = []
+    bar = None
+    if progress:
+        from mmengine.utils import ProgressBar
+        bar = ProgressBar(warmup + len(images.paths))
+
+    def run(i, data, kind, k):
+        events.append((kind, i, k))
+        return forward(models[i].model, data)
+
+    def timed_run(i, data, kind, k, timer=None, measure_memory=False):
+        """Seconds of one forward between device syncs (with `timer`'s parts, if given)."""
+        with timer or nullcontext():
+            if timer:
+                timer.reset()
+            if measure_memory:
+                probe.start()
+            sync()
+            start = clock()
+            outputs = run(i, data, kind, k)
+            sync()
+            elapsed = clock() - start
+            if measure_memory:
+                growth, device_peak = probe.stop()
+                timings[i].memory_mib.append(growth)
+                if device_peak is not None:
+                    timings[i].device_peak_mib.append(device_peak)
+        if timer:
+            record = timings[i]
+            for part, seconds in timer.elapsed.items():
+                record.breakdown_ms[part].append(seconds * 1e3)
+            record.breakdown_ms[OTHER_PART].append((elapsed - sum(timer.elapsed.values())) * 1e3)
+            record.breakdown_pass_ms.append(elapsed * 1e3)
+        return elapsed, outputs
+
+    with torch.inference_mode():
+        for w in range(warmup):
+            k = w % len(images.paths)
+            batch = [m.prepare(images.paths[k], k) for m in models]
+            for i, data in enumerate(batch):
+                run(i, data, 'warmup', k)
+            if bar:
+                bar.update()
+        for k, path in enumerate(images.paths):
+            batch = [m.prepare(path, k) for m in models]   # untimed: pipeline + data_preprocessor
+            for i, data in enumerate(batch):
+                elapsed, outputs = timed_run(i, data, 'timed', k, timers[i] if mode == 'same-pass' else None,
+                                             measure_memory=probe.in_timed_pass)
+                timings[i].total_ms.append(elapsed * 1e3)
+                timings[i].detections.append(_count_detections(outputs) if target == 'detector' else None)
+                del outputs   # not kept alive during the next model's forward
+            if mode == 'extra-pass':
+                for i, data in enumerate(batch):
+                    timed_run(i, data, 'breakdown', k, timers[i])
+            if not probe.in_timed_pass:
+                for i, data in enumerate(batch):
+                    timed_run(i, data, 'memory', k, measure_memory=True)
+            if bar:
+                bar.update()
+    if bar:
+        bar.file.write('\n')
+    schedule = describe_schedule(len(models), warmup, mode, probe.in_timed_pass)
+    return BenchmarkResult(target, device, list(models), timings, images, warmup, mode, probe.description,
+                           schedule, events)
+
+
+def benchmark_detectors(models, images, warmup=10, breakdown='auto', clock=time.perf_counter, progress=True):
+    """Batch-1 latency of whole detectors, interleaved image by image.
+
+    Args:
+        models: BenchModel list (see ``load_models``); the first is the reference for ratios.
+        images: an ImageSet (see ``resolve_images``) or a list of image paths; one timed
+            forward per image and model.
+        warmup: untimed forwards per model before timing (interleaved too).
+        breakdown: per-part timing: 'auto', 'same-pass', 'extra-pass' or 'off' (see
+            ``resolve_breakdown``).
+        clock: seconds as a float (``time.perf_counter``; replaceable for tests).
+        progress: show a progress bar.
+    """
+    return _benchmark(models, images, warmup, 'detector', breakdown, clock, progress)
+
+
+def benchmark_backbones(models, images, warmup=10, clock=time.perf_counter, progress=True):
+    """Batch-1 latency of the detectors' backbones alone: ``model.backbone(inputs)``, where
+    inputs is the preprocessed image tensor; otherwise as ``benchmark_detectors``."""
+    return _benchmark(models, images, warmup, 'backbone', 'off', clock, progress)
