@@ -1,10 +1,6 @@
 # Baseline: Mask R-CNN with mmdet's PVT-Small (LayerNorm, softmax attention), COCO 1x:
 # what the paper's PVT-S latency row (64.0 ms -> 59.6 ms with PRepBN) compares against.
-_base_ = [
-    './_base_/models/mask_rcnn_pvt_fpn.py',
-    'mmdet::_base_/datasets/coco_instance.py',
-    './_base_/schedules/pvt_adamw_1x.py',
-]
+_base_ = './_base_/mask_rcnn_pvt_coco.py'
 model = dict(
     backbone=dict(
         num_layers=[3, 4, 6, 3],

@@ -2,11 +2,7 @@
 # ImageNet weights: convert the authors' pvt_small_prepbn.pth (https://github.com/xinghaochen/SLAB/releases)
 #   python tools/convert_checkpoint.py pvt_small_prepbn.pth checkpoints/pvt_small_prepbn_in1k.pth
 # or train from scratch with --cfg-options model.backbone.init_cfg=None.
-_base_ = [
-    './_base_/models/mask_rcnn_slab_pvt_fpn.py',
-    'mmdet::_base_/datasets/coco_instance.py',
-    './_base_/schedules/pvt_adamw_1x.py',
-]
+_base_ = './_base_/mask_rcnn_slab_pvt_coco.py'
 model = dict(
     backbone=dict(
         arch='small', attn_types='SSSS',

@@ -1,9 +1,5 @@
 # Baseline: Mask R-CNN with mmdet's PVT-Tiny (LayerNorm, softmax attention), COCO 1x.
-_base_ = [
-    './_base_/models/mask_rcnn_pvt_fpn.py',
-    'mmdet::_base_/datasets/coco_instance.py',
-    './_base_/schedules/pvt_adamw_1x.py',
-]
+_base_ = './_base_/mask_rcnn_pvt_coco.py'
 model = dict(
     backbone=dict(
         num_layers=[2, 2, 2, 2],

@@ -2,11 +2,7 @@
 # ImageNet weights: convert the authors' slab_swin_tiny.pth (https://github.com/xinghaochen/SLAB/releases)
 #   python tools/convert_checkpoint.py slab_swin_tiny.pth checkpoints/slab_swin_tiny_in1k.pth
 # or train from scratch with --cfg-options model.backbone.init_cfg=None.
-_base_ = [
-    './_base_/models/mask_rcnn_slab_swin_fpn.py',
-    './_base_/datasets/coco_instance_ms_crop.py',
-    './_base_/schedules/swin_adamw_1x.py',
-]
+_base_ = './_base_/mask_rcnn_slab_swin_coco.py'
 model = dict(
     backbone=dict(
         arch='tiny', attn_types='LLSS', window_sizes=(56, 28, 7, 7), drop_path_rate=0.1,

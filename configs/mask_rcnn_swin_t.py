@@ -1,10 +1,6 @@
 # Baseline: Mask R-CNN with mmdet's Swin-Tiny (LayerNorm, softmax window attention),
 # COCO 1x with the same multi-scale/crop augmentation and AdamW recipe as SLAB-Swin.
-_base_ = [
-    './_base_/models/mask_rcnn_swin_fpn.py',
-    './_base_/datasets/coco_instance_ms_crop.py',
-    './_base_/schedules/swin_adamw_1x.py',
-]
+_base_ = './_base_/mask_rcnn_swin_coco.py'
 model = dict(
     backbone=dict(
         init_cfg=dict(

@@ -1,9 +1,3 @@
 # Mini-COCO, CPU variant of ../mask_rcnn_slab_pvt_t.py: SLAB-PVT-Tiny (SLA in every stage, PRepBN), from scratch.
-_base_ = [
-    '../_base_/models/mask_rcnn_slab_pvt_fpn.py',
-    '../_base_/datasets/mini_coco_instance.py',
-    '../_base_/schedules/mini_cpu.py',
-]
-model = dict(
-    backbone=dict(arch='tiny', attn_types='LLLL'),
-    roi_head=dict(bbox_head=dict(num_classes=6), mask_head=dict(num_classes=6)))
+_base_ = '../_base_/mask_rcnn_slab_pvt_mini.py'
+model = dict(backbone=dict(arch='tiny', attn_types='LLLL'))

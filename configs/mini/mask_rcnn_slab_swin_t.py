@@ -1,9 +1,3 @@
 # Mini-COCO, CPU variant of ../mask_rcnn_slab_swin_t.py: SLAB-Swin-Tiny (SLA in stages 1-2 with windows 56/28, PRepBN), from scratch.
-_base_ = [
-    '../_base_/models/mask_rcnn_slab_swin_fpn.py',
-    '../_base_/datasets/mini_coco_instance.py',
-    '../_base_/schedules/mini_cpu.py',
-]
-model = dict(
-    backbone=dict(arch='tiny', attn_types='LLSS', window_sizes=(56, 28, 7, 7), drop_path_rate=0.1),
-    roi_head=dict(bbox_head=dict(num_classes=6), mask_head=dict(num_classes=6)))
+_base_ = '../_base_/mask_rcnn_slab_swin_mini.py'
+model = dict(backbone=dict(arch='tiny', attn_types='LLSS', window_sizes=(56, 28, 7, 7), drop_path_rate=0.1))
