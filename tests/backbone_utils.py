@@ -17,6 +17,12 @@ import slab_mmdet  # noqa: F401  (registers the backbones)
 from slab_mmdet.models.layers import iter_prepbn
 
 STRIDES = (4, 8, 16, 32)
+# Small archs of each backbone, for speed (the real ones are tested at detection size).
+PVT_MINI_ARCH = dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), mlp_ratios=(2, 2, 2, 2),
+                     sr_ratios=(8, 4, 2, 1), depths=(1, 1, 1, 1))
+PVT_MINI = dict(type='SLABPyramidVisionTransformer', arch=PVT_MINI_ARCH)
+SWIN_MINI_ARCH = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
+SWIN_MINI = dict(type='SLABSwinTransformer', arch=SWIN_MINI_ARCH)
 
 
 def build_backbone(cfg, seed=0):

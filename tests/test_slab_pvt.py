@@ -1,6 +1,7 @@
 """SLAB-PVT (SLABPyramidVisionTransformer) as a detection backbone: any input size,
-every attention mix, training behaviour (gradients, frozen stages, norm_eval,
-checkpointing), weights in and out, argument checking, and SLA's linear memory.
+every attention mix, gradients, pretrained positional tables, argument checking,
+and SLA's linear memory. The mmdet conventions both backbones keep (frozen stages,
+norm_eval, checkpointing, weights round trip) are in test_backbone_conventions.py.
 
 Fidelity to the authors' classification model at 224x224 is in
 test_reference_fidelity.py; most tests here use a small arch for speed.
@@ -10,15 +11,12 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from backbone_utils import (assert_checkpointing_equivalent, assert_frozen_stages,
-                            assert_gradients_reach_every_parameter, assert_invalid, assert_norm_eval,
-                            assert_resized_grid_table, assert_save_load_round_trip, build_backbone, check_outputs,
-                            common_invalid_arguments, largest_intermediate, structured_grid_table)
+from backbone_utils import (PVT_MINI, PVT_MINI_ARCH, assert_gradients_reach_every_parameter, assert_invalid,
+                            assert_resized_grid_table, build_backbone, check_outputs, common_invalid_arguments,
+                            largest_intermediate, structured_grid_table)
 from slab_mmdet.models.layers.attention import SpatialReductionAttention, SpatialReductionLinearAttention
 
-MINI_ARCH = dict(embed_dims=(16, 32, 48, 64), num_heads=(1, 2, 3, 4), mlp_ratios=(2, 2, 2, 2),
-                 sr_ratios=(8, 4, 2, 1), depths=(1, 1, 1, 1))
-MINI = dict(type='SLABPyramidVisionTransformer', arch=MINI_ARCH)
+MINI_ARCH, MINI = PVT_MINI_ARCH, PVT_MINI
 
 ATTENTION_MIXES = {
     'sla': dict(attn_types='LLLL'),
@@ -69,29 +67,6 @@ def test_reduction_ratios_above_32_over_stride_raise_the_minimum_input_size():
 def test_gradients_reach_every_parameter(mix):
     assert_gradients_reach_every_parameter(build_backbone(dict(MINI, **ATTENTION_MIXES[mix])), 65, 97)
 
-
-def pvt_frozen_prefixes(frozen_stages):
-    if frozen_stages == 0:
-        return ['stages.0.patch_embed.']
-    return [f'stages.{i}.' for i in range(frozen_stages)] + [f'norm{i}.' for i in range(frozen_stages)]
-
-
-@pytest.mark.parametrize('frozen_stages', [0, 1, 2])
-def test_frozen_stages_stay_frozen(frozen_stages):
-    model = build_backbone(dict(MINI, attn_types='LSLS', la_sr_ratios=(2, 1, 1, 1), frozen_stages=frozen_stages))
-    assert_frozen_stages(model, pvt_frozen_prefixes(frozen_stages))
-
-
-def test_norm_eval_keeps_batchnorm_statistics():
-    assert_norm_eval(build_backbone(dict(MINI, attn_types='LSLS', la_sr_ratios=(2, 1, 1, 1), norm_eval=True)))
-
-
-def test_activation_checkpointing_gives_same_outputs_and_gradients():
-    assert_checkpointing_equivalent(dict(MINI, attn_types='LSSL', la_sr_ratios=(2, 1, 1, 1)), 64, 80)
-
-
-def test_weights_round_trip_through_state_dict_and_pretrained_checkpoints(tmp_path):
-    assert_save_load_round_trip(dict(MINI, attn_types='LSLS', la_sr_ratios=(2, 1, 1, 1)), tmp_path)
 
 
 def pvt_grid_tables(model):

@@ -1,7 +1,8 @@
 """SLAB-Swin (SLABSwinTransformer) as a detection backbone: any input size, every
 attention mix, shifted windows that never leak padding or wrapped tokens into real
-tokens (in SLA, its depth-wise conv on V, and softmax attention), training
-behaviour, weights in and out, argument checking, and SLA's linear memory.
+tokens (in SLA, its depth-wise conv on V, and softmax attention), gradients,
+pretrained positional tables, argument checking, and SLA's linear memory. The mmdet
+conventions both backbones keep are in test_backbone_conventions.py.
 
 Fidelity to the authors' classification model at 224x224 is in
 test_reference_fidelity.py; most tests here use a small arch for speed.
@@ -12,17 +13,15 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from backbone_utils import (assert_checkpointing_equivalent, assert_frozen_stages,
-                            assert_gradients_reach_every_parameter, assert_invalid, assert_norm_eval,
-                            assert_resized_grid_table, assert_save_load_round_trip, build_backbone, check_outputs,
-                            common_invalid_arguments, eval_outputs, largest_intermediate, structured_grid_table)
+from backbone_utils import (SWIN_MINI, SWIN_MINI_ARCH, assert_gradients_reach_every_parameter, assert_invalid,
+                            assert_resized_grid_table, build_backbone, check_outputs, common_invalid_arguments,
+                            eval_outputs, largest_intermediate, structured_grid_table)
 from slab_mmdet.models.layers import window_attention
 from slab_mmdet.models.layers.transformer import pad_to_multiple
 from slab_mmdet.models.layers.window_attention import (ShiftedWindowAttention, WindowLinearAttention,
                                                        WindowSoftmaxAttention)
 
-MINI_ARCH = dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4))
-MINI = dict(type='SLABSwinTransformer', arch=MINI_ARCH)
+MINI_ARCH, MINI = SWIN_MINI_ARCH, SWIN_MINI
 
 ATTENTION_MIXES = {
     'slab': dict(attn_types='LLSS'),  # the default windows (56, 28, 7, 7)
@@ -193,28 +192,6 @@ def test_shift_must_be_smaller_than_the_window():
 def test_gradients_reach_every_parameter(mix):
     assert_gradients_reach_every_parameter(build_backbone(dict(MINI, **ATTENTION_MIXES[mix])), 100, 148)
 
-
-def swin_frozen_prefixes(frozen_stages):
-    return (['patch_embed.', 'drop_after_pos'] + [f'stages.{i}.' for i in range(frozen_stages)]
-            + [f'norm{i}.' for i in range(frozen_stages)])
-
-
-@pytest.mark.parametrize('frozen_stages', [0, 1, 2])
-def test_frozen_stages_stay_frozen(frozen_stages):
-    model = build_backbone(dict(MINI, attn_types='LSLS', window_sizes=(7, 7, 7, 7), frozen_stages=frozen_stages))
-    assert_frozen_stages(model, swin_frozen_prefixes(frozen_stages))
-
-
-def test_norm_eval_keeps_batchnorm_statistics():
-    assert_norm_eval(build_backbone(dict(MINI, attn_types='LSLS', window_sizes=(7, 7, 7, 7), norm_eval=True)))
-
-
-def test_activation_checkpointing_gives_same_outputs_and_gradients():
-    assert_checkpointing_equivalent(dict(MINI, attn_types='LSLS', window_sizes=(7, 7, 7, 7)), 100, 120)
-
-
-def test_weights_round_trip_through_state_dict_and_pretrained_checkpoints(tmp_path):
-    assert_save_load_round_trip(dict(MINI, attn_types='LSLS', window_sizes=(7, 7, 7, 7)), tmp_path)
 
 
 def swin_grid_tables(model):

@@ -39,6 +39,8 @@ class SLABBackboneBase(BaseModule):
             no gradients).
         norm_eval (bool): Keep every BatchNorm (inside RepBN/PRepBN too) in eval mode
             during training (frozen running statistics).
+        attn_types (str): One letter per stage: 'L' for simplified linear attention,
+            'S' for softmax attention.
         norm_cfg (dict): The token norm everywhere in the backbone.
         deploy (bool): Build the fused structure that :meth:`switch_to_deploy` leaves:
             no norm layers (they are folded into the neighbouring linear/conv
@@ -48,10 +50,13 @@ class SLABBackboneBase(BaseModule):
             stays as a fixed per-channel :class:`ChannelAffine`.
     """
 
-    def __init__(self, num_stages, out_indices, frozen_stages, norm_eval, norm_cfg, deploy, out_norms_folded,
-                 init_cfg=None):
+    def __init__(self, num_stages, attn_types, out_indices, frozen_stages, norm_eval, norm_cfg, deploy,
+                 out_norms_folded, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         name = type(self).__name__
+        if not isinstance(attn_types, str) or len(attn_types) != num_stages or set(attn_types) - {'L', 'S'}:
+            raise ValueError(f"{name}: attn_types needs one letter per stage ({num_stages}), each 'L' (SLA) "
+                             f"or 'S' (softmax), got {attn_types!r}")
         out_indices = tuple(out_indices) if not isinstance(out_indices, int) else (out_indices,)
         if not out_indices or any(not 0 <= i < num_stages for i in out_indices):
             raise ValueError(f'{name}: out_indices must be stage indices in [0, {num_stages - 1}], got {out_indices}')
@@ -63,6 +68,7 @@ class SLABBackboneBase(BaseModule):
         if init_cfg is not None and init_cfg.get('type') != 'Pretrained':
             raise ValueError(f"{name}: init_cfg must be None or dict(type='Pretrained', checkpoint=...), "
                              f'got {init_cfg}')
+        self.attn_types = attn_types
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval

@@ -97,16 +97,12 @@ class SLABPyramidVisionTransformer(SLABBackboneBase):
                  init_cfg=None):
         arch = self._resolve_arch(arch)
         num_stages = len(arch['depths'])
-        super().__init__(num_stages, out_indices, frozen_stages, norm_eval, norm_cfg, deploy, out_norms_folded,
-                         init_cfg)
+        super().__init__(num_stages, attn_types, out_indices, frozen_stages, norm_eval, norm_cfg, deploy,
+                         out_norms_folded, init_cfg)
         name = type(self).__name__
-        if len(attn_types) != num_stages or set(attn_types) - {'L', 'S'}:
-            raise ValueError(f"{name}: attn_types needs one letter per stage ({num_stages}), each 'L' (SLA) "
-                             f"or 'S' (softmax), got {attn_types!r}")
         if len(la_sr_ratios) != num_stages or any(int(r) < 1 for r in la_sr_ratios):
             raise ValueError(f'{name}: la_sr_ratios needs {num_stages} integers >= 1, got {la_sr_ratios}')
         self.arch = arch
-        self.attn_types = attn_types
         self.with_cp = with_cp
 
         depths = arch['depths']

@@ -111,16 +111,12 @@ class SLABSwinTransformer(SLABBackboneBase):
                  init_cfg=None):
         arch = self._resolve_arch(arch)
         num_stages = len(arch['depths'])
-        super().__init__(num_stages, out_indices, frozen_stages, norm_eval, norm_cfg, deploy, out_norms_folded,
-                         init_cfg)
+        super().__init__(num_stages, attn_types, out_indices, frozen_stages, norm_eval, norm_cfg, deploy,
+                         out_norms_folded, init_cfg)
         name = type(self).__name__
-        if len(attn_types) != num_stages or set(attn_types) - {'L', 'S'}:
-            raise ValueError(f"{name}: attn_types needs one letter per stage ({num_stages}), each 'L' (SLA) "
-                             f"or 'S' (softmax), got {attn_types!r}")
         if len(window_sizes) != num_stages or any(int(w) < 1 for w in window_sizes):
             raise ValueError(f'{name}: window_sizes needs {num_stages} positive integers, got {window_sizes}')
         self.arch = arch
-        self.attn_types = attn_types
         self.window_sizes = tuple(int(w) for w in window_sizes)
 
         self.patch_embed = PatchEmbed(in_channels, arch['embed_dims'], patch_size, norm_cfg, deploy)

@@ -1,0 +1,51 @@
+"""The mmdet backbone conventions both SLAB backbones keep, one set of tests run on
+each: frozen stages, norm_eval, activation checkpointing, and weights round-tripping
+through state dicts and pretrained checkpoints."""
+import pytest
+
+from backbone_utils import (PVT_MINI, SWIN_MINI, assert_checkpointing_equivalent, assert_frozen_stages,
+                            assert_norm_eval, assert_save_load_round_trip, build_backbone)
+
+
+def pvt_frozen_prefixes(frozen_stages):
+    """SLAB-PVT's patch embeddings live in its stages: frozen_stages=0 is stage 0's."""
+    if frozen_stages == 0:
+        return ['stages.0.patch_embed.']
+    return [f'stages.{i}.' for i in range(frozen_stages)] + [f'norm{i}.' for i in range(frozen_stages)]
+
+
+def swin_frozen_prefixes(frozen_stages):
+    return (['patch_embed.', 'drop_after_pos'] + [f'stages.{i}.' for i in range(frozen_stages)]
+            + [f'norm{i}.' for i in range(frozen_stages)])
+
+
+# Both attention kinds in every backbone; (height, width) that exercise padding.
+BACKBONES = {
+    'slab_pvt': dict(cfg=dict(PVT_MINI, attn_types='LSLS', la_sr_ratios=(2, 1, 1, 1)), size=(64, 80),
+                     frozen_prefixes=pvt_frozen_prefixes),
+    'slab_swin': dict(cfg=dict(SWIN_MINI, attn_types='LSLS', window_sizes=(7, 7, 7, 7)), size=(100, 120),
+                      frozen_prefixes=swin_frozen_prefixes),
+}
+
+
+@pytest.fixture(params=sorted(BACKBONES))
+def backbone(request):
+    return BACKBONES[request.param]
+
+
+@pytest.mark.parametrize('frozen_stages', [0, 1, 2])
+def test_frozen_stages_stay_frozen(backbone, frozen_stages):
+    model = build_backbone(dict(backbone['cfg'], frozen_stages=frozen_stages))
+    assert_frozen_stages(model, backbone['frozen_prefixes'](frozen_stages))
+
+
+def test_norm_eval_keeps_batchnorm_statistics(backbone):
+    assert_norm_eval(build_backbone(dict(backbone['cfg'], norm_eval=True)))
+
+
+def test_activation_checkpointing_gives_same_outputs_and_gradients(backbone):
+    assert_checkpointing_equivalent(backbone['cfg'], *backbone['size'])
+
+
+def test_weights_round_trip_through_state_dict_and_pretrained_checkpoints(backbone, tmp_path):
+    assert_save_load_round_trip(backbone['cfg'], tmp_path)
