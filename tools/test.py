@@ -11,37 +11,24 @@ Examples:
     mim test slab_mmdet configs/mini/mask_rcnn_pvt_t.py --checkpoint CKPT
 """
 import argparse
-import os
 import os.path as osp
 
-from mmengine.config import DictAction
-
-LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+from run_args import add_run_arguments, parse_run_arguments
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='test config file path')
     parser.add_argument('checkpoint', help='checkpoint file (or URL)')
-    parser.add_argument('--work-dir', help='directory for the log and metrics '
-                        '(default: the config\'s work_dir, else ./work_dirs/<config name>)')
     parser.add_argument('--out', help='also dump the predictions to this .pkl file')
     parser.add_argument('--show-dir', help='save images with predictions drawn here '
                         '(relative paths are under <work dir>/<timestamp>/)')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
-                        help='override config settings, e.g. test_dataloader.batch_size=2 '
-                        '(lists: key="[a,b]", no spaces)')
-    parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
-    # torch.distributed launchers pass --local-rank (torch >= 2.0) or --local_rank.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if not osp.isfile(args.config):
-        parser.error(f'config file not found: {args.config}')
+    add_run_arguments(parser, 'test_dataloader.batch_size=2')
+    args = parse_run_arguments(parser, argv)
     if not osp.isfile(args.checkpoint) and '://' not in args.checkpoint:
         parser.error(f'checkpoint not found: {args.checkpoint}')
     if args.out is not None and not args.out.endswith(('.pkl', '.pickle')):
         parser.error(f'--out must be a .pkl or .pickle file, got {args.out}')
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 
 

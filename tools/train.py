@@ -11,37 +11,24 @@ Examples:
     mim train slab_mmdet configs/mini/mask_rcnn_pvt_t.py --work-dir work_dirs/pvt_t
 """
 import argparse
-import os
 import os.path as osp
 
-from mmengine.config import DictAction
-
-LAUNCHERS = ('none', 'pytorch', 'slurm', 'mpi')
+from run_args import add_run_arguments, parse_run_arguments
 
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--work-dir', help='directory for logs and checkpoints '
-                        '(default: the config\'s work_dir, else ./work_dirs/<config name>)')
     parser.add_argument('--amp', action='store_true', help='automatic mixed precision (needs a GPU)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by total batch size / auto_scale_lr.base_batch_size')
     parser.add_argument('--resume', nargs='?', const='auto', metavar='CKPT',
                         help='resume from CKPT, or without CKPT from the latest checkpoint in the work dir')
-    parser.add_argument('--cfg-options', nargs='+', action=DictAction, metavar='KEY=VALUE',
-                        help='override config settings, e.g. train_cfg.max_epochs=2 '
-                        'optim_wrapper.optimizer.lr=1e-4 (lists: key="[a,b]", no spaces)')
-    parser.add_argument('--launcher', choices=LAUNCHERS, default='none', help='job launcher')
-    # torch.distributed launchers pass --local-rank (torch >= 2.0) or --local_rank.
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0, help=argparse.SUPPRESS)
-    args = parser.parse_args(argv)
-    if not osp.isfile(args.config):
-        parser.error(f'config file not found: {args.config}')
+    add_run_arguments(parser, 'train_cfg.max_epochs=2 optim_wrapper.optimizer.lr=1e-4')
+    args = parse_run_arguments(parser, argv)
     if args.resume not in (None, 'auto') and not osp.isfile(args.resume) and '://' not in args.resume:
         parser.error(f'--resume checkpoint not found: {args.resume} '
                      '(give an existing file, or --resume alone for the latest in the work dir)')
-    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
 
 
