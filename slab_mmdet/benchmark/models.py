@@ -98,6 +98,15 @@ def build_detector(cfg, device='cpu', checkpoint=None):
     return model.to(device).eval()
 
 
+def anneal_prepbn(model):
+    """Set every PRepBN of `model` to g = 0; returns how many there were."""
+    from slab_mmdet.models.layers import iter_prepbn
+    layers = [m for _, m in iter_prepbn(model)]
+    for m in layers:
+        m.set_g(0.0)
+    return len(layers)
+
+
 def _import_fuse_detector():
     try:
         from slab_mmdet.deploy import fuse_detector
@@ -180,6 +189,9 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
         model = build_detector(cfg, device, ckpt)
         pipeline = inference_pipeline(cfg)
         log(f'[benchmark] loaded {name} from {config} ({"weights: " + ckpt if ckpt else "random weights"})')
+        if ckpt is None and anneal_prepbn(model):
+            log(f'[benchmark] {name}: random weights, so every PRepBN is set to g = 0, the state training ends '
+                f'in (at g = 1 it would time a LayerNorm model)')
         if fuse in ('none', 'both'):
             variants.append(BenchModel(name, config, model, pipeline, ckpt))
         if fuse in ('yes', 'both'):

@@ -1,0 +1,231 @@
+"""The main job end to end on mini COCO (what ``make demo`` runs).
+
+1. make mini COCO (200 train / 50 val images) unless it is there;
+2. train a SLAB-PVT-T Mask R-CNN from scratch on the CPU while PRepBNHook anneals every
+   PRepBN from g = 1 (LayerNorm) to g = 0 (RepBN), and evaluate COCO bbox/segm mAP on
+   the val split;
+3. fuse the norms (``fuse_checkpoint``: checks fused = unfused on an image, writes the
+   deploy config and the fused checkpoint) and evaluate the fused model on the val
+   split again, through the deploy config, as mmdet's own test loop would;
+4. benchmark fused vs unfused vs the LayerNorm PVT-T baseline at batch 1;
+5. write ``report.md`` with PNGs of the loss and g curves and the latency bars.
+"""
+import json
+import os
+import os.path as osp
+import time
+
+# realpath: the venv links site-packages/slab_mmdet to the checkout (for mim).
+REPO_ROOT = osp.dirname(osp.dirname(osp.realpath(__file__)))
+DEFAULT_CONFIG = osp.join(REPO_ROOT, 'configs', 'mini', 'mask_rcnn_slab_pvt_t.py')
+DEFAULT_BASELINE = osp.join(REPO_ROOT, 'configs', 'mini', 'mask_rcnn_pvt_t.py')
+TARGET_BBOX_MAP = 0.3
+# Every detector keeps its 100 best detections in the latency benchmark, so that the
+# heads do the same work whatever the (possibly random) weights score.
+FIXED_DETECTIONS = dict(model=dict(test_cfg=dict(rcnn=dict(score_thr=0.0, max_per_img=100))))
+
+
+def _options(data_root, cfg_options=None):
+    """Config overrides: the mini COCO location, then the caller's ``cfg_options``."""
+    root = data_root.rstrip('/') + '/'
+    options = {f'{split}.dataset.data_root': root for split in ('train_dataloader', 'val_dataloader',
+                                                                 'test_dataloader')}
+    options.update({f'{split}.ann_file': root + 'annotations/instances_val.json'
+                    for split in ('val_evaluator', 'test_evaluator')})
+    options.update(cfg_options or {})
+    return options
+
+
+def _metrics(metrics):
+    return {k.split('/')[-1]: float(v) for k, v in metrics.items() if k.startswith('coco/')}
+
+
+class _Steps:
+    """Prints each step's header and records how long it took."""
+
+    def __init__(self, log):
+        self.log, self.times, self._current, self._start = log, {}, None, None
+
+    def __call__(self, name):
+        self.stop()
+        self._current, self._start = name, time.perf_counter()
+        self.log(f'\n========== [demo] {name} ==========')
+
+    def stop(self):
+        if self._current is not None:
+            self.times[self._current] = time.perf_counter() - self._start
+            self._current = None
+
+
+def train(config, options, work_dir):
+    """Train with mmengine's Runner (validating at the end, as the config says).
+
+    Returns (final checkpoint, val metrics, per-iteration history of loss and g).
+    """
+    from mmengine.config import Config
+    from mmengine.hooks import Hook
+    from mmengine.runner import Runner
+
+    class KeepValMetrics(Hook):
+        priority = 'LOWEST'
+
+        def after_val_epoch(self, runner, metrics=None):
+            self.metrics = dict(metrics or {})
+
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(options)
+    cfg.work_dir = work_dir
+    runner = Runner.from_cfg(cfg)
+    keep = KeepValMetrics()
+    runner.register_hook(keep)
+    runner.train()
+    scalars = runner.message_hub.log_scalars
+    history = {key: scalars[f'train/{key}'].data[0].tolist() for key in ('loss', 'prepbn_g')}
+    checkpoint = osp.join(work_dir, f'epoch_{runner.max_epochs}.pth')
+    return checkpoint, _metrics(getattr(keep, 'metrics', {})), history
+
+
+def evaluate(config, checkpoint, options, work_dir):
+    """COCO bbox/segm metrics of `checkpoint` on the val split, through mmengine's test loop."""
+    from mmengine.config import Config
+    from mmengine.runner import Runner
+    cfg = Config.fromfile(config)
+    cfg.merge_from_dict(options)
+    cfg.work_dir = work_dir
+    cfg.load_from = checkpoint
+    return _metrics(Runner.from_cfg(cfg).test())
+
+
+def plot_training(history, path):
+    """Loss and g per iteration, one PNG."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(10, 3.8), layout='constrained')
+    FigureCanvasAgg(fig)
+    ax_loss, ax_g = fig.subplots(1, 2)
+    loss = np.asarray(history['loss'])
+    it = np.arange(len(loss))
+    ax_loss.plot(it, loss, lw=0.6, alpha=0.4, label='per iteration')
+    window = min(25, len(loss))
+    if window > 1:
+        smooth = np.convolve(loss, np.ones(window) / window, mode='valid')
+        ax_loss.plot(it[window - 1:], smooth, lw=1.5, label=f'mean of {window}')
+    ax_loss.set(xlabel='iteration', ylabel='total loss', title='training loss', yscale='log')
+    ax_loss.legend()
+    ax_g.plot(np.arange(len(history['prepbn_g'])), history['prepbn_g'], color='tab:red')
+    ax_g.set(xlabel='iteration', ylabel='g', title='PRepBN g (1 = LayerNorm, 0 = RepBN)', ylim=(-0.05, 1.05))
+    fig.savefig(path, dpi=100)
+
+
+def benchmark(checkpoint, config, options, baseline, data_root, out_dir, num_images, warmup, threads):
+    """Fused vs unfused (trained) vs the LayerNorm baseline (random weights), interleaved, batch 1."""
+    import torch
+    from .benchmark import benchmark_detectors, load_models
+    from .benchmark.images import list_mini_coco_val, select_images
+    from .benchmark.report import machine_facts, summarize_result, write_report
+    if threads:
+        torch.set_num_threads(threads)
+    models = load_models([config], [checkpoint], fuse='both', cfg_options={**options, **FIXED_DETECTIONS})
+    models += load_models([baseline], cfg_options=FIXED_DETECTIONS)
+    models[-1].name += ' (LayerNorm baseline)'
+    images = select_images(list_mini_coco_val(data_root), num_images, f'{data_root} val')
+    summary = summarize_result(benchmark_detectors(models, images, warmup=warmup),
+                               machine_facts('cpu', 'make demo'))
+    return summary, write_report(summary, out_dir, stem='latency')
+
+
+def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAULT_CONFIG, baseline=DEFAULT_BASELINE,
+             num_images=20, warmup=2, threads=None, cfg_options=None, mini_coco_size=(200, 50), log=print):
+    """Run every step; returns the report's data (also written to ``<out_dir>/report.json``).
+
+    ``cfg_options`` (a dict as from ``--cfg-options``) overrides the trained config, e.g. a
+    shorter schedule; ``mini_coco_size`` is the (train, val) image count of mini COCO.
+    """
+    from .datasets import ensure_mini_coco
+    from .deploy import fuse_checkpoint
+    os.makedirs(out_dir, exist_ok=True)
+    started = time.perf_counter()
+    step = _Steps(log)
+
+    step('1/5 mini COCO')
+    ensure_mini_coco(data_root, num_train=mini_coco_size[0], num_val=mini_coco_size[1], seed=0, log=log)
+    options = _options(data_root, cfg_options)
+    with open(osp.join(data_root, 'annotations', 'instances_val.json')) as f:
+        num_val = len(json.load(f)['images'])
+
+    step('2/5 train SLAB-PVT-T Mask R-CNN on the CPU, PRepBN g: 1 -> 0')
+    checkpoint, metrics, history = train(config, options, osp.join(out_dir, 'train'))
+    if 'bbox_mAP' not in metrics:   # the config does not validate at the end of training
+        metrics = evaluate(config, checkpoint, options, osp.join(out_dir, 'eval'))
+    plot_training(history, osp.join(out_dir, 'training.png'))
+
+    step('3/5 fuse the norms, check fused = unfused, evaluate the fused model')
+    fused = fuse_checkpoint(config, checkpoint, osp.join(out_dir, 'deploy'), cfg_options=options, logger=log)
+    fused_metrics = evaluate(fused['config'], fused['checkpoint'], options, osp.join(out_dir, 'eval_fused'))
+
+    step('4/5 benchmark fused vs unfused vs the LayerNorm PVT-T baseline (batch 1)')
+    latency, latency_files = benchmark(checkpoint, config, options, baseline, data_root,
+                                       osp.join(out_dir, 'benchmark'), num_images, warmup, threads)
+
+    step('5/5 report')
+    step.stop()
+    report = dict(config=osp.relpath(config, REPO_ROOT), checkpoint=checkpoint, iterations=len(history['loss']),
+                  final_g=history['prepbn_g'][-1], val_images=num_val, metrics=metrics, fused_metrics=fused_metrics,
+                  fusion=dict(removed_norms=fused['report']['removed_norms'], output_norms=fused['report']['output_norms'],
+                              features=fused['diff']['features'], detections=fused['diff']['detections']),
+                  latency=[dict(name=m['name'], **m['latency_ms'], ratio=m['ratio_to_first']) for m in latency['models']],
+                  machine=latency['machine'], step_seconds=step.times,
+                  total_seconds=time.perf_counter() - started)
+    with open(osp.join(out_dir, 'report.json'), 'w') as f:
+        json.dump(report, f, indent=1, default=str)
+    with open(osp.join(out_dir, 'report.md'), 'w') as f:
+        f.write(render_report(report, latency_files))
+    log(f'\n[demo] bbox mAP {metrics["bbox_mAP"]:.3f} (target >= {TARGET_BBOX_MAP}), segm mAP '
+        f'{metrics["segm_mAP"]:.3f}; fused: bbox {fused_metrics["bbox_mAP"]:.3f}, segm {fused_metrics["segm_mAP"]:.3f}')
+    log(f'[demo] report: {osp.join(out_dir, "report.md")} ({report["total_seconds"] / 60:.1f} min in all)')
+    return report
+
+
+def _describe_detection_diff(diff):
+    count_a, count_b = diff['count']
+    if count_a != count_b:
+        return f'detections differ in number: {count_a} unfused vs {count_b} fused'
+    if count_a == 0:
+        return 'no detections in either'
+    return (f'{count_a} detections each, labels {"equal" if diff["labels_equal"] else "DIFFERENT"}, box '
+            f'coordinates within {diff["boxes"]:.1e} of the image size, scores within {diff["scores"]:.1e}, '
+            f'{diff.get("masks", 0.0):.1e} of mask pixels different')
+
+
+def render_report(report, latency_files):
+    with open(latency_files['md']) as f:
+        # The latency report's own headings sit under this report's "Latency" section.
+        latency_md = ('\n' + f.read()).replace('\n# ', '\n### ').replace('\n## ', '\n### ').lstrip('\n')
+    m, fm = report['metrics'], report['fused_metrics']
+    fusion = report['fusion']
+    lines = [
+        '# slab-mmdet demo: SLAB-PVT-T Mask R-CNN on mini COCO', '',
+        f'Config `{report["config"]}`, trained from scratch on the CPU '
+        f'({report["machine"].get("cpu", "")}, {report["machine"].get("threads")} threads). '
+        f'{report["iterations"]} iterations; PRepBN annealed from g = 1 to g = {report["final_g"]:g}.', '',
+        f'## Validation (mini COCO val, {report["val_images"]} images)', '',
+        '| model | bbox mAP | bbox mAP50 | segm mAP | segm mAP50 |', '|---|---:|---:|---:|---:|',
+        f'| trained (PRepBN, g = 0) | {m["bbox_mAP"]:.3f} | {m["bbox_mAP_50"]:.3f} | {m["segm_mAP"]:.3f} | '
+        f'{m["segm_mAP_50"]:.3f} |',
+        f'| fused (no norm layers) | {fm["bbox_mAP"]:.3f} | {fm["bbox_mAP_50"]:.3f} | {fm["segm_mAP"]:.3f} | '
+        f'{fm["segm_mAP_50"]:.3f} |', '',
+        f'Target: bbox mAP >= {TARGET_BBOX_MAP}: **{"met" if m["bbox_mAP"] >= TARGET_BBOX_MAP else "missed"}**.', '',
+        '## Training', '', '![loss and g](training.png)', '',
+        '## Fusion', '',
+        f'{fusion["removed_norms"]} norm layers removed from the backbone; output norms {fusion["output_norms"]}. '
+        f'Fused vs unfused on a val image: largest feature difference {fusion["features"]:.2e} (relative); '
+        f'{_describe_detection_diff(fusion["detections"])}.', '',
+        '## Latency (batch 1, interleaved)', '',
+        'The unfused and fused models are the trained ones; the LayerNorm PVT-T baseline has random '
+        'weights (latency does not depend on the values; every model keeps its 100 best detections).', '',
+        '![latency](benchmark/latency.png)', '', latency_md, '',
+        '## Time per step', '', '| step | seconds |', '|---|---:|',
+        *[f'| {name} | {sec:.0f} |' for name, sec in report['step_seconds'].items()],
+        f'| **total** | **{report["total_seconds"]:.0f}** |', '']
+    return '\n'.join(lines)
