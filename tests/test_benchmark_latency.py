@@ -226,9 +226,20 @@ def test_fuse_failure_stops_naming_the_config(monkeypatch, capsys, mini_coco):
         raise ValueError('backbone has LayerNorm, nothing to fold')
     monkeypatch.setitem(sys.modules, 'slab_mmdet.deploy', types.SimpleNamespace(fuse_detector=refuse))
     with pytest.raises(SystemExit):
-        _load_cli().main([MASK_RCNN, '--fuse', 'both', '--mini', mini_coco, '--device', 'cpu'])
+        _load_cli().main([MASK_RCNN, '--fuse', 'yes', '--mini', mini_coco, '--device', 'cpu'])
     err = capsys.readouterr().err
     assert f'cannot fuse the model of {MASK_RCNN}: backbone has LayerNorm' in err
+
+
+def test_fuse_both_keeps_a_model_that_cannot_be_fused_unfused_and_says_so(monkeypatch):
+    def refuse(model):
+        raise ValueError('backbone has LayerNorm, nothing to fold')
+    monkeypatch.setitem(sys.modules, 'slab_mmdet.deploy', types.SimpleNamespace(fuse_detector=refuse))
+    messages = []
+    models = load_models([MASK_RCNN], fuse='both', log=messages.append)
+    assert [(m.name, m.fused) for m in models] == [('mask_rcnn_pvt_t', False)]
+    assert any('not fused (backbone has LayerNorm, nothing to fold); with --fuse both it is measured unfused only'
+               in m for m in messages)
 
 
 # --------------------------------------------------------------------------- the benchmark loop
@@ -247,6 +258,27 @@ def test_checkpoints_go_to_the_configs_in_order(tmp_path):
     assert not all(bool((p == 0.25).all()) for p in without.model.parameters())
 
 
+def test_random_prepbn_models_are_timed_as_trained_ones_finish(mini_coco):
+    """Without a checkpoint, every PRepBN is at g = 0 (not a LayerNorm model) with RepBN's
+    alpha = 0, so that random activations stay finite and the heads keep as many
+    detections as the LayerNorm baseline (they would keep none after an overflow)."""
+    from slab_mmdet.models.layers import iter_prepbn
+    keep_all = dict(model=dict(test_cfg=dict(rpn=dict(nms_pre=100, max_per_img=50),
+                                             rcnn=dict(score_thr=0.0, max_per_img=20))))
+    slab, baseline = load_models(['configs/mini/mask_rcnn_slab_pvt_t.py', MASK_RCNN], cfg_options=keep_all, log=None)
+    layers = [m for _, m in iter_prepbn(slab.model)]
+    assert len(layers) == 24
+    assert all(m._g == 0.0 and float(m.repbn.alpha) == 0.0 for m in layers)
+    image = list_mini_coco_val(mini_coco)[0]
+    for bench_model in (slab, baseline):
+        data = bench_model.prepare(image)
+        with torch.inference_mode():
+            feats = bench_model.model.extract_feat(data['inputs'])
+            dets = bench_model.model(**data, mode='predict')[0].pred_instances
+        assert all(torch.isfinite(f).all() for f in feats)
+        assert len(dets) == 20
+
+
 def test_interleaved_order_untimed_preprocessing_and_breakdown(small_configs, mini_coco):
     """Only model parts advance the fake clock inside the timed region; the pipeline and the
     data_preprocessor advance it by much more, outside. So every measured time is exact."""
@@ -263,9 +295,12 @@ def test_interleaved_order_untimed_preprocessing_and_breakdown(small_configs, mi
     images = select_images(list_mini_coco_val(mini_coco), 2, 'mini')
     result = benchmark_detectors(models, images, warmup=1, breakdown='extra-pass', clock=clock, progress=False)
 
-    per_image = [('timed', 0), ('timed', 1), ('breakdown', 0), ('breakdown', 1), ('memory', 0), ('memory', 1)]
+    # The timed order rotates per image (A B, then B A); the other passes keep A B.
+    per_image = [[('timed', 0), ('timed', 1), ('breakdown', 0), ('breakdown', 1), ('memory', 0), ('memory', 1)],
+                 [('timed', 1), ('timed', 0), ('breakdown', 0), ('breakdown', 1), ('memory', 0), ('memory', 1)]]
     assert result.events == [('warmup', 0, 0), ('warmup', 1, 0)] + [
-        (kind, model, k) for k in range(2) for kind, model in per_image]
+        (kind, model, k) for k in range(2) for kind, model in per_image[k]]
+    assert 'rotates by one model per image' in result.schedule
     for timings, parts in zip(result.timings, part_seconds):
         expected_ms = sum(parts.values()) * 1e3
         assert timings.total_ms == pytest.approx([expected_ms] * 2, abs=1e-6)

@@ -2,14 +2,15 @@
 
 Each model runs on the same real images through its config's test pipeline; loading and
 preprocessing happen before the clock starts, and only the forward (model.predict) is
-timed. Several configs, and fused variants of each (--fuse both), are interleaved image by
-image (A B C A B C ...) after warm-up, so that machine drift hits all alike. Reports mean,
+timed. Several configs, and fused variants of each (--fuse both; a model with nothing to
+fold, such as a LayerNorm baseline, then runs unfused only), are interleaved image by image
+after warm-up (A B C, B C A, C A B, ...), so that machine drift hits all alike. Reports mean,
 median, p90, p99, std, images/s, ratios to the first model, peak memory and a per-part
 breakdown, and writes latency.md, latency.json (with every raw timing) and latency.png to
 --out-dir. See docs/benchmark_tool.md.
 
 Examples:
-    python tools/benchmark_latency.py configs/mask_rcnn_pvt_t.py configs/mask_rcnn_slab_pvt_s.py \\
+    python tools/benchmark_latency.py configs/mask_rcnn_pvt_s.py configs/mask_rcnn_pvt_s_prepbn.py \\
         --device cuda --num-images 100 --warmup 10 --fuse both
     python tools/benchmark_latency.py configs/mini/mask_rcnn_pvt_t.py --mini --device cpu --threads 4
     python tools/benchmark_latency.py mmdet::retinanet/retinanet_r18_fpn_1x_coco.py --images demo/ --part backbone

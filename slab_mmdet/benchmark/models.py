@@ -98,12 +98,23 @@ def build_detector(cfg, device='cpu', checkpoint=None):
     return model.to(device).eval()
 
 
-def anneal_prepbn(model):
-    """Set every PRepBN of `model` to g = 0; returns how many there were."""
+def finish_random_prepbn(model):
+    """Put every PRepBN of a randomly initialised `model` in the state a finished training
+    leaves it in; returns how many there were.
+
+    g = 0 (pure RepBN): at g = 1 a PRepBN runs only its LayerNorm, which would time a
+    LayerNorm model. And RepBN's alpha = 0: with fresh BN statistics and alpha = 1
+    (its initial value), each RepBN doubles the residual stream and random activations
+    overflow within a few blocks, so NMS keeps no boxes and the heads do almost no work.
+    With alpha = 0 every RepBN is the identity, as in the network with its norms deleted.
+    Neither value changes what is computed, only the numbers.
+    """
     from slab_mmdet.models.layers import iter_prepbn
     layers = [m for _, m in iter_prepbn(model)]
-    for m in layers:
-        m.set_g(0.0)
+    with torch.no_grad():
+        for m in layers:
+            m.set_g(0.0)
+            m.repbn.alpha.zero_()
     return len(layers)
 
 
@@ -120,7 +131,7 @@ def fuse_copy(model, config, fuse_detector, device):
     fused = copy.deepcopy(model)
     try:
         info = fuse_detector(fused)
-    except ValueError as e:
+    except (TypeError, ValueError) as e:   # not a SLAB backbone / not foldable (LayerNorm, still annealing)
         raise BenchmarkError(f'cannot fuse the model of {config}: {e}. Benchmark it without --fuse '
                              f'(or drop it from the list) instead.') from e
     if not isinstance(info, dict) or 'removed_norms' not in info:
@@ -171,13 +182,15 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
         checkpoints: at most one per config, in the order of the configs (None, or none left:
             random weights).
         fuse: 'none', 'yes' (fused only) or 'both' (unfused, then fused: a copy with the same
-            weights, folded by ``slab_mmdet.deploy.fuse_detector``).
+            weights, folded by ``slab_mmdet.deploy.fuse_detector``). With 'both', a model that
+            cannot be fused (e.g. a LayerNorm baseline) is kept unfused only, with a log line;
+            with 'yes' it is an error.
         device: where the models live.
         cfg_options: dict merged into every config (as --cfg-options).
         log: prints progress messages (None: quiet).
 
     Raises BenchmarkError naming the bad value (unknown config, too many checkpoints, a
-    missing checkpoint file, a model that cannot be fused).
+    missing checkpoint file, with fuse='yes' a model that cannot be fused).
     """
     log = log or (lambda message: None)
     configs = list(configs)
@@ -189,13 +202,21 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
         model = build_detector(cfg, device, ckpt)
         pipeline = inference_pipeline(cfg)
         log(f'[benchmark] loaded {name} from {config} ({"weights: " + ckpt if ckpt else "random weights"})')
-        if ckpt is None and anneal_prepbn(model):
+        if ckpt is None and finish_random_prepbn(model):
             log(f'[benchmark] {name}: random weights, so every PRepBN is set to g = 0, the state training ends '
-                f'in (at g = 1 it would time a LayerNorm model)')
+                f'in (at g = 1 it would time a LayerNorm model), with RepBN alpha = 0 (finite activations)')
         if fuse in ('none', 'both'):
             variants.append(BenchModel(name, config, model, pipeline, ckpt))
         if fuse in ('yes', 'both'):
-            fused, info = fuse_copy(model, config, fuse_detector, device)
+            try:
+                fused, info = fuse_copy(model, config, fuse_detector, device)
+            except BenchmarkError as e:
+                if fuse == 'yes':
+                    raise
+                # --fuse both compares against baselines that have nothing to fold (LayerNorm
+                # models): they run unfused only, and the log says so.
+                log(f'[benchmark] {name}: not fused ({e.__cause__}); with --fuse both it is measured unfused only')
+                continue
             log(f'[benchmark] fused {name}: removed {info["removed_norms"]} norms')
             variants.append(BenchModel(name + FUSED_SUFFIX, config, fused, pipeline, ckpt, True, info))
     return variants

@@ -103,7 +103,14 @@ def describe_schedule(num_models, warmup, breakdown, memory_in_timed_pass):
     names = ' '.join(chr(ord('A') + i) if i < 26 else f'#{i + 1}' for i in range(num_models))
     passes = (['timed'] + (['breakdown'] if breakdown == 'extra-pass' else [])
               + ([] if memory_in_timed_pass else ['memory']))
-    return f'{warmup} warm-up round(s) ({names}), then per image: ' + ', then '.join(f'{p} {names}' for p in passes)
+    rotation = ' (the timed order rotates by one model per image: A B C, B C A, ...)' if num_models > 1 else ''
+    return (f'{warmup} warm-up round(s) ({names}), then per image: ' + ', then '.join(f'{p} {names}' for p in passes)
+            + rotation)
+
+
+def rotated(n, k):
+    """Model indices in the timed order of image k: 0..n-1 rotated left by k."""
+    return [(k + j) % n for j in range(n)]
 
 
 def _benchmark(models, images, warmup, target, breakdown, clock, progress):
@@ -167,7 +174,10 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress):
                 bar.update()
         for k, path in enumerate(images.paths):
             batch = [m.prepare(path, k) for m in models]   # untimed: pipeline + data_preprocessor
-            for i, data in enumerate(batch):
+            # Rotated, so that no model always runs first (after the previous image's other
+            # passes) or right after the same neighbour: position effects average out.
+            for i in rotated(len(models), k):
+                data = batch[i]
                 elapsed, outputs = timed_run(i, data, 'timed', k, timers[i] if mode == 'same-pass' else None,
                                              measure_memory=probe.in_timed_pass)
                 timings[i].total_ms.append(elapsed * 1e3)
