@@ -1,0 +1,123 @@
+"""The latency record of docs/benchmarks.md: SLAB models vs their LayerNorm baselines,
+fused vs unfused vs the norm-deleted floor, batch 1, measured side by side.
+
+Each comparison is one interleaved run of slab_mmdet.benchmark (image by image, A B C D
+A B C D ...), on the mini COCO val images through each config's COCO test pipeline
+(Resize to 1333x800, so 800x1067 inputs: the 800x1333 class). Weights are random (PRepBN
+at g = 0, the state training ends in); so that every detector does the same head work,
+the RoI head keeps its 100 best detections whatever their scores (score_thr = 0).
+Besides the configs themselves, a comparison can hold generated variants of a config
+(VARIANTS): its norm layers deleted (the floor fusion can reach) or its PRepBN replaced
+by LayerNorm (the same code as a LayerNorm model).
+
+    python benchmarks/latency_record.py --device cpu --threads 2 --num-images 8 --warmup 1
+    python benchmarks/latency_record.py --device cuda --num-images 100 --warmup 10
+
+Writes <out-dir>/<comparison>.{md,json,png} and prints the Markdown tables.
+"""
+import argparse
+import os
+import os.path as osp
+import sys
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+FIXED_DETECTIONS = dict(model=dict(test_cfg=dict(rcnn=dict(score_thr=0.0, max_per_img=100))))
+
+# name -> [(config, fuse mode)], the first is the reference of the ratios.
+COMPARISONS = {
+    'pvt_s_backbone': ('backbone', [('configs/mask_rcnn_pvt_s.py', 'none'),
+                                    ('configs/mask_rcnn_slab_pvt_s.py', 'both'),
+                                    ('floor:configs/mask_rcnn_slab_pvt_s.py', 'none')]),
+    'pvt_s_mask_rcnn': ('detector', [('configs/mask_rcnn_pvt_s.py', 'none'),
+                                     ('configs/mask_rcnn_slab_pvt_s.py', 'both'),
+                                     ('floor:configs/mask_rcnn_slab_pvt_s.py', 'none')]),
+    # ln: the same backbone code with LayerNorm, to separate the norm's cost from the
+    # attention implementation's (ours uses torch SDPA, mmdet's PVT nn.MultiheadAttention).
+    'pvt_s_prepbn_mask_rcnn': ('detector', [('configs/mask_rcnn_pvt_s.py', 'none'),
+                                            ('ln:configs/mask_rcnn_pvt_s_prepbn.py', 'none'),
+                                            ('configs/mask_rcnn_pvt_s_prepbn.py', 'both'),
+                                            ('floor:configs/mask_rcnn_pvt_s_prepbn.py', 'none')]),
+    'swin_t_backbone': ('backbone', [('configs/mask_rcnn_swin_t.py', 'none'),
+                                     ('configs/mask_rcnn_slab_swin_t.py', 'both'),
+                                     ('floor:configs/mask_rcnn_slab_swin_t.py', 'none')]),
+    # Fused vs unfused vs the floor alone, for more images than the comparisons above
+    # afford (run with --only ... --num-images 15): the 2% question needs a tighter mean.
+    'slab_pvt_s_fusion_backbone': ('backbone', [('configs/mask_rcnn_slab_pvt_s.py', 'both'),
+                                                ('floor:configs/mask_rcnn_slab_pvt_s.py', 'none')]),
+    'slab_swin_t_fusion_backbone': ('backbone', [('configs/mask_rcnn_slab_swin_t.py', 'both'),
+                                                 ('floor:configs/mask_rcnn_slab_swin_t.py', 'none')]),
+    'swin_t_mask_rcnn': ('detector', [('configs/mask_rcnn_swin_t.py', 'none'),
+                                      ('configs/mask_rcnn_slab_swin_t.py', 'both'),
+                                      ('floor:configs/mask_rcnn_slab_swin_t.py', 'none')]),
+}
+
+
+# Child configs of a comparison entry 'kind:config': suffix of the model name, backbone overrides.
+VARIANTS = {
+    # The norm layers deleted (deploy=True builds nn.Identity in place of every norm, the
+    # output norms included): the floor that fusion can reach.
+    'floor': ('norms_deleted', 'deploy=True, out_norms_folded=True'),
+    # Every PRepBN replaced by LayerNorm (eps as the PVT models): the LayerNorm model.
+    'ln': ('layernorm', "norm_cfg=dict(type='LN', eps=1e-6)"),
+}
+
+
+def variant_config(kind, config, out_dir):
+    """Write the child config of ``config`` for variant ``kind``; returns (path, name suffix)."""
+    suffix, overrides = VARIANTS[kind]
+    stem = osp.splitext(osp.basename(config))[0]
+    path = osp.join(out_dir, f'{stem}_{suffix}.py')
+    with open(path, 'w') as f:
+        f.write(f"_base_ = '{osp.join(REPO, config)}'\n"
+                f"model = dict(backbone=dict({overrides}, init_cfg=None))\n"
+                "custom_hooks = []\n")
+    return path, suffix
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--device', default='cpu')
+    parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--num-images', type=int, default=8)
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--images', default=osp.join(REPO, 'data', 'mini_coco', 'val'),
+                        help='image folder (default: mini COCO val; make it with tools/make_mini_coco.py)')
+    parser.add_argument('--only', nargs='+', choices=sorted(COMPARISONS), help='run only these comparisons')
+    parser.add_argument('--out-dir', default=osp.join(REPO, 'work_dirs', 'benchmarks', 'latency'))
+    args = parser.parse_args(argv)
+    sys.path.insert(0, REPO)
+    import torch
+    from slab_mmdet.benchmark import benchmark_backbones, benchmark_detectors, load_models, resolve_images
+    from slab_mmdet.benchmark.report import machine_facts, render_markdown, summarize_result, write_report
+    from mmengine.config import Config
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.makedirs(args.out_dir, exist_ok=True)
+    command = 'python ' + ' '.join([osp.relpath(__file__, REPO)] + (argv if argv is not None else sys.argv[1:]))
+    for name, (target, entries) in COMPARISONS.items():
+        if args.only and name not in args.only:
+            continue
+        print(f'\n=== {name} ({target}) ===', flush=True)
+        models = []
+        for config, fuse in entries:
+            kind, _, config = config.rpartition(':')
+            if kind:
+                path, suffix = variant_config(kind, config, args.out_dir)
+            else:
+                path, suffix = osp.join(REPO, config), None
+            loaded = load_models([path], fuse=fuse, device=args.device, cfg_options=FIXED_DETECTIONS)
+            for m in loaded if suffix else ():
+                m.name = m.name.replace(f'_{suffix}', '') + f" ({suffix.replace('_', ' ')})"
+            models += loaded
+        reference = osp.join(REPO, entries[0][0].rpartition(':')[2])
+        images = resolve_images(Config.fromfile(reference), args.num_images, images_dir=args.images)
+        bench = benchmark_backbones if target == 'backbone' else benchmark_detectors
+        result = bench(models, images, warmup=args.warmup)
+        summary = summarize_result(result, machine_facts(args.device, command))
+        write_report(summary, args.out_dir, stem=name)
+        print(render_markdown(summary), flush=True)
+
+
+if __name__ == '__main__':
+    main()

@@ -1,0 +1,101 @@
+"""Training-iteration time during PRepBN annealing vs the LayerNorm baselines.
+
+Each model trains on the same batch (2 mini COCO images resized to 512x512, no flips)
+with its config's optimizer; the PRepBN models sit at g = 0.5, where both branches run
+(the cost of the annealing phase). One iteration = data preprocessing + forward + loss +
+backward + optimizer step; the models are interleaved iteration by iteration.
+
+    python benchmarks/train_step_time.py --threads 2 --iters 6 --warmup 1
+"""
+import argparse
+import copy
+import json
+import os
+import os.path as osp
+import statistics
+import sys
+import time
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+MODELS = [
+    ('mmdet PVT-S (LN)', 'configs/mini/mask_rcnn_pvt_s.py'),
+    ('SLAB-PVT-S (g = 0.5)', 'configs/mini/mask_rcnn_slab_pvt_s.py'),
+    ('PVT-S-PRepBN (g = 0.5)', 'configs/mini/mask_rcnn_pvt_s_prepbn.py'),
+    ('mmdet Swin-T (LN)', 'configs/mini/mask_rcnn_swin_t.py'),
+    ('SLAB-Swin-T (g = 0.5)', 'configs/mini/mask_rcnn_slab_swin_t.py'),
+]
+
+
+def build(config, data_root):
+    import torch
+    from mmengine.config import Config
+    from mmengine.dataset import pseudo_collate
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    from mmdet.registry import DATASETS, MODELS as DET_MODELS
+    from slab_mmdet.models.layers import iter_prepbn
+
+    cfg = Config.fromfile(osp.join(REPO, config))
+    init_default_scope('mmdet')
+    dataset_cfg = cfg.train_dataloader.dataset
+    dataset_cfg.data_root = data_root.rstrip('/') + '/'
+    dataset_cfg.pipeline = [t for t in dataset_cfg.pipeline if t['type'] != 'RandomFlip']
+    for t in dataset_cfg.pipeline:
+        if t['type'] == 'Resize':
+            t.update(scale=(512, 512), keep_ratio=False)
+    dataset = DATASETS.build(dataset_cfg)
+    batch = pseudo_collate([dataset[0], dataset[1]])
+    model = DET_MODELS.build(cfg.model)
+    model.init_weights()
+    for _, m in iter_prepbn(model):
+        m.set_g(0.5)
+    model.train()
+    optim = build_optim_wrapper(model, cfg.optim_wrapper)
+    return model, optim, batch
+
+
+def step(model, optim, batch):
+    data = model.data_preprocessor(copy.deepcopy(batch), True)
+    losses = model(**data, mode='loss')
+    loss, _ = model.parse_losses(losses)
+    optim.update_params(loss)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--threads', type=int, default=None)
+    parser.add_argument('--iters', type=int, default=6)
+    parser.add_argument('--warmup', type=int, default=1)
+    parser.add_argument('--data-root', default=osp.join(REPO, 'data', 'mini_coco'))
+    parser.add_argument('--out', default=osp.join(REPO, 'work_dirs', 'benchmarks', 'train_step_time.json'))
+    args = parser.parse_args(argv)
+    sys.path.insert(0, REPO)
+    import torch
+    import slab_mmdet  # noqa: F401
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    runs = [(name, *build(config, args.data_root)) for name, config in MODELS]
+    times = {name: [] for name, *_ in runs}
+    for i in range(args.warmup + args.iters):
+        for name, model, optim, batch in runs:
+            t = time.perf_counter()
+            step(model, optim, batch)
+            if i >= args.warmup:
+                times[name].append(time.perf_counter() - t)
+        print(f'iteration {i + 1}/{args.warmup + args.iters} done', flush=True)
+    first = statistics.median(times[runs[0][0]])
+    rows = [dict(model=name, median_s=statistics.median(v), mean_s=statistics.mean(v),
+                 ratio_to_first=statistics.median(v) / first) for name, v in times.items()]
+    ref_by_family = {'PVT': rows[0]['median_s'], 'Swin': rows[3]['median_s']}
+    print('| model | median s/iter | mean s/iter | vs its LN baseline |\n| --- | --- | --- | --- |')
+    for r in rows:
+        base = ref_by_family['Swin' if 'Swin' in r['model'] else 'PVT']
+        print(f"| {r['model']} | {r['median_s']:.2f} | {r['mean_s']:.2f} | {r['median_s'] / base:.2f}x |")
+    os.makedirs(osp.dirname(args.out), exist_ok=True)
+    with open(args.out, 'w') as f:
+        json.dump(dict(threads=torch.get_num_threads(), iters=args.iters, rows=rows, raw=times), f, indent=1)
+
+
+if __name__ == '__main__':
+    main()
