@@ -198,3 +198,65 @@ def test_auto_scale_lr_needs_base_batch_size(tmp_path):
                       timeout=300)
     assert proc.returncode != 0
     assert 'auto_scale_lr.base_batch_size' in proc.stderr
+
+
+# ------------------------------------------------------- the README's commands, COCO config
+
+def one_image_subset(src_json, dst_json):
+    """The first image of a COCO json with its annotations (a one-iteration epoch)."""
+    with open(src_json) as f:
+        data = json.load(f)
+    data['images'] = data['images'][:1]
+    data['annotations'] = [a for a in data['annotations'] if a['image_id'] == data['images'][0]['id']]
+    with open(dst_json, 'w') as f:
+        json.dump(data, f)
+    return str(dst_json), data['images'][0]['file_name']
+
+
+@pytest.mark.slow
+def test_readme_mim_commands_on_the_coco_config(mini_coco, tmp_path):
+    """README: `mim train mmdet|slab_mmdet configs/mask_rcnn_slab_pvt_s.py`, tools/fuse_norms.py,
+    then `mim test mmdet <deploy config> --checkpoint <fused>`, on the COCO config itself,
+    pointed by --cfg-options at one mini COCO image at 320x256 (COCO is not here)."""
+    config = 'configs/mask_rcnn_slab_pvt_s.py'
+    pythonpath = mim_pythonpath(tmp_path)
+    train_json, _ = one_image_subset(osp.join(mini_coco, 'annotations', 'instances_train.json'),
+                                     tmp_path / 'train1.json')
+    val_json, val_image = one_image_subset(osp.join(mini_coco, 'annotations', 'instances_val.json'),
+                                           tmp_path / 'val1.json')
+
+    def loader(split, ann_file, resize_index):
+        return [f'{split}_dataloader.dataset.type=MiniCocoDataset', f'{split}_dataloader.dataset.data_root={mini_coco}',
+                f'{split}_dataloader.dataset.ann_file={ann_file}',
+                f'{split}_dataloader.dataset.data_prefix.img={"train" if split == "train" else "val"}/',
+                f'{split}_dataloader.dataset.pipeline.{resize_index}.scale=(320,256)',
+                f'{split}_dataloader.num_workers=0', f'{split}_dataloader.persistent_workers=False']
+
+    # Mini COCO's 6 classes, as for any dataset of one's own; the last epoch validates.
+    model_options = ['model.roi_head.bbox_head.num_classes=6', 'model.roi_head.mask_head.num_classes=6']
+    train_options = [*model_options, 'model.backbone.init_cfg=None', 'train_dataloader.batch_size=1',
+                     'train_cfg.max_epochs=1', *loader('train', train_json, 2), *loader('val', val_json, 1),
+                     f'val_evaluator.ann_file={val_json}']
+    test_options = [*model_options, *loader('test', val_json, 1), f'test_evaluator.ann_file={val_json}']
+    for package in ('mmdet', 'slab_mmdet'):
+        work_dir = str(tmp_path / package)
+        out = mim('train', package, config, '--work-dir', work_dir, '--cfg-options', *train_options,
+                  pythonpath=pythonpath)
+        assert re.search(rf'{package}/\.mim/tools/train\.py', out)
+        assert re.search(r'PRepBNHook: anneal complete, all \d+ PRepBN layers have g = 0', out)
+        assert osp.isfile(osp.join(work_dir, 'epoch_1.pth'))
+
+    # The README's deployment path, from the last run's checkpoint.
+    deploy_dir = tmp_path / 'deploy'
+    proc = run_python(['tools/fuse_norms.py', config, osp.join(work_dir, 'epoch_1.pth'), '--out-dir', str(deploy_dir),
+                       '--image', osp.join(mini_coco, 'val', val_image), '--cfg-options', *test_options],
+                      timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    deploy_cfg = deploy_dir / 'mask_rcnn_slab_pvt_s_deploy.py'
+    fused = deploy_dir / 'epoch_1_fused.pth'
+    assert deploy_cfg.is_file() and fused.is_file()
+    out = mim('test', 'mmdet', str(deploy_cfg), '--checkpoint', str(fused), '--work-dir', str(tmp_path / 'test'),
+              '--cfg-options', *test_options, pythonpath=pythonpath)
+    assert re.search(r'mmdet/\.mim/tools/test\.py', out)
+    for name in ('bbox_mAP', 'segm_mAP'):
+        assert 0.0 <= coco_metric(out, name) <= 1.0
