@@ -195,7 +195,7 @@ def _describe_detection_diff(diff):
         return 'no detections in either'
     return (f'{count_a} detections each, labels {"equal" if diff["labels_equal"] else "DIFFERENT"}, box '
             f'coordinates within {diff["boxes"]:.1e} of the image size, scores within {diff["scores"]:.1e}, '
-            f'{diff.get("masks", 0.0):.1e} of mask pixels different')
+            f'at most {diff.get("masks", 0.0):.1e} of a mask\'s pixels different')
 
 
 def render_report(report, latency_files):

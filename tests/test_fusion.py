@@ -276,3 +276,34 @@ def test_fuse_norms_tool_refuses_a_model_still_annealing(tmp_path, mini_coco):
     assert proc.returncode != 0
     assert 'stages.0.blocks.0.norm1 is a PRepBN with g = 0.5' in proc.stderr
     assert not (tmp_path / 'out').exists()
+
+
+def _instances(boxes, scores, labels):
+    from mmengine.structures import InstanceData
+    masks = torch.zeros(len(boxes), 20, 30, dtype=torch.bool)
+    for i, (x0, y0, x1, y1) in enumerate(boxes):
+        masks[i, int(y0):int(y1), int(x0):int(x1)] = True
+    return InstanceData(bboxes=torch.tensor(boxes, dtype=torch.float32), scores=torch.tensor(scores),
+                        labels=torch.tensor(labels), masks=masks)
+
+
+def test_detection_check_ignores_the_order_of_tied_scores():
+    """An untrained model ties scores by the dozen; float-level differences then reorder
+    them, and at the max_per_img cut-off keep one or the other. Neither is a difference."""
+    from slab_mmdet.deploy import compare_detections
+    from slab_mmdet.deploy.fuse import detections_equivalent
+    boxes = [[0, 0, 10, 10], [5, 5, 15, 15], [10, 2, 20, 12], [1, 8, 9, 18]]
+    a = _instances(boxes, [0.9, 0.5, 0.5, 0.2], [1, 2, 3, 0])
+    reordered = _instances([boxes[0], boxes[2], boxes[1], boxes[3]], [0.9, 0.5 + 1e-7, 0.5, 0.2], [1, 3, 2, 0])
+    diff = compare_detections(a, reordered, (20, 30))
+    assert diff['labels_equal'] and diff['boxes'] == 0.0 and diff['masks'] == 0.0 and diff['scores'] < 1e-6
+    assert detections_equivalent(diff, 1e-4)
+    # Tied at the lowest kept score: the other model kept another detection of that score.
+    cut = _instances(boxes[:3] + [[20, 10, 28, 19]], [0.9, 0.5, 0.5, 0.2], [1, 2, 3, 5])
+    assert detections_equivalent(compare_detections(a, cut, (20, 30)), 1e-4)
+    # Real differences are still caught: a moved box, a changed label above the cut-off.
+    moved = _instances([boxes[0], [5, 5, 17, 15]] + boxes[2:], [0.9, 0.5, 0.5, 0.2], [1, 2, 3, 0])
+    assert not detections_equivalent(compare_detections(a, moved, (20, 30)), 1e-4)
+    relabelled = _instances(boxes, [0.9, 0.5, 0.5, 0.2], [4, 2, 3, 0])
+    diff = compare_detections(a, relabelled, (20, 30))
+    assert not diff['labels_equal'] and not detections_equivalent(diff, 1e-4)

@@ -10,6 +10,7 @@ into those lateral convs too; otherwise they stay as one fixed per-channel
 """
 import copy
 
+import torch
 import torch.nn as nn
 from mmengine.config import Config
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -122,22 +123,42 @@ def compare_features(a, b):
     return max(float((x - y).abs().max() / x.abs().max().clamp_min(1e-12)) for x, y in zip(a, b))
 
 
-def compare_detections(a, b, image_shape):
-    """How far two ``pred_instances`` are apart.
+def compare_detections(a, b, image_shape, score_tolerance=1e-4):
+    """How far two ``pred_instances`` are apart, regardless of the order of tied scores.
+
+    Detections whose scores tie (within ``score_tolerance``, as they do by the dozen in an
+    untrained model) come out in either order after float-level differences, and at the
+    ``max_per_img`` cut-off either of them may be kept. So each detection of ``a`` is
+    matched to the nearest detection of ``b`` with the same label and a score within
+    ``score_tolerance``; detections tied with the lowest kept score may go unmatched.
 
     Returns a dict: ``count`` (len a, len b), and when the counts agree, ``boxes``
-    (largest coordinate difference relative to the image's longer side), ``scores``
-    (largest absolute difference), ``masks`` (fraction of mask pixels that differ).
+    (largest coordinate difference of a matched pair relative to the image's longer
+    side; inf if a detection has no match), ``scores`` (largest difference between the
+    sorted scores), ``labels_equal`` (every detection that must match has a same-label
+    match), ``masks`` (largest fraction of differing mask pixels of a matched pair).
     """
     out = dict(count=(len(a), len(b)))
-    if len(a) != len(b):
+    if len(a) != len(b) or not len(a):
         return out
-    if len(a):
-        out['boxes'] = float((a.bboxes - b.bboxes).abs().max()) / max(image_shape)
-        out['scores'] = float((a.scores - b.scores).abs().max())
-        out['labels_equal'] = bool((a.labels == b.labels).all())
-        if 'masks' in a and 'masks' in b:
-            out['masks'] = float((a.masks != b.masks).float().mean())
+    scores_a, scores_b = a.scores.double(), b.scores.double()
+    out['scores'] = float((scores_a.sort().values - scores_b.sort().values).abs().max())
+    box_dist = (a.bboxes.double()[:, None, :] - b.bboxes.double()[None, :, :]).abs().amax(-1) / max(image_shape)
+    candidate = (a.labels[:, None] == b.labels[None, :]) & \
+        ((scores_a[:, None] - scores_b[None, :]).abs() <= score_tolerance)
+    box_dist = box_dist.masked_fill(~candidate, float('inf'))
+    nearest, match = box_dist.min(dim=1)
+    # Ties with the lowest kept score may have been cut off in the other model.
+    must_match = scores_a > min(float(scores_a.min()), float(scores_b.min())) + score_tolerance
+    matched = torch.isfinite(nearest)
+    out['labels_equal'] = bool(matched[must_match].all())
+    out['boxes'] = float(nearest[matched].max()) if bool(matched.any()) else float('inf')
+    if not out['labels_equal']:
+        out['boxes'] = float('inf')
+    if 'masks' in a and 'masks' in b and bool(matched.any()):
+        idx = matched.nonzero().flatten()
+        differ = (a.masks[idx] != b.masks[match[idx]]).flatten(1).float().mean(1)
+        out['masks'] = float(differ.max())
     return out
 
 
