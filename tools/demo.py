@@ -4,7 +4,7 @@ Makes mini COCO if needed, trains a SLAB-PVT-T Mask R-CNN from scratch on the CP
 PRepBN anneals from g = 1 to g = 0, evaluates COCO bbox/segm mAP on the val split, fuses
 the norms (checking fused = unfused) and evaluates the fused model, benchmarks fused vs
 unfused vs the LayerNorm PVT-T baseline at batch 1, and writes report.md (with PNGs of
-the loss/g curves and latency bars) to --out-dir. About 12 minutes on 2 cores.
+the loss/g curves and latency bars) to --out-dir. About 11 minutes on 2 cores.
 
 Example:
     python tools/demo.py --out-dir work_dirs/demo
