@@ -1,8 +1,8 @@
 """The latency record of docs/benchmarks.md: SLAB models vs their LayerNorm baselines,
 fused vs unfused vs the norm-deleted floor, batch 1, measured side by side.
 
-Each comparison is one interleaved run of slab_mmdet.benchmark (image by image, A B C D
-A B C D ...), on the mini COCO val images through each config's COCO test pipeline
+Each comparison is one interleaved run of slab_mmdet.benchmark (image by image, the order
+rotated per image), on the mini COCO val images through each config's COCO test pipeline
 (Resize to 1333x800, so 800x1067 inputs: the 800x1333 class). Weights are random (PRepBN
 at g = 0, the state training ends in); so that every detector does the same head work,
 the RoI head keeps its 100 best detections whatever their scores (score_thr = 0).
@@ -10,7 +10,9 @@ Besides the configs themselves, a comparison can hold generated variants of a co
 (VARIANTS): its norm layers deleted (the floor fusion can reach) or its PRepBN replaced
 by LayerNorm (the same code as a LayerNorm model).
 
-    python benchmarks/latency_record.py --device cpu --threads 2 --num-images 8 --warmup 1
+    python benchmarks/latency_record.py --device cpu --threads 2 --num-images 5 --warmup 1
+    python benchmarks/latency_record.py --device cpu --threads 2 --num-images 15 --warmup 2 \
+        --only slab_pvt_s_fusion_backbone slab_swin_t_fusion_backbone
     python benchmarks/latency_record.py --device cuda --num-images 100 --warmup 10
 
 Writes <out-dir>/<comparison>.{md,json,png} and prints the Markdown tables.
@@ -21,34 +23,35 @@ import os.path as osp
 import sys
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-FIXED_DETECTIONS = dict(model=dict(test_cfg=dict(rcnn=dict(score_thr=0.0, max_per_img=100))))
 
-# name -> [(config, fuse mode)], the first is the reference of the ratios.
+def baseline_vs_slab(baseline, slab):
+    """[(config, fuse mode)]: the LayerNorm baseline (the reference of the ratios), the SLAB
+    model unfused and fused, and the SLAB model with its norms deleted."""
+    return [(baseline, 'none'), (slab, 'both'), (f'floor:{slab}', 'none')]
+
+
+def fusion_vs_floor(slab):
+    """[(config, fuse mode)]: the SLAB model unfused and fused, and with its norms deleted."""
+    return [(slab, 'both'), (f'floor:{slab}', 'none')]
+
+
+PVT_S, SLAB_PVT_S = 'configs/mask_rcnn_pvt_s.py', 'configs/mask_rcnn_slab_pvt_s.py'
+PVT_S_PREPBN = 'configs/mask_rcnn_pvt_s_prepbn.py'
+SWIN_T, SLAB_SWIN_T = 'configs/mask_rcnn_swin_t.py', 'configs/mask_rcnn_slab_swin_t.py'
+# name -> (what is timed, [(config, fuse mode)]); a config 'kind:path' is a VARIANTS child.
 COMPARISONS = {
-    'pvt_s_backbone': ('backbone', [('configs/mask_rcnn_pvt_s.py', 'none'),
-                                    ('configs/mask_rcnn_slab_pvt_s.py', 'both'),
-                                    ('floor:configs/mask_rcnn_slab_pvt_s.py', 'none')]),
-    'pvt_s_mask_rcnn': ('detector', [('configs/mask_rcnn_pvt_s.py', 'none'),
-                                     ('configs/mask_rcnn_slab_pvt_s.py', 'both'),
-                                     ('floor:configs/mask_rcnn_slab_pvt_s.py', 'none')]),
+    'pvt_s_backbone': ('backbone', baseline_vs_slab(PVT_S, SLAB_PVT_S)),
+    'pvt_s_mask_rcnn': ('detector', baseline_vs_slab(PVT_S, SLAB_PVT_S)),
     # ln: the same backbone code with LayerNorm, to separate the norm's cost from the
     # attention implementation's (ours uses torch SDPA, mmdet's PVT nn.MultiheadAttention).
-    'pvt_s_prepbn_mask_rcnn': ('detector', [('configs/mask_rcnn_pvt_s.py', 'none'),
-                                            ('ln:configs/mask_rcnn_pvt_s_prepbn.py', 'none'),
-                                            ('configs/mask_rcnn_pvt_s_prepbn.py', 'both'),
-                                            ('floor:configs/mask_rcnn_pvt_s_prepbn.py', 'none')]),
-    'swin_t_backbone': ('backbone', [('configs/mask_rcnn_swin_t.py', 'none'),
-                                     ('configs/mask_rcnn_slab_swin_t.py', 'both'),
-                                     ('floor:configs/mask_rcnn_slab_swin_t.py', 'none')]),
+    'pvt_s_prepbn_mask_rcnn': ('detector', [(PVT_S, 'none'), (f'ln:{PVT_S_PREPBN}', 'none')]
+                               + fusion_vs_floor(PVT_S_PREPBN)),
+    'swin_t_backbone': ('backbone', baseline_vs_slab(SWIN_T, SLAB_SWIN_T)),
     # Fused vs unfused vs the floor alone, for more images than the comparisons above
     # afford (run with --only ... --num-images 15): the 2% question needs a tighter mean.
-    'slab_pvt_s_fusion_backbone': ('backbone', [('configs/mask_rcnn_slab_pvt_s.py', 'both'),
-                                                ('floor:configs/mask_rcnn_slab_pvt_s.py', 'none')]),
-    'slab_swin_t_fusion_backbone': ('backbone', [('configs/mask_rcnn_slab_swin_t.py', 'both'),
-                                                 ('floor:configs/mask_rcnn_slab_swin_t.py', 'none')]),
-    'swin_t_mask_rcnn': ('detector', [('configs/mask_rcnn_swin_t.py', 'none'),
-                                      ('configs/mask_rcnn_slab_swin_t.py', 'both'),
-                                      ('floor:configs/mask_rcnn_slab_swin_t.py', 'none')]),
+    'slab_pvt_s_fusion_backbone': ('backbone', fusion_vs_floor(SLAB_PVT_S)),
+    'slab_swin_t_fusion_backbone': ('backbone', fusion_vs_floor(SLAB_SWIN_T)),
+    'swin_t_mask_rcnn': ('detector', baseline_vs_slab(SWIN_T, SLAB_SWIN_T)),
 }
 
 
@@ -87,7 +90,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     sys.path.insert(0, REPO)
     import torch
-    from slab_mmdet.benchmark import benchmark_backbones, benchmark_detectors, load_models, resolve_images
+    from slab_mmdet.benchmark import (FIXED_DETECTIONS, benchmark_backbones, benchmark_detectors, load_models,
+                                      resolve_images)
     from slab_mmdet.benchmark.report import machine_facts, render_markdown, summarize_result, write_report
     from mmengine.config import Config
 

@@ -20,9 +20,6 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.realpath(__file__)))
 DEFAULT_CONFIG = osp.join(REPO_ROOT, 'configs', 'mini', 'mask_rcnn_slab_pvt_t.py')
 DEFAULT_BASELINE = osp.join(REPO_ROOT, 'configs', 'mini', 'mask_rcnn_pvt_t.py')
 TARGET_BBOX_MAP = 0.3
-# Every detector keeps its 100 best detections in the latency benchmark, so that the
-# heads do the same work whatever the (possibly random) weights score.
-FIXED_DETECTIONS = dict(model=dict(test_cfg=dict(rcnn=dict(score_thr=0.0, max_per_img=100))))
 
 
 def _options(data_root, cfg_options=None):
@@ -58,13 +55,13 @@ class _Steps:
 
 
 def train(config, options, work_dir):
-    """Train with mmengine's Runner (validating at the end, as the config says).
+    """Train as tools/train.py does (validating at the end, as the config says).
 
     Returns (final checkpoint, val metrics, per-iteration history of loss and g).
     """
-    from mmengine.config import Config
     from mmengine.hooks import Hook
-    from mmengine.runner import Runner
+
+    from .engine.run_config import build_runner, load_run_config
 
     class KeepValMetrics(Hook):
         priority = 'LOWEST'
@@ -72,10 +69,7 @@ def train(config, options, work_dir):
         def after_val_epoch(self, runner, metrics=None):
             self.metrics = dict(metrics or {})
 
-    cfg = Config.fromfile(config)
-    cfg.merge_from_dict(options)
-    cfg.work_dir = work_dir
-    runner = Runner.from_cfg(cfg)
+    runner = build_runner(load_run_config(config, options, work_dir))
     keep = KeepValMetrics()
     runner.register_hook(keep)
     runner.train()
@@ -86,14 +80,11 @@ def train(config, options, work_dir):
 
 
 def evaluate(config, checkpoint, options, work_dir):
-    """COCO bbox/segm metrics of `checkpoint` on the val split, through mmengine's test loop."""
-    from mmengine.config import Config
-    from mmengine.runner import Runner
-    cfg = Config.fromfile(config)
-    cfg.merge_from_dict(options)
-    cfg.work_dir = work_dir
+    """COCO bbox/segm metrics of `checkpoint` on the val split, as tools/test.py computes them."""
+    from .engine.run_config import build_runner, load_run_config
+    cfg = load_run_config(config, options, work_dir)
     cfg.load_from = checkpoint
-    return _metrics(Runner.from_cfg(cfg).test())
+    return _metrics(build_runner(cfg).test())
 
 
 def plot_training(history, path):
@@ -121,7 +112,7 @@ def plot_training(history, path):
 def benchmark(checkpoint, config, options, baseline, data_root, out_dir, num_images, warmup, threads):
     """Fused vs unfused (trained) vs the LayerNorm baseline (random weights), interleaved, batch 1."""
     import torch
-    from .benchmark import benchmark_detectors, load_models
+    from .benchmark import FIXED_DETECTIONS, benchmark_detectors, load_models
     from .benchmark.images import list_mini_coco_val, select_images
     from .benchmark.report import machine_facts, summarize_result, write_report
     if threads:
@@ -172,9 +163,11 @@ def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAUL
     step.stop()
     report = dict(config=osp.relpath(config, REPO_ROOT), checkpoint=checkpoint, iterations=len(history['loss']),
                   final_g=history['prepbn_g'][-1], val_images=num_val, metrics=metrics, fused_metrics=fused_metrics,
-                  fusion=dict(removed_norms=fused['report']['removed_norms'], output_norms=fused['report']['output_norms'],
+                  fusion=dict(removed_norms=fused['report']['removed_norms'],
+                              output_norms=fused['report']['output_norms'],
                               features=fused['diff']['features'], detections=fused['diff']['detections']),
-                  latency=[dict(name=m['name'], **m['latency_ms'], ratio=m['ratio_to_first']) for m in latency['models']],
+                  latency=[dict(name=m['name'], **m['latency_ms'], ratio=m['ratio_to_first'])
+                           for m in latency['models']],
                   machine=latency['machine'], step_seconds=step.times,
                   total_seconds=time.perf_counter() - started)
     with open(osp.join(out_dir, 'report.json'), 'w') as f:
@@ -195,7 +188,7 @@ def _describe_detection_diff(diff):
         return 'no detections in either'
     return (f'{count_a} detections each, labels {"equal" if diff["labels_equal"] else "DIFFERENT"}, box '
             f'coordinates within {diff["boxes"]:.1e} of the image size, scores within {diff["scores"]:.1e}, '
-            f'at most {diff.get("masks", 0.0):.1e} of a mask\'s pixels different')
+            f'{diff.get("masks", 0.0):.1e} of mask pixels different')
 
 
 def render_report(report, latency_files):

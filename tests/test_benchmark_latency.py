@@ -242,6 +242,14 @@ def test_fuse_both_keeps_a_model_that_cannot_be_fused_unfused_and_says_so(monkey
                in m for m in messages)
 
 
+
+def test_fuse_both_still_stops_when_fuse_detector_misbehaves(monkeypatch):
+    """Only a refusal (the model has nothing to fold) is measured unfused; a fuse_detector that
+    returns no report is a bug, and stops the run under --fuse both too."""
+    monkeypatch.setitem(sys.modules, 'slab_mmdet.deploy', types.SimpleNamespace(fuse_detector=lambda model: None))
+    with pytest.raises(BenchmarkError, match="fuse_detector returned None for .*expected a dict with 'removed_norms'"):
+        load_models([MASK_RCNN], fuse='both', log=None)
+
 # --------------------------------------------------------------------------- the benchmark loop
 
 def test_checkpoints_go_to_the_configs_in_order(tmp_path):

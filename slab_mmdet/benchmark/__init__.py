@@ -13,21 +13,22 @@ or, step by step::
     summary = summarize_result(benchmark_detectors(models, images, warmup=10))
     write_report(summary, 'work_dirs/latency')
 """
-from .errors import BenchmarkError
+from .errors import BenchmarkError, FusionRefused
 from .images import DEFAULT_MINI_ROOT, IMAGE_EXTENSIONS, ImageSet, dataset_signature, resolve_images, select_images
 from .measure import (DETECTOR_PARTS, OTHER_PART, PartTimer, check_device, find_parts, memory_probe,
                       summarize_timings, weights_mib)
-from .models import FUSE_MODES, FUSED_SUFFIX, BenchModel, check_inputs, inference_pipeline, load_config, load_models
+from .models import (FIXED_DETECTIONS, FUSE_MODES, FUSED_SUFFIX, BenchModel, check_inputs, inference_pipeline,
+                     load_config, load_models)
 from .report import machine_facts, plot_summary, render_markdown, summarize_result, write_report
 from .run import run_benchmark
 from .runner import (BREAKDOWN_MODES, TARGETS, BenchmarkResult, ModelTimings, benchmark_backbones,
                      benchmark_detectors, resolve_breakdown)
 
 __all__ = [
-    'BREAKDOWN_MODES', 'DEFAULT_MINI_ROOT', 'DETECTOR_PARTS', 'FUSED_SUFFIX', 'FUSE_MODES', 'IMAGE_EXTENSIONS',
-    'OTHER_PART', 'TARGETS', 'BenchModel', 'BenchmarkError', 'BenchmarkResult', 'ImageSet', 'ModelTimings',
-    'PartTimer', 'benchmark_backbones', 'benchmark_detectors', 'check_device', 'check_inputs',
-    'dataset_signature', 'find_parts', 'inference_pipeline', 'load_config', 'load_models', 'machine_facts',
-    'memory_probe', 'plot_summary', 'render_markdown', 'resolve_breakdown', 'resolve_images', 'run_benchmark',
-    'select_images', 'summarize_result', 'summarize_timings', 'weights_mib', 'write_report',
+    'BREAKDOWN_MODES', 'DEFAULT_MINI_ROOT', 'DETECTOR_PARTS', 'FIXED_DETECTIONS', 'FUSED_SUFFIX', 'FUSE_MODES',
+    'IMAGE_EXTENSIONS', 'OTHER_PART', 'TARGETS', 'BenchModel', 'BenchmarkError', 'BenchmarkResult', 'FusionRefused',
+    'ImageSet', 'ModelTimings', 'PartTimer', 'benchmark_backbones', 'benchmark_detectors', 'check_device',
+    'check_inputs', 'dataset_signature', 'find_parts', 'inference_pipeline', 'load_config', 'load_models',
+    'machine_facts', 'memory_probe', 'plot_summary', 'render_markdown', 'resolve_breakdown', 'resolve_images',
+    'run_benchmark', 'select_images', 'summarize_result', 'summarize_timings', 'weights_mib', 'write_report',
 ]

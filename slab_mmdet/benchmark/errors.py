@@ -1,5 +1,10 @@
-"""The benchmark's one error type."""
+"""The benchmark's error types."""
 
 
 class BenchmarkError(Exception):
     """Bad input to the latency benchmark (a value, a path, a model); the message says what is valid."""
+
+
+class FusionRefused(BenchmarkError):
+    """``fuse_detector`` refused a model (a LayerNorm model, one still annealing, a backbone
+    without ``switch_to_deploy``): ``--fuse both`` then measures it unfused only."""

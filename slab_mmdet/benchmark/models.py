@@ -15,10 +15,14 @@ from mmengine.runner import load_checkpoint
 from mmengine.utils import get_installed_path, is_installed
 from torch import nn
 
-from .errors import BenchmarkError
+from .errors import BenchmarkError, FusionRefused
 
 FUSE_MODES = ('none', 'yes', 'both')
 FUSED_SUFFIX = ' (fused)'
+# cfg_options that make a two-stage detector keep its 100 best detections whatever their
+# scores, so that models compared with random (or differently trained) weights do the same
+# RoI/mask-head work.
+FIXED_DETECTIONS = dict(model=dict(test_cfg=dict(rcnn=dict(score_thr=0.0, max_per_img=100))))
 
 
 @dataclass
@@ -127,13 +131,17 @@ def _import_fuse_detector():
 
 
 def fuse_copy(model, config, fuse_detector, device):
-    """A fused copy of `model` (same weights), and fuse_detector's report; BenchmarkError if it cannot be fused."""
+    """A fused copy of `model` (same weights), and fuse_detector's report.
+
+    Raises FusionRefused if fuse_detector refuses the model, BenchmarkError if it returns
+    something other than its report.
+    """
     fused = copy.deepcopy(model)
     try:
         info = fuse_detector(fused)
     except (TypeError, ValueError) as e:   # not a SLAB backbone / not foldable (LayerNorm, still annealing)
-        raise BenchmarkError(f'cannot fuse the model of {config}: {e}. Benchmark it without --fuse '
-                             f'(or drop it from the list) instead.') from e
+        raise FusionRefused(f'cannot fuse the model of {config}: {e}. Benchmark it without --fuse, or with '
+                            f'--fuse both (which measures it unfused)') from e
     if not isinstance(info, dict) or 'removed_norms' not in info:
         raise BenchmarkError(f"fuse_detector returned {info!r} for {config}; expected a dict with 'removed_norms'")
     return fused.to(device).eval(), info
@@ -210,7 +218,7 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
         if fuse in ('yes', 'both'):
             try:
                 fused, info = fuse_copy(model, config, fuse_detector, device)
-            except BenchmarkError as e:
+            except FusionRefused as e:
                 if fuse == 'yes':
                     raise
                 # --fuse both compares against baselines that have nothing to fold (LayerNorm

@@ -1,9 +1,10 @@
 """The benchmark loop: models interleaved image by image, preprocessing outside the timed region.
 
 For every image, each model first gets its inputs prepared (test pipeline + data_preprocessor,
-untimed); then the models run one after the other (A B C, then A B C on the next image...), so
-that drift of the machine (clock boosts, heat, other jobs) hits all of them alike. The timed
-region is the forward alone, under ``torch.inference_mode()``, between two device syncs.
+untimed); then the models run one after the other, in an order rotated by one model per image
+(A B C, then B C A, then C A B, ...), so that drift of the machine (clock boosts, heat, other
+jobs) and the position in the round hit all of them alike. The timed region is the forward
+alone, under ``torch.inference_mode()``, between two device syncs.
 """
 import time
 from contextlib import nullcontext
