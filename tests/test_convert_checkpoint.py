@@ -1,4 +1,4 @@
-"""tools/convert_checkpoint.py and slab_mmdet.deploy.convert.
+"""tools/convert_checkpoint.py and slab_mmdet.converters.
 
 * Loading: a checkpoint saved like the SLAB authors' training script, whose pickled
   training config is a foreign dict subclass (standing in for yacs' CfgNode) that would
@@ -24,7 +24,7 @@ from mmdet.models.backbones import PyramidVisionTransformer, PyramidVisionTransf
 from mmdet.registry import MODELS
 
 import slab_mmdet  # noqa: F401  (registers modules, allow-lists mmengine types)
-from slab_mmdet.deploy.convert import (ConversionError, convert_mmdet_state_dict, convert_state_dict,
+from slab_mmdet.converters import (ConversionError, convert_mmdet_state_dict, convert_state_dict,
                                        foreign_class_of, load_checkpoint_safely)
 from slab_mmdet.models.layers import iter_prepbn
 
@@ -234,7 +234,7 @@ def test_cli_converts_reference_checkpoint(tmp_path, trap_module, capsys):
     for key, value in ckpt['state_dict'].items():
         assert torch.equal(own[key], value), key
     prepbn = dict(iter_prepbn(backbone))
-    assert {n: m._g for n, m in prepbn.items() if not n.startswith('norm')} == pytest.approx(expected_g)
+    assert {n: m.g_value for n, m in prepbn.items() if not n.startswith('norm')} == pytest.approx(expected_g)
     assert all(float(prepbn[n].g) == pytest.approx(g) for n, g in expected_g.items())
     # The reference weights land in the LayerNorm and RepBN branches.
     assert torch.equal(own['stages.0.blocks.0.norm1.ln.weight'], sd['block1.0.norm1.norm1.weight'])
@@ -343,7 +343,7 @@ def build_converted(state_dict, report):
     ours = MODELS.build(dict(report.backbone_cfg, drop_path_rate=0.0))
     missing, unexpected = ours.load_state_dict(state_dict, strict=False)
     assert unexpected == [] and all(re.match(r'norm\d\.', k) for k in missing), missing
-    assert all(m._g == 1.0 for n, m in iter_prepbn(ours))
+    assert all(m.g_value == 1.0 for n, m in iter_prepbn(ours))
     return ours.eval()
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 from mmdet.registry import MODELS
 
-from slab_mmdet.deploy.convert import convert_reference_state_dict
+from slab_mmdet.converters import convert_reference_state_dict
 from slab_mmdet.models.layers import iter_prepbn
 
 DATA = osp.join(osp.dirname(__file__), 'data')
@@ -54,7 +54,7 @@ def test_converted_backbone_matches_reference_outputs(name, expected):
     last = len(backbone.stages) - 1
     allowed_missing = {f'norm{i}' for i in range(last + (name == 'pvt'))}
     assert {k.split('.')[0] for k in missing} <= allowed_missing, missing
-    assert all(m._g == 0.0 for _, m in iter_prepbn(backbone) if not _.startswith('norm'))
+    assert all(m.g_value == 0.0 for _, m in iter_prepbn(backbone) if not _.startswith('norm'))
 
     x = golden['input'].float()
     backbone.eval()

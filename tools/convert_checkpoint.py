@@ -21,7 +21,30 @@ Example:
 import argparse
 import sys
 
-from slab_mmdet.deploy.convert import FAMILIES, ConversionError, config_snippet, convert_checkpoint
+from mmdet.registry import MODELS
+
+import slab_mmdet  # noqa: F401  (registers the backbones)
+from slab_mmdet.converters import FAMILIES, ConversionError, convert_checkpoint
+from slab_mmdet.converters.rules import py_repr
+
+
+def stage_channels(backbone_cfg):
+    """The output channels of each stage of the backbone ``backbone_cfg`` describes."""
+    return MODELS.get(backbone_cfg['type']).stage_channels(backbone_cfg['arch'])
+
+
+def config_snippet(report, checkpoint):
+    """mmdet config lines for the converted checkpoint: the backbone (with
+    ``init_cfg`` to load it) and the neck's ``in_channels``; ``load_from`` for a detector."""
+    cfg = dict(report.backbone_cfg)
+    if not report.detector:
+        cfg['init_cfg'] = dict(type='Pretrained', checkpoint=checkpoint)
+    fields = ',\n'.join(f'        {k}={py_repr(v)}' for k, v in cfg.items())
+    lines = ['model = dict(', '    backbone=dict(', fields + '),',
+             f'    neck=dict(in_channels={py_repr(stage_channels(cfg))}))']
+    if report.detector:
+        lines.append(f'load_from = {checkpoint!r}')
+    return '\n'.join(lines)
 
 
 def parse_num_heads(text):

@@ -4,7 +4,7 @@ The goldens are the outputs of the authors' classification models (github
 xinghaochen/SLAB, ``classification/models``) for small random networks: a
 reference-format state dict, an input image tensor, and the four stage outputs in
 eval mode (g = 0) and train mode (g = 0.5). The tests convert the state dict with
-``slab_mmdet.deploy.convert`` and check that our backbones reproduce those outputs.
+``slab_mmdet.converters`` and check that our backbones reproduce those outputs.
 
 This script is not run by the tests: it needs a checkout of the reference code and
 its dependencies (timm, einops). Usage:

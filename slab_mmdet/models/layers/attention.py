@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
-from ...deploy.fusion import fold_norm
+from .fusion import fold_norm
 from .transformer import build_token_norm, nchw_to_nlc, nlc_to_nchw, resize_pos_table
 
 SLA_EPS = 1e-6  # added to the normaliser, as in the reference implementation

@@ -7,7 +7,7 @@
   :func:`pad_to_multiple`.
 
 Every module that owns a norm implements ``switch_to_deploy()``, which folds the norm
-into its neighbour (see :mod:`slab_mmdet.deploy.fusion`) and leaves the structure that
+into its neighbour (see :mod:`.fusion`) and leaves the structure that
 ``deploy=True`` builds directly.
 """
 import torch
@@ -18,7 +18,7 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
-from ...deploy.fusion import fold_norm
+from .fusion import FOLDABLE_NORM_CFG_TYPES, fold_norm
 
 
 def build_token_norm(norm_cfg, num_features, deploy=False):
@@ -28,12 +28,12 @@ def build_token_norm(norm_cfg, num_features, deploy=False):
     return build_norm_layer(norm_cfg, num_features)[1]
 
 
-def check_deployable_norm_cfg(norm_cfg, deploy, owner):
+def check_foldable_norm_cfg(norm_cfg, deploy, owner):
     """Refuse ``deploy=True`` with a norm that fusion can never remove (e.g. LayerNorm)."""
-    if deploy and norm_cfg.get('type') not in ('PRepBN', 'RepBN', 'BN', 'BN1d', 'SyncBN'):
+    if deploy and norm_cfg.get('type') not in FOLDABLE_NORM_CFG_TYPES:
         raise ValueError(
             f'{owner}: deploy=True builds the fused structure, which needs a foldable norm '
-            f"(PRepBN, RepBN or BN); norm_cfg type {norm_cfg.get('type')!r} cannot be folded")
+            f"(one of {', '.join(FOLDABLE_NORM_CFG_TYPES)}); norm_cfg type {norm_cfg.get('type')!r} cannot be folded")
 
 
 def nlc_to_nchw(x, hw_shape):

@@ -17,9 +17,11 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.layers.prepbn import PRepBN, RepBN, bn_affine, repbn_affine
+from .prepbn import PRepBN, RepBN, bn_affine, repbn_affine
 
 FOLDABLE_NORMS = (PRepBN, RepBN, _BatchNorm)
+# The same norms as ``norm_cfg`` type names (what ``deploy=True`` can build without).
+FOLDABLE_NORM_CFG_TYPES = ('PRepBN', 'RepBN', 'BN', 'BN1d', 'SyncBN')
 
 
 class ChannelAffine(nn.Module):
@@ -51,9 +53,9 @@ def norm_affine(norm, name='norm'):
         name (str): the layer's name, for error messages.
     """
     if isinstance(norm, PRepBN):
-        if norm._g != 0.0:
+        if norm.g_value != 0.0:
             raise ValueError(
-                f'{name}: PRepBN has g = {norm._g:.6g} > 0, i.e. its LayerNorm branch is still active; '
+                f'{name}: PRepBN has g = {norm.g_value:.6g} > 0, i.e. its LayerNorm branch is still active; '
                 f'a LayerNorm cannot be folded. Finish the annealing (g = 0, see PRepBNHook) before fusing.')
         return repbn_affine(norm.repbn)
     if isinstance(norm, RepBN):

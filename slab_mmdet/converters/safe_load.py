@@ -1,0 +1,101 @@
+"""Load a checkpoint without running any code from it: ``weights_only=True``, with the
+classes it pickles that we neither have nor trust read as inert records.
+
+Released checkpoints pickle their training config (a yacs ``CfgNode``) beside the
+weights. :func:`load_checkpoint_safely` loads them with ``weights_only=True`` and
+without yacs: classes that are not allow-listed are loaded as inert records
+(:class:`ForeignObject`); no code from the checkpoint runs.
+"""
+import os.path as osp
+import pickle
+from collections import OrderedDict
+
+import torch
+
+from . import mmengine_allowlist  # noqa: F401  (numpy and mmengine types)
+from .errors import ConversionError
+
+
+class ForeignObject:
+    """Stands in, while loading, for a class pickled in a checkpoint that we neither
+    have nor trust (e.g. yacs' ``CfgNode``).
+
+    torch's weights-only unpickler fills only exact ``dict`` / ``OrderedDict`` objects
+    with items, so constructing a stand-in (the pickle's NEWOBJ, or a REDUCE call)
+    gives a plain :class:`collections.OrderedDict`: the pickled items land in it as
+    data, the pickled instance state as its attributes, and it is tagged with
+    ``foreign_class`` (the pickled class or function name) and ``pickled_args``. The
+    foreign class itself is never imported and none of its methods run.
+
+    Subclasses made by :func:`load_checkpoint_safely` carry the name they stand for.
+    """
+    pickled_name = None
+
+    def __new__(cls, *args, **kwargs):
+        record = OrderedDict()
+        record.__dict__.update(foreign_class=cls.pickled_name, pickled_args=args)
+        return record
+
+
+def foreign_class_of(obj):
+    """The pickled class name an object loaded by :func:`load_checkpoint_safely`
+    stands in for, or None for ordinary data."""
+    return obj.__dict__.get('foreign_class') if type(obj) is OrderedDict else None
+
+
+def _stand_in(name):
+    return type('ForeignObject', (ForeignObject,), dict(pickled_name=name, __module__=__name__))
+
+
+def _unpickler_reason(error):
+    """The unpickler's own words out of torch's long 'Weights only load failed' text."""
+    boilerplate = ('Weights only load failed', 'Please file an issue', 'Check the documentation')
+    paragraphs = [p.strip() for p in str(error).split('\n\n') if p.strip()]
+    return ' '.join(p for p in paragraphs if not p.startswith(boilerplate)) or str(error)
+
+
+def load_checkpoint_safely(path):
+    """``torch.load(path, map_location='cpu', weights_only=True)``, with foreign classes
+    loaded as inert records (see :class:`ForeignObject`).
+
+    Returns ``(obj, foreign)``: the loaded object and the sorted names of the foreign
+    globals it pickles. Raises FileNotFoundError for a missing file and
+    :class:`ConversionError` for a file that is not a ``torch.save`` checkpoint or
+    that pickles objects weights-only loading cannot build even as inert records (a
+    ``list`` subclass, a blocked module such as ``os``): the message names them.
+    """
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    try:
+        foreign = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
+    except Exception as e:  # not a zip, truncated, torchscript, unknown opcode ...
+        raise ConversionError(f'{path} is not a checkpoint written by torch.save: {e}') from e
+    try:
+        with torch.serialization.safe_globals([(_stand_in(name), name) for name in foreign]):
+            obj = torch.load(path, map_location='cpu', weights_only=True)
+    except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, RuntimeError) as e:
+        names = ', '.join(foreign) if foreign else 'none'
+        raise ConversionError(
+            f'cannot load {path} with weights_only=True: {_unpickler_reason(e)}\n'
+            f'It pickles classes/functions that are not allow-listed ({names}). They are read as inert dict '
+            f'records where torch\'s weights-only unpickler allows that, which it does not here (it fills only '
+            f'exact dicts and lists, so e.g. a list subclass cannot become a dict record, and it refuses the os/sys '
+            f'modules outright). No code from the checkpoint was '
+            f'run. If you trust the file, extract its weights where its classes are installed, e.g. '
+            f"torch.save(torch.load(SRC, weights_only=False)['model'], 'weights.pth') ('state_dict' for mmdet "
+            f'checkpoints), and convert weights.pth.') from e
+    return obj, foreign
+
+
+def extract_state_dict(ckpt):
+    """The weights in a checkpoint: its 'state_dict' / 'model' / 'module' entry, or itself."""
+    if isinstance(ckpt, dict):
+        for key in ('state_dict', 'model', 'module'):
+            if key in ckpt and isinstance(ckpt[key], dict):
+                return ckpt[key]
+        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+            return ckpt
+        raise ConversionError(
+            "no state dict found in the checkpoint: expected a dict of tensors or a dict with a 'state_dict' or "
+            f"'model' entry; its top-level keys are {sorted(map(str, ckpt))[:10]}")
+    raise ConversionError(f'no state dict found in the checkpoint: it holds a {type(ckpt).__name__}, not a dict')
