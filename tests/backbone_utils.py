@@ -132,11 +132,23 @@ def assert_frozen_stages(model, frozen_prefixes, height=64, width=64):
         assert keys and all(not torch.equal(before[k], after[k]) for k in keys), kind
 
 
+def estimate_bn_statistics(model, seed=0):
+    """Give every BatchNorm running statistics other than the constructor's (as a loaded
+    or recalibrated model has them)."""
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, _BatchNorm):
+                m.running_mean.copy_(torch.randn(m.running_mean.shape, generator=gen) * 0.1)
+                m.running_var.copy_(torch.rand(m.running_var.shape, generator=gen) + 0.5)
+
+
 def assert_norm_eval(model, height=64, width=64):
     """``model`` was built with norm_eval=True: in train mode every BatchNorm (inside
     RepBN/PRepBN) stays in eval mode and its statistics do not move, while the
     parameters still train."""
     set_prepbn_g(model, 0.5)
+    estimate_bn_statistics(model)
     model.train()
     bns = {n: m for n, m in model.named_modules() if isinstance(m, _BatchNorm)}
     assert bns and all(not m.training for m in bns.values())

@@ -98,7 +98,7 @@ class ToyTokenModel(BaseModel):
 
     def prepbn_g(self):
         from slab_mmdet.models.layers import iter_prepbn
-        return [m._g for _, m in iter_prepbn(self)]
+        return [m.g_value for _, m in iter_prepbn(self)]
 
     def forward(self, inputs, data_samples=None, mode='tensor'):
         x = self.proj(inputs)

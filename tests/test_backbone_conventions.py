@@ -49,3 +49,29 @@ def test_activation_checkpointing_gives_same_outputs_and_gradients(backbone):
 
 def test_weights_round_trip_through_state_dict_and_pretrained_checkpoints(backbone, tmp_path):
     assert_save_load_round_trip(backbone['cfg'], tmp_path)
+
+
+def test_norm_eval_refuses_frozen_statistics_that_were_never_estimated(backbone):
+    import torch
+    from backbone_utils import set_prepbn_g
+    model = build_backbone(dict(backbone['cfg'], norm_eval=True))
+    set_prepbn_g(model, 0.5)
+    model.train()
+    with pytest.raises(RuntimeError, match=r'norm_eval=True .* \S+\.repbn\.bn has never estimated them'):
+        model(torch.randn(1, 3, *backbone['size']))
+    set_prepbn_g(model, 1.0)   # a PRepBN at g = 1 does not use its BatchNorm yet
+    model(torch.randn(1, 3, *backbone['size']))
+
+
+def test_output_norms_follow_out_norm_cfg_and_default_to_layernorm_under_norm_eval(backbone):
+    import torch.nn as nn
+    from slab_mmdet.models.layers import PRepBN
+    default = build_backbone(backbone['cfg'])
+    assert all(isinstance(getattr(default, f'norm{i}'), PRepBN) for i in default.out_indices)
+    frozen = build_backbone(dict(backbone['cfg'], norm_eval=True))
+    assert all(type(getattr(frozen, f'norm{i}')) is nn.LayerNorm for i in frozen.out_indices)
+    assert all(not isinstance(m, PRepBN) for i in frozen.out_indices for m in getattr(frozen, f'norm{i}').modules())
+    chosen = build_backbone(dict(backbone['cfg'], norm_eval=True, out_norm_cfg=dict(type='PRepBN')))
+    assert all(isinstance(getattr(chosen, f'norm{i}'), PRepBN) for i in chosen.out_indices)
+    with pytest.raises(ValueError, match=r"out_norms_folded=True, but out_norm_cfg type 'LN' cannot be folded"):
+        build_backbone(dict(backbone['cfg'], deploy=True, out_norms_folded=True, out_norm_cfg=dict(type='LN')))

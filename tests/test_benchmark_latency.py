@@ -276,7 +276,7 @@ def test_random_prepbn_models_are_timed_as_trained_ones_finish(mini_coco):
     slab, baseline = load_models(['configs/mini/mask_rcnn_slab_pvt_t.py', MASK_RCNN], cfg_options=keep_all, log=None)
     layers = [m for _, m in iter_prepbn(slab.model)]
     assert len(layers) == 24
-    assert all(m._g == 0.0 and float(m.repbn.alpha) == 0.0 for m in layers)
+    assert all(m.g_value == 0.0 and float(m.repbn.alpha) == 0.0 for m in layers)
     image = list_mini_coco_val(mini_coco)[0]
     for bench_model in (slab, baseline):
         data = bench_model.prepare(image)

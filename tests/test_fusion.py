@@ -16,10 +16,9 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 from helpers import REPO_ROOT, anneal_and_randomise_norms, float64_detection_ops, mini_config, run_python
-from slab_mmdet.deploy import (ChannelAffine, deploy_config, fold_into_next, fold_into_previous, fuse_detector,
-                               norm_affine)
+from slab_mmdet.deploy import deploy_config, fuse_detector
 from slab_mmdet.deploy.fuse import NORM_TYPES
-from slab_mmdet.models.layers import PRepBN, RepBN
+from slab_mmdet.models.layers import ChannelAffine, PRepBN, RepBN, fold_into_next, fold_into_previous, norm_affine
 
 PVT = dict(type='SLABPyramidVisionTransformer',
            arch=dict(embed_dims=(16, 32, 40, 64), num_heads=(1, 2, 5, 8), mlp_ratios=(2, 2, 2, 2),
@@ -209,6 +208,28 @@ def test_output_norms_stay_an_affine_when_the_neck_reads_backbone_outputs_elsewh
     with torch.no_grad():
         assert max_rel_diff(model.extract_feat(x), fused.extract_feat(x)) < 1e-10
     deployed = init_detector(deploy_config(cfg, False), None, device='cpu')
+    deployed.load_state_dict(fused.state_dict(), strict=True)
+
+
+def test_layernorm_output_norms_stay_and_the_rest_folds_exactly():
+    """The authors' detection recipe (norm_eval=True, LayerNorm output norms): fusion folds
+    every norm of the body, keeps the output LayerNorms, says so, and stays exact."""
+    cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs/mini/mask_rcnn_slab_pvt_t.py'))
+    cfg.model.backbone.norm_eval = True
+    from mmdet.apis import init_detector
+    torch.manual_seed(0)
+    model = anneal_and_randomise_norms(init_detector(cfg, None, device='cpu')).double().eval()
+    assert all(type(getattr(model.backbone, f'norm{i}')) is nn.LayerNorm for i in range(4))
+    fused = copy.deepcopy(model)
+    report = fuse_detector(fused)
+    assert report['kept_norms'] == 4 and report['removed_norms'] == 20   # 8 blocks x 2 + 4 patch embeddings
+    assert report['output_norms'] == 'kept as LN (out_norm_cfg; not foldable)' and not report['out_norms_folded']
+    kept = [n for n, m in fused.backbone.named_modules() if isinstance(m, NORM_TYPES)]
+    assert kept == ['norm0', 'norm1', 'norm2', 'norm3']
+    x = torch.randn(1, 3, 96, 128, dtype=torch.float64)
+    with torch.no_grad():
+        assert max_rel_diff(model.extract_feat(x), fused.extract_feat(x)) < 1e-10
+    deployed = init_detector(deploy_config(cfg, report['out_norms_folded']), None, device='cpu')
     deployed.load_state_dict(fused.state_dict(), strict=True)
 
 

@@ -296,3 +296,32 @@ def test_ddp_needs_find_unused_parameters():
     with pytest.raises(ValueError, match='find_unused_parameters=False'):
         PRepBNHook(anneal_iters=3).before_train(FakeRunner())
 
+
+
+# --------------------------------------------------------------------------- EMA models
+@pytest.mark.parametrize('update_buffers', [True, False])
+def test_ema_model_runs_the_same_g_as_the_trained_model(tmp_path, update_buffers):
+    """mmengine's EMAHook keeps an averaged copy of the model; with update_buffers=True it
+    averages the g buffers too. The EMA model must run the scheduled g (never an average
+    of g values, never its stale initial g = 1): during validation (EMAHook swaps the EMA
+    weights in) every forward sees the schedule's g, and the EMA model's outputs are those
+    of a plain model with the EMA weights and that g."""
+    hooks = [dict(type='EMAHook', momentum=0.5, update_buffers=update_buffers),
+             dict(type='PRepBNHook', anneal_iters=6)]
+    runner = toy_runner(tmp_path, hooks, max_iters=8, val_interval=2)
+    runner.train()
+    # Validation after iterations 2, 4, 6, 8 ran with the EMA weights swapped in.
+    assert_all_layers(runner.model.val_g, [linear(t, 6) for t in (2, 4, 6, 8) for _ in range(4)])
+    ema_hook = next(h for h in runner.hooks if type(h).__name__ == 'EMAHook')
+    ema = ema_hook.ema_model.module
+    assert ema.prepbn_g() == [0.0, 0.0, 0.0] == runner.model.prepbn_g()
+    # The EMA model's output is the output of its own weights at g = 0.
+    plain = ToyTokenModel()
+    plain.load_state_dict(ema.state_dict())
+    x = torch.randn(2, 6, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(ema.eval()(x), plain.eval()(x))
+        for _, m in plain.named_modules():
+            if hasattr(m, 'set_g'):
+                m.set_g(1.0)
+        assert not torch.allclose(ema(x), plain(x))   # g matters: the EMA model did not run g = 1

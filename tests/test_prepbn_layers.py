@@ -130,15 +130,15 @@ def test_prepbn_g0_runs_no_layernorm_and_g1_no_batchnorm():
 
 def test_prepbn_g_buffer_round_trips_through_state_dict():
     m = PRepBN(C)
-    assert m._g == 1.0 and float(m.g) == 1.0
+    assert m.g_value == 1.0 and float(m.g) == 1.0
     randomise_prepbn(m, 9)
     m.set_g(0.25)
-    assert float(m.g) == 0.25 and m._g == 0.25
+    assert float(m.g) == 0.25 and m.g_value == 0.25
     state = nn.Sequential(m).state_dict()
     assert '0.g' in state and [n for n, _ in m.named_buffers()].count('g') == 1
     fresh = nn.Sequential(PRepBN(C))
     fresh.load_state_dict(state)
-    assert fresh[0]._g == 0.25 and float(fresh[0].g) == 0.25  # the python mirror follows the loaded buffer
+    assert fresh[0].g_value == 0.25 and float(fresh[0].g) == 0.25
     assert 'g=0.25' in repr(fresh[0])
     x = tokens(10)
     m.eval(), fresh.eval()
@@ -148,9 +148,32 @@ def test_prepbn_g_buffer_round_trips_through_state_dict():
 @pytest.mark.parametrize('bad', [-0.1, 1.5, float('nan')])
 def test_set_g_rejects_values_outside_unit_interval(bad):
     m = PRepBN(C)
-    with pytest.raises(ValueError, match=r'g must be in \[0, 1\]'):
+    with pytest.raises(ValueError, match=r'g must be a number in \[0, 1\]'):
         m.set_g(bad)
-    assert m._g == 1.0 and float(m.g) == 1.0
+    assert m.g_value == 1.0 and float(m.g) == 1.0
+
+
+@pytest.mark.parametrize('bad', [-0.2, 1.5, float('nan'), float('inf')])
+def test_loading_a_state_dict_with_g_outside_unit_interval_is_an_error(bad):
+    model = nn.Sequential(PRepBN(C))
+    state = model.state_dict()
+    state['0.g'] = torch.tensor(bad)
+    with pytest.raises(ValueError, match=rf'0\.g in the state dict: g must be a number in \[0, 1\] .*got {bad}'):
+        model.load_state_dict(state)
+    assert model[0].g_value == 1.0
+
+
+def test_writing_the_g_buffer_takes_effect_in_forward():
+    """g has one home, the buffer: writing it in any way (as EMA and parameter swaps do,
+    through .data) changes what forward computes."""
+    m = PRepBN(C)
+    randomise_prepbn(m, 3)
+    m.eval()
+    x = tokens(4)
+    m.g.data.fill_(0.0)
+    torch.testing.assert_close(m(x), m.repbn(x))
+    m.g.copy_(torch.tensor(0.5))
+    torch.testing.assert_close(m(x), 0.5 * m.ln(x) + 0.5 * m.repbn(x))
 
 
 # --------------------------------------------------------------------------- Lemma 4.1
@@ -247,3 +270,50 @@ def test_mmdet_backbone_builds_and_trains_with_prepbn(build):
         for p_name, p in m.named_parameters():
             assert not torch.equal(p, before[f'{name}.{p_name}']), f'{name}.{p_name} did not change'
     assert all(torch.isfinite(torch.tensor(losses)))
+
+
+# --- per-image statistics (stats='image') --------------------------------------------------
+
+
+def test_per_image_stats_normalise_each_image_by_its_own_tokens():
+    m = RepBN(C, stats='image').train()
+    randomise_repbn(m, 0, stats=False)
+    x = tokens(1, shape=(3, 7, C))
+    x[1] *= 40.0   # one image at a very different scale must not change the others
+    out = m(x)
+    for i in range(3):
+        xi = x[i:i + 1]
+        expected = hand_bn(xi, xi.mean(dim=(0, 1)), xi.var(dim=(0, 1), unbiased=False), m.bn.weight, m.bn.bias,
+                           m.bn.eps) + m.alpha * xi
+        torch.testing.assert_close(out[i:i + 1], expected)
+
+
+def test_per_image_stats_equal_batch_stats_for_one_image_and_update_running_stats_per_image():
+    image, batch = RepBN(C, stats='image').train(), RepBN(C, stats='batch').train()
+    x = tokens(2, shape=(1, 9, C))
+    torch.testing.assert_close(image(x), batch(x))
+    torch.testing.assert_close(image.bn.running_mean, batch.bn.running_mean)
+    torch.testing.assert_close(image.bn.running_var, batch.bn.running_var)
+    # Two images: the running statistics move by the mean of the per-image statistics.
+    m = RepBN(C, stats='image', momentum=None).train()
+    x = tokens(3, shape=(2, 9, C))
+    m(x)
+    torch.testing.assert_close(m.bn.running_mean, x.mean(dim=1).mean(dim=0))
+    torch.testing.assert_close(m.bn.running_var, x.var(dim=1, unbiased=True).mean(dim=0))
+    assert int(m.bn.num_batches_tracked) == 1
+
+
+def test_per_image_stats_change_nothing_in_eval_mode():
+    image, batch = RepBN(C, stats='image'), RepBN(C)
+    randomise_repbn(batch, 4)
+    image.load_state_dict(batch.state_dict())
+    x = tokens(5, shape=(2, 6, C))
+    torch.testing.assert_close(image.eval()(x), batch.eval()(x))
+    torch.testing.assert_close(repbn_affine(image)[0], repbn_affine(batch)[0])
+
+
+def test_stats_option_is_checked_and_reaches_prepbn_through_norm_cfg():
+    with pytest.raises(ValueError, match=r"stats must be one of \('batch', 'image'\), got 'images'"):
+        RepBN(C, stats='images')
+    norm = build_norm_layer(dict(type='PRepBN', stats='image'), C)[1]
+    assert norm.repbn.stats == 'image'

@@ -56,14 +56,14 @@ def test_mask_rcnn_trains_with_the_hook_and_round_trips(config, mini_coco, tmp_p
     np.testing.assert_allclose(g, [(ANNEAL_ITERS - t) / ANNEAL_ITERS for t in range(MAX_ITERS)])
     final_g = (ANNEAL_ITERS - MAX_ITERS) / ANNEAL_ITERS
     model = runner.model
-    assert all(m._g == final_g for _, m in iter_prepbn(model))
+    assert all(m.g_value == final_g for _, m in iter_prepbn(model))
 
     # Save/load round trip: the checkpoint rebuilds the same detector, g included.
     from mmdet.apis import inference_detector, init_detector
     ckpt = osp.join(tmp_path, f'iter_{MAX_ITERS}.pth')
     MMLogger.get_current_instance().setLevel(logging.ERROR)
     loaded = init_detector(runner.cfg, ckpt, device='cpu')
-    assert all(m._g == final_g for _, m in iter_prepbn(loaded))
+    assert all(m.g_value == final_g for _, m in iter_prepbn(loaded))
     image = osp.join(mini_coco, 'val', '000000000001.jpg')
     model.eval()
     model.cfg = loaded.cfg   # what inference_detector reads the test pipeline from

@@ -16,7 +16,7 @@ from mmengine.config import Config
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..models.layers.prepbn import PRepBN, RepBN
-from .fusion import fold_into_next, norm_affine
+from ..models.layers.fusion import fold_into_next, norm_affine
 
 NORM_TYPES = (PRepBN, RepBN, _BatchNorm, nn.LayerNorm, nn.GroupNorm)
 
@@ -62,7 +62,9 @@ def fuse_detector(model, fold_output_norms=True):
 
     Returns:
         dict: ``removed_norms`` (norm layers removed from the backbone),
-        ``output_norms`` ('folded into neck' or 'kept as ChannelAffine'),
+        ``kept_norms`` (norm layers left: the output norms when ``out_norm_cfg`` is
+        a LayerNorm, else 0), ``output_norms`` ('folded into neck', 'kept as
+        ChannelAffine' or 'kept as LN (out_norm_cfg; not foldable)'),
         ``out_norms_folded`` (bool, the backbone's deploy-config flag).
 
     Raises:
@@ -80,8 +82,9 @@ def fuse_detector(model, fold_output_norms=True):
     before = count_norm_layers(backbone)
     backbone.switch_to_deploy()
     folded = False
+    foldable_outputs = getattr(backbone, 'out_norms_foldable', True)
     convs = _lateral_convs_for_outputs(getattr(model, 'neck', None), len(backbone.out_indices)) \
-        if fold_output_norms and getattr(model, 'with_neck', False) else None
+        if fold_output_norms and foldable_outputs and getattr(model, 'with_neck', False) else None
     if convs is not None:
         for k, stage in enumerate(backbone.out_indices):
             affine = getattr(backbone, f'norm{stage}')
@@ -89,9 +92,13 @@ def fuse_detector(model, fold_output_norms=True):
             fold_into_next(convs[k], scale, shift, f'neck.lateral_convs[{k}]')
             setattr(backbone, f'norm{stage}', nn.Identity())
         backbone.out_norms_folded = folded = True
-    assert not any(isinstance(m, NORM_TYPES) for m in backbone.modules()), 'a norm layer survived fusion'
-    return dict(removed_norms=before, out_norms_folded=folded,
-                output_norms='folded into neck' if folded else 'kept as ChannelAffine')
+    kept = count_norm_layers(backbone)
+    if foldable_outputs:
+        assert kept == 0, 'a norm layer survived fusion'
+        output_norms = 'folded into neck' if folded else 'kept as ChannelAffine'
+    else:
+        output_norms = f"kept as {backbone.out_norm_cfg['type']} (out_norm_cfg; not foldable)"
+    return dict(removed_norms=before - kept, kept_norms=kept, out_norms_folded=folded, output_norms=output_norms)
 
 
 def deploy_config(cfg, out_norms_folded):

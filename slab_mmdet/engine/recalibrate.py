@@ -211,7 +211,7 @@ def recalibrate_checkpoint(config, checkpoint, num_iters, out=None, cfg_options=
             f'--cfg-options model.backbone.norm_cfg.type=PRepBN')
     model.to(device)
     ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
-    annealing = [(name, m._g) for name, m in iter_prepbn(model) if m._g > 0]
+    annealing = [(name, m.g_value) for name, m in iter_prepbn(model) if m.g_value > 0]
     if annealing:
         print_log(f'recalibrate_checkpoint: {len(annealing)} PRepBN layer(s) still have g > 0 (largest '
                   f'{max(g for _, g in annealing):.6g}, e.g. {annealing[0][0]}): the model is not fully annealed, '

@@ -22,7 +22,7 @@ class DistProbeHook(Hook):
         with torch.no_grad():
             checksum = float(sum(p.double().sum() for p in model.parameters()))
         record = dict(iter=runner.iter, world_size=runner.world_size, wrapped=type(runner.model).__name__,
-                      g={name: m._g for name, m in iter_prepbn(model)},
+                      g={name: m.g_value for name, m in iter_prepbn(model)},
                       loss=float(outputs['loss']) if 'loss' in outputs else None, checksum=checksum)
         with open(osp.join(runner.work_dir, f'probe_rank{get_rank()}.jsonl'), 'a') as f:
             f.write(json.dumps(record) + '\n')

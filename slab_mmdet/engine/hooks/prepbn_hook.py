@@ -145,7 +145,9 @@ class PRepBNHook(Hook):
             :func:`slab_mmdet.engine.recalibrate_bn`), and save the result as
             ``bn_recalibrated_iter_{N}.pth`` in the work dir. Default: 0 (off).
     """
-    priority = 'NORMAL'
+    # After EMAHook (NORMAL) in each stage, so that the EMA model's g, which EMAHook's
+    # update averages with update_buffers=True, is set to the schedule after that.
+    priority = 'BELOW_NORMAL'
 
     def __init__(self,
                  anneal_iters=None,
@@ -186,6 +188,7 @@ class PRepBNHook(Hook):
         self.accumulative_counts = 1
         self.start_values = None  # {PRepBN name: g at iteration 0}
         self._layers = []  # [(name, PRepBN)], found in before_train
+        self._ema_layers = []  # [{name: PRepBN}] of each EMA model (EMAHook), found in before_train
         self._checkpoint_start_values = None  # from the last loaded checkpoint
 
     # ----------------------------------------------------------------- maths
@@ -216,14 +219,21 @@ class PRepBNHook(Hook):
                 f'in the config, or remove the PRepBNHook from custom_hooks.')
         return layers
 
+    @staticmethod
+    def _ema_models(runner):
+        """The averaged models of the run's EMA hooks (mmengine's EMAHook keeps one in ``ema_model``)."""
+        return [h.ema_model.module for h in runner.hooks if hasattr(getattr(h, 'ema_model', None), 'module')]
+
     def _set_g(self, it):
-        """Write g for iteration ``it`` into every PRepBN; return the largest value."""
+        """Write g for iteration ``it`` into every PRepBN, and the same value into the EMA
+        models' (an average of g values is no g of the schedule); return the largest value."""
         s = self.scale(it)
         largest = 0.0
         for name, m in self._layers:
             g = self.start_values[name] * s
-            if m._g != g:
-                m.set_g(g)
+            for layer in [m] + [ema[name] for ema in self._ema_layers if name in ema]:
+                if layer.g_value != g:
+                    layer.set_g(g)
             largest = max(largest, g)
         return largest
 
@@ -231,7 +241,7 @@ class PRepBNHook(Hook):
         if self.start_g != 'model':
             return {name: self.start_g for name, _ in layers}
         if runner.iter == 0:
-            return {name: m._g for name, m in layers}
+            return {name: m.g_value for name, m in layers}
         loaded = self._checkpoint_start_values or {}
         missing = [name for name, _ in layers if name not in loaded]
         if missing:
@@ -245,6 +255,7 @@ class PRepBNHook(Hook):
     def before_train(self, runner):
         check_ddp_find_unused_parameters(runner.model)
         layers = self._layers = self._prepbn_layers(runner)
+        self._ema_layers = [dict(iter_prepbn(ema)) for ema in self._ema_models(runner)]
         self.max_iters = runner.max_iters
         if self.anneal_iters is not None:
             self.T = self.anneal_iters
@@ -273,19 +284,19 @@ class PRepBNHook(Hook):
         it = runner.iter
         s = self.scale(it)
         layers = self._layers
-        wrong = [(name, m._g, self.start_values[name] * s) for name, m in layers
-                 if m._g != self.start_values[name] * s]
+        wrong = [(name, m.g_value, self.start_values[name] * s) for name, m in layers
+                 if m.g_value != self.start_values[name] * s]
         if wrong:
             listed = ', '.join(f'{name}: g={g:.6g} (expected {e:.6g})' for name, g, e in wrong[:10])
             raise RuntimeError(
                 f'PRepBNHook: at the end of training (iteration {it}) {len(wrong)} PRepBN layer(s) do not have '
                 f'the scheduled g; something else changed it: {listed}')
-        largest = max(m._g for _, m in layers)
+        largest = max(m.g_value for _, m in layers)
         if largest == 0.0:
             runner.logger.info(f'PRepBNHook: anneal complete, all {len(layers)} PRepBN layers have g = 0 '
                                f'(pure BatchNorm, ready to fuse)')
         else:
-            left = sum(m._g > 0 for _, m in layers)
+            left = sum(m.g_value > 0 for _, m in layers)
             runner.logger.warning(
                 f'PRepBNHook: training ended at iteration {it} before the PRepBN anneal finished (g reaches 0 at '
                 f'iteration {self.anneal_end_iter}): the model still has g = {largest:.6g} in {left} of '

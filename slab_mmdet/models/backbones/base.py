@@ -13,15 +13,15 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...deploy.fusion import ChannelAffine, norm_to_channel_affine
+from ..layers.fusion import FOLDABLE_NORM_CFG_TYPES, ChannelAffine, norm_to_channel_affine
 from ..layers.prepbn import PRepBN
-from ..layers.transformer import build_token_norm, check_deployable_norm_cfg
+from ..layers.transformer import build_token_norm, check_foldable_norm_cfg
 
 # Learned positional tables laid out on a grid: (1, h*w, C), resized in 2-D on load.
 GRID_TABLES = ('pos_embed', 'positional_encoding')
 
 
-def _check_choice(name, value, valid):
+def check_choice(name, value, valid):
     if value not in valid:
         raise ValueError(f'{name} must be one of {sorted(valid)}, got {value!r}')
 
@@ -38,10 +38,20 @@ class SLABBackboneBase(BaseModule):
             k >= 1 the stem and stages 0..k-1 with their output norms (eval mode,
             no gradients).
         norm_eval (bool): Keep every BatchNorm (inside RepBN/PRepBN too) in eval mode
-            during training (frozen running statistics).
+            during training (frozen running statistics), as the authors' detection
+            backbones and mmdet's ResNets do. The statistics must have been estimated
+            (loaded from a checkpoint, or by ``recalibrate_bn``): training a
+            BatchNorm branch whose statistics were never estimated is an error naming
+            the layer. Output norms follow ``out_norm_cfg``.
         attn_types (str): One letter per stage: 'L' for simplified linear attention,
             'S' for softmax attention.
         norm_cfg (dict): The token norm everywhere in the backbone.
+        out_norm_cfg (dict | None): The norms of the stage outputs ``norm{i}``, which
+            are new in detection (no ImageNet checkpoint has them). None (default):
+            ``norm_cfg``, except with ``norm_eval=True``, where frozen statistics of
+            layers that never saw data would be wrong: a LayerNorm with ``norm_cfg``'s
+            eps, as in the authors' detection backbones. A LayerNorm output norm
+            cannot be folded and stays in the deployed model.
         deploy (bool): Build the fused structure that :meth:`switch_to_deploy` leaves:
             no norm layers (they are folded into the neighbouring linear/conv
             layers), so a fused checkpoint loads strictly.
@@ -51,7 +61,7 @@ class SLABBackboneBase(BaseModule):
     """
 
     def __init__(self, num_stages, attn_types, out_indices, frozen_stages, norm_eval, norm_cfg, deploy,
-                 out_norms_folded, init_cfg=None):
+                 out_norms_folded, init_cfg=None, out_norm_cfg=None):
         super().__init__(init_cfg=init_cfg)
         name = type(self).__name__
         if not isinstance(attn_types, str) or len(attn_types) != num_stages or set(attn_types) - {'L', 'S'}:
@@ -64,7 +74,7 @@ class SLABBackboneBase(BaseModule):
             raise ValueError(f'{name}: frozen_stages must be in [-1, {num_stages}], got {frozen_stages}')
         if out_norms_folded and not deploy:
             raise ValueError(f'{name}: out_norms_folded=True only makes sense with deploy=True')
-        check_deployable_norm_cfg(norm_cfg, deploy, name)
+        check_foldable_norm_cfg(norm_cfg, deploy, name)
         if init_cfg is not None and init_cfg.get('type') != 'Pretrained':
             raise ValueError(f"{name}: init_cfg must be None or dict(type='Pretrained', checkpoint=...), "
                              f'got {init_cfg}')
@@ -73,16 +83,24 @@ class SLABBackboneBase(BaseModule):
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.norm_cfg = norm_cfg
+        if out_norm_cfg is None:
+            out_norm_cfg = dict(type='LN', eps=norm_cfg.get('eps', 1e-6)) if norm_eval else norm_cfg
+        self.out_norm_cfg = out_norm_cfg
+        self.out_norms_foldable = out_norm_cfg.get('type') in FOLDABLE_NORM_CFG_TYPES
+        if out_norms_folded and not self.out_norms_foldable:
+            raise ValueError(f"{name}: out_norms_folded=True, but out_norm_cfg type {out_norm_cfg.get('type')!r} "
+                             f"cannot be folded (one of {', '.join(FOLDABLE_NORM_CFG_TYPES)} can)")
         self.deploy = deploy
         self.out_norms_folded = out_norms_folded
+        self._estimated_bns = set()  # ids of the frozen BatchNorms found estimated
 
     # --- outputs ---------------------------------------------------------------------------
     def _init_outputs(self, stage_channels):
         """Create the output norms ``norm{i}`` for the stages in ``out_indices``."""
         self.num_features = list(stage_channels)
         for i in self.out_indices:
-            if not self.deploy:
-                norm = build_token_norm(self.norm_cfg, stage_channels[i])
+            if not self.deploy or not self.out_norms_foldable:
+                norm = build_token_norm(self.out_norm_cfg, stage_channels[i])
             elif self.out_norms_folded:
                 norm = nn.Identity()
             else:
@@ -114,6 +132,31 @@ class SLABBackboneBase(BaseModule):
                 if isinstance(m, _BatchNorm):
                     m.eval()
         return self
+
+    def _check_frozen_statistics(self):
+        """With ``norm_eval``, refuse to train through a BatchNorm whose frozen statistics were
+        never estimated (still the constructor's mean 0 / var 1): its output would be
+        un-normalised features. A PRepBN at g = 1 does not use its BatchNorm yet."""
+        checked = self._estimated_bns
+        for name, m in self.named_modules():
+            if isinstance(m, PRepBN):
+                if m.g_value == 1.0:
+                    continue
+                bn, name = m.repbn.bn, f'{name}.repbn.bn'
+            elif isinstance(m, _BatchNorm) and not name.endswith('repbn.bn'):
+                bn = m
+            else:
+                continue
+            if id(bn) in checked or bn.training or not bn.track_running_stats:
+                continue
+            if bool((bn.running_mean == 0).all()) and bool((bn.running_var == 1).all()):
+                raise RuntimeError(
+                    f'{type(self).__name__}: norm_eval=True keeps the BatchNorm statistics frozen, but '
+                    f'{name} has never estimated them (running mean 0, var 1, as constructed), so it would '
+                    f'not normalise. Load a checkpoint that has them (e.g. tools/convert_checkpoint.py of '
+                    f'annealed ImageNet weights), estimate them first (tools/recalibrate_bn.py), or train '
+                    f'with norm_eval=False.')
+            checked.add(id(bn))
 
     # --- weights ---------------------------------------------------------------------------
     def init_weights(self):
@@ -180,26 +223,33 @@ class SLABBackboneBase(BaseModule):
         """Fold every norm into its neighbouring layer (mmpretrain's re-parameterisation
         convention). Output norms become fixed :class:`ChannelAffine` layers (the
         detector-level ``fuse_detector`` folds them into the neck where it can).
-        Refuses a model with a LayerNorm or a PRepBN that is still annealing (g > 0)."""
+        Refuses a model with a LayerNorm or a PRepBN that is still annealing (g > 0);
+        LayerNorm output norms (``out_norm_cfg``) stay as they are."""
         if self.deploy:
             return
         # Validate everything before changing anything, so a refusal leaves the model intact.
-        check_deployable_norm_cfg(self.norm_cfg, True, f'{type(self).__name__}.switch_to_deploy')
-        for name, g in ((n, m._g) for n, m in self.named_modules() if isinstance(m, PRepBN)):
+        check_foldable_norm_cfg(self.norm_cfg, True, f'{type(self).__name__}.switch_to_deploy')
+        out_norms = {f'norm{i}' for i in self.out_indices} if not self.out_norms_foldable else set()
+        for name, g in ((n, m.g_value) for n, m in self.named_modules() if isinstance(m, PRepBN)):
+            if name.split('.')[0] in out_norms:
+                continue
             if g != 0.0:
                 raise ValueError(
                     f'{type(self).__name__}.switch_to_deploy: {name} is a PRepBN with g = {g:.6g} > 0, '
                     f'i.e. still (partly) a LayerNorm, which cannot be folded. Finish the annealing '
                     f'(PRepBNHook) so that g = 0 everywhere before fusing.')
-        self._deploy_children(self, '')
-        for i in self.out_indices:
-            setattr(self, f'norm{i}', norm_to_channel_affine(getattr(self, f'norm{i}'), f'norm{i}'))
+        self._deploy_children(self, '', skip=out_norms)
+        if self.out_norms_foldable:
+            for i in self.out_indices:
+                setattr(self, f'norm{i}', norm_to_channel_affine(getattr(self, f'norm{i}'), f'norm{i}'))
         self.deploy = True
 
     @classmethod
-    def _deploy_children(cls, module, prefix):
+    def _deploy_children(cls, module, prefix, skip=()):
         for name, child in module.named_children():
             full = f'{prefix}{name}'
+            if full in skip:
+                continue
             if hasattr(child, 'switch_to_deploy'):
                 child.switch_to_deploy(full)
             else:

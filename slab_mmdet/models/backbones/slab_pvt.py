@@ -7,7 +7,7 @@ from mmdet.registry import MODELS
 
 from ..layers.attention import SpatialReductionAttention, SpatialReductionLinearAttention
 from ..layers.transformer import PatchEmbed, PreNormBlock, nlc_to_nchw, resize_pos_table
-from .base import SLABBackboneBase, _check_choice
+from .base import SLABBackboneBase, check_choice
 
 
 class PVTStage(nn.Module):
@@ -59,7 +59,7 @@ class SLABPyramidVisionTransformer(SLABBackboneBase):
         act_cfg (dict): MLP activation.
         norm_cfg (dict): Norm everywhere. Default ``dict(type='PRepBN', eps=1e-6)``
             (LayerNorm eps of the reference SLAB-PVT models).
-        out_indices, frozen_stages, norm_eval, deploy, out_norms_folded: see
+        out_indices, frozen_stages, norm_eval, out_norm_cfg, deploy, out_norms_folded: see
             :class:`SLABBackboneBase`.
         with_cp (bool): Activation checkpointing in every block.
         init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=...)`` or None.
@@ -91,14 +91,15 @@ class SLABPyramidVisionTransformer(SLABBackboneBase):
                  out_indices=(0, 1, 2, 3),
                  frozen_stages=-1,
                  norm_eval=False,
+                 out_norm_cfg=None,
                  with_cp=False,
                  deploy=False,
                  out_norms_folded=False,
                  init_cfg=None):
-        arch = self._resolve_arch(arch)
+        arch = self.resolve_arch(arch)
         num_stages = len(arch['depths'])
         super().__init__(num_stages, attn_types, out_indices, frozen_stages, norm_eval, norm_cfg, deploy,
-                         out_norms_folded, init_cfg)
+                         out_norms_folded, init_cfg, out_norm_cfg=out_norm_cfg)
         name = type(self).__name__
         if len(la_sr_ratios) != num_stages or any(int(r) < 1 for r in la_sr_ratios):
             raise ValueError(f'{name}: la_sr_ratios needs {num_stages} integers >= 1, got {la_sr_ratios}')
@@ -137,10 +138,16 @@ class SLABPyramidVisionTransformer(SLABBackboneBase):
         self._init_outputs(arch['embed_dims'])
 
     @classmethod
-    def _resolve_arch(cls, arch):
+    def stage_channels(cls, arch):
+        """The output channels of each stage of ``arch`` (a name or an arch dict)."""
+        return list(cls.resolve_arch(arch)['embed_dims'])
+
+    @classmethod
+    def resolve_arch(cls, arch):
+        """The arch dict of ``arch`` (a name in ``arch_zoo`` or a dict), checked."""
         keys = ('embed_dims', 'num_heads', 'mlp_ratios', 'sr_ratios', 'depths')
         if isinstance(arch, str):
-            _check_choice('arch', arch, cls.arch_zoo)
+            check_choice('arch', arch, cls.arch_zoo)
             return cls.arch_zoo[arch]
         if not isinstance(arch, dict) or set(arch) != set(keys):
             raise ValueError(f'arch must be one of {sorted(cls.arch_zoo)} or a dict with exactly the keys {keys}, '
@@ -161,6 +168,8 @@ class SLABPyramidVisionTransformer(SLABBackboneBase):
         return modules
 
     def forward(self, x):
+        if self.training and self.norm_eval:
+            self._check_frozen_statistics()
         h, w = x.shape[-2:]
         if min(h, w) < self.min_input_size:
             m = self.min_input_size

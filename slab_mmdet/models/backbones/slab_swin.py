@@ -5,10 +5,10 @@ import torch.nn as nn
 from mmengine.model import BaseModule, ModuleList
 from mmdet.registry import MODELS
 
-from ...deploy.fusion import fold_norm
+from ..layers.fusion import fold_norm
 from ..layers.transformer import PatchEmbed, PreNormBlock, build_token_norm, pad_to_multiple
 from ..layers.window_attention import ShiftedWindowAttention, WindowLinearAttention, WindowSoftmaxAttention
-from .base import SLABBackboneBase, _check_choice
+from .base import SLABBackboneBase, check_choice
 
 
 class PatchMerging(BaseModule):
@@ -78,7 +78,7 @@ class SLABSwinTransformer(SLABBackboneBase):
         norm_cfg (dict): Norm everywhere (patch embedding, blocks, patch merging,
             outputs). Default ``dict(type='PRepBN', eps=1e-5)`` (LayerNorm eps of the
             reference SLAB-Swin models).
-        out_indices, frozen_stages, norm_eval, deploy, out_norms_folded: see
+        out_indices, frozen_stages, norm_eval, out_norm_cfg, deploy, out_norms_folded: see
             :class:`SLABBackboneBase`.
         with_cp (bool): Activation checkpointing in every block.
         init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=...)`` or None.
@@ -105,14 +105,15 @@ class SLABSwinTransformer(SLABBackboneBase):
                  out_indices=(0, 1, 2, 3),
                  frozen_stages=-1,
                  norm_eval=False,
+                 out_norm_cfg=None,
                  with_cp=False,
                  deploy=False,
                  out_norms_folded=False,
                  init_cfg=None):
-        arch = self._resolve_arch(arch)
+        arch = self.resolve_arch(arch)
         num_stages = len(arch['depths'])
         super().__init__(num_stages, attn_types, out_indices, frozen_stages, norm_eval, norm_cfg, deploy,
-                         out_norms_folded, init_cfg)
+                         out_norms_folded, init_cfg, out_norm_cfg=out_norm_cfg)
         name = type(self).__name__
         if len(window_sizes) != num_stages or any(int(w) < 1 for w in window_sizes):
             raise ValueError(f'{name}: window_sizes needs {num_stages} positive integers, got {window_sizes}')
@@ -123,7 +124,7 @@ class SLABSwinTransformer(SLABBackboneBase):
         self.drop_after_pos = nn.Dropout(drop_rate)
         depths = arch['depths']
         drop_path = [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths))]
-        channels = [arch['embed_dims'] * 2 ** i for i in range(num_stages)]
+        channels = self.stage_channels(arch)
         self.stages = ModuleList()
         cur = 0
         for i in range(num_stages):
@@ -144,10 +145,17 @@ class SLABSwinTransformer(SLABBackboneBase):
         self._init_outputs(channels)
 
     @classmethod
-    def _resolve_arch(cls, arch):
+    def stage_channels(cls, arch):
+        """The output channels of each stage of ``arch`` (a name or an arch dict): C, 2C, 4C, ..."""
+        arch = cls.resolve_arch(arch)
+        return [arch['embed_dims'] * 2 ** i for i in range(len(arch['depths']))]
+
+    @classmethod
+    def resolve_arch(cls, arch):
+        """The arch dict of ``arch`` (a name in ``arch_zoo`` or a dict), checked."""
         keys = ('embed_dims', 'depths', 'num_heads')
         if isinstance(arch, str):
-            _check_choice('arch', arch, cls.arch_zoo)
+            check_choice('arch', arch, cls.arch_zoo)
             return cls.arch_zoo[arch]
         if not isinstance(arch, dict) or set(arch) != set(keys) or len(arch['depths']) != len(arch['num_heads']):
             raise ValueError(f'arch must be one of {sorted(cls.arch_zoo)} or a dict with exactly the keys {keys} '
@@ -166,6 +174,8 @@ class SLABSwinTransformer(SLABBackboneBase):
         return modules
 
     def forward(self, x):
+        if self.training and self.norm_eval:
+            self._check_frozen_statistics()
         x, hw_shape = self.patch_embed(x)
         x = self.drop_after_pos(x)
         outs = []

@@ -16,7 +16,12 @@ live here and nowhere else; the fusion code builds on them.
 """
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.registry import MODELS
+
+
+# Over which tokens a RepBN takes its training statistics (see RepBN's docstring).
+BN_STATS = ('batch', 'image')
 
 
 @MODELS.register_module()
@@ -29,19 +34,53 @@ class RepBN(nn.Module):
             the reference models).
         momentum (float | None): BatchNorm momentum (None: cumulative average).
             Default: 0.1.
+        stats (str): Which tokens the training statistics are taken over.
+            ``'batch'`` (default, the reference): all tokens of all images of the
+            batch. ``'image'``: each image's tokens alone (an input ``(B, N, C)``
+            is normalised per image and channel, and the running statistics
+            average the per-image ones), so that a batch of B images trains like B
+            batches of one image and no image's statistics depend on the others
+            (docs/prepbn.md: why this matters for detection). Evaluation and
+            fusion are the same either way: the running statistics.
     """
     _abbr_ = 'repbn'
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, stats='batch'):
         super().__init__()
+        if stats not in BN_STATS:
+            raise ValueError(f'RepBN: stats must be one of {BN_STATS}, got {stats!r}')
+        self.stats = stats
         # The reference initialises alpha to 1, as a 1-element tensor.
         self.alpha = nn.Parameter(torch.ones(1))
         self.bn = nn.BatchNorm1d(num_features, eps=eps, momentum=momentum)
 
     def forward(self, x):
+        if self.stats == 'image' and self.bn.training and x.dim() == 3:
+            return self._per_image_bn(x) + self.alpha * x
         c = x.shape[-1]
         # BatchNorm1d on (M, C) normalises each channel over all M = batch x tokens rows.
         return self.bn(x.reshape(-1, c)).reshape(x.shape) + self.alpha * x
+
+    def _per_image_bn(self, x):
+        """Train-mode BN of (B, N, C) tokens with statistics per image (``stats='image'``)."""
+        bn = self.bn
+        factor = 0.0
+        if bn.track_running_stats:
+            bn.num_batches_tracked.add_(1)
+            factor = 1.0 / float(bn.num_batches_tracked) if bn.momentum is None else bn.momentum
+        # instance_norm over (B, C, N) normalises each (image, channel) over its N tokens and
+        # updates the running statistics with the mean over images of the per-image ones.
+        y = F.instance_norm(x.transpose(1, 2), bn.running_mean, bn.running_var, bn.weight, bn.bias,
+                            use_input_stats=True, momentum=factor, eps=bn.eps)
+        return y.transpose(1, 2)
+
+
+def check_g(g, what):
+    """``g`` as a float, if it is a finite number in [0, 1]; else a ValueError naming ``what``."""
+    value = float(g)
+    if not 0.0 <= value <= 1.0:   # also refuses NaN
+        raise ValueError(f'{what}: g must be a number in [0, 1] (1 = LayerNorm, 0 = RepBN), got {value}')
+    return value
 
 
 @MODELS.register_module()
@@ -61,32 +100,42 @@ class PRepBN(nn.Module):
             passes ``eps=1e-5`` unless the config gives one.)
         bn_eps (float): BatchNorm epsilon of the RepBN branch. Default: 1e-5.
         momentum (float | None): BatchNorm momentum. Default: 0.1.
+        stats (str): The RepBN branch's training statistics, ``'batch'`` (default)
+            or ``'image'``; see :class:`RepBN`.
     """
     _abbr_ = 'prepbn'
 
-    def __init__(self, num_features, eps=1e-6, bn_eps=1e-5, momentum=0.1):
+    def __init__(self, num_features, eps=1e-6, bn_eps=1e-5, momentum=0.1, stats='batch'):
         super().__init__()
         self.ln = nn.LayerNorm(num_features, eps=eps)
-        self.repbn = RepBN(num_features, eps=bn_eps, momentum=momentum)
-        self.register_buffer('g', torch.tensor(1.0))
-        # Python mirror of the buffer, so that forward never reads a device tensor
-        # (on CUDA that would synchronise once per norm layer).
-        self._g = 1.0
+        self.repbn = RepBN(num_features, eps=bn_eps, momentum=momentum, stats=stats)
+        # The one place g lives: a buffer, so checkpoints, EMA models and parameter swaps
+        # carry it. forward reads it each call (on a GPU that is an 8-byte copy per layer).
+        # float64 whatever the model's dtype (see _apply), so it holds the schedule's
+        # values exactly.
+        self.register_buffer('g', torch.tensor(1.0, dtype=torch.float64))
+
+    def _apply(self, fn, *args, **kwargs):
+        super()._apply(fn, *args, **kwargs)
+        self._buffers['g'] = self._buffers['g'].to(torch.float64)
+        return self
+
+    @property
+    def g_value(self):
+        """g as a Python float (read from the buffer ``g``)."""
+        return float(self.g)
 
     def set_g(self, g):
         """Set the LayerNorm weight g in [0, 1]."""
-        g = float(g)
-        if not 0.0 <= g <= 1.0:
-            raise ValueError(f'PRepBN: g must be in [0, 1], got {g}')
-        self.g.fill_(g)
-        self._g = g
+        self.g.fill_(check_g(g, 'PRepBN'))
 
-    def _load_from_state_dict(self, *args, **kwargs):
-        super()._load_from_state_dict(*args, **kwargs)
-        self._g = float(self.g)
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        if prefix + 'g' in state_dict:
+            check_g(state_dict[prefix + 'g'], f'{prefix}g in the state dict')
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def forward(self, x):
-        g = self._g
+        g = self.g_value
         if g == 0.0:
             return self.repbn(x)
         if g == 1.0:
@@ -94,7 +143,7 @@ class PRepBN(nn.Module):
         return g * self.ln(x) + (1.0 - g) * self.repbn(x)
 
     def extra_repr(self):
-        return f'g={self._g:.6g}'
+        return f'g={self.g_value:.6g}'
 
 
 def _bn_std(bn):
