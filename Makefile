@@ -3,13 +3,16 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo mini-coco clean
+.PHONY: setup test lint demo mini-coco clean
 
 setup:
 	@bash tools/setup_env.sh
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	.venv/bin/ruff check .
 
 demo: setup
 	$(PY) tools/demo.py

@@ -27,7 +27,6 @@ MODELS = [
 
 
 def build(config, data_root):
-    import torch
     from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
     from mmengine.optim import build_optim_wrapper

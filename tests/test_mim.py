@@ -237,8 +237,9 @@ def test_readme_mim_commands_on_the_coco_config(mini_coco, tmp_path):
     # 0.5 threshold, where float-level differences flip mask pixels, so an unseeded run
     # would pass or fail fuse_norms' check (tolerance 1e-4) by chance.
     model_options = ['model.roi_head.bbox_head.num_classes=6', 'model.roi_head.mask_head.num_classes=6']
-    train_options = [*model_options, 'randomness.seed=0', 'model.backbone.init_cfg=None', 'train_dataloader.batch_size=1',
-                     'train_cfg.max_epochs=1', *loader('train', train_json, 2), *loader('val', val_json, 1),
+    train_options = [*model_options, 'randomness.seed=0', 'model.backbone.init_cfg=None',
+                     'train_dataloader.batch_size=1', 'train_cfg.max_epochs=1', *loader('train', train_json, 2),
+                     *loader('val', val_json, 1),
                      f'val_evaluator.ann_file={val_json}']
     test_options = [*model_options, *loader('test', val_json, 1), f'test_evaluator.ann_file={val_json}']
     for package in ('mmdet', 'slab_mmdet'):

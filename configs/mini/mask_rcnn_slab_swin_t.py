@@ -1,3 +1,4 @@
-# Mini-COCO, CPU variant of ../mask_rcnn_slab_swin_t.py: SLAB-Swin-Tiny (SLA in stages 1-2 with windows 56/28, PRepBN), from scratch.
+# Mini-COCO, CPU variant of ../mask_rcnn_slab_swin_t.py:
+# SLAB-Swin-Tiny (SLA in stages 1-2 with windows 56/28, PRepBN), from scratch.
 _base_ = '../_base_/mask_rcnn_slab_swin_mini.py'
 model = dict(backbone=dict(arch='tiny', attn_types='LLSS', window_sizes=(56, 28, 7, 7), drop_path_rate=0.1))

@@ -1,6 +1,7 @@
 """The SLAB authors' PVT classification models (SLAB-PVT, PVT-PRepBN) -> SLABPyramidVisionTransformer."""
 from ..models.backbones.slab_pvt import SLABPyramidVisionTransformer
-from .rules import PVT_HEADS, PVT_SR_RATIOS, Skip, depths_of, named_arch, pvt_extras, pvt_heads, mlp_ratio, rename, stage_list
+from .rules import (PVT_HEADS, PVT_SR_RATIOS, Skip, depths_of, mlp_ratio, named_arch, pvt_extras, pvt_heads, rename,
+                    stage_list)
 
 
 

@@ -4,7 +4,6 @@ switch to the fused deploy structure."""
 import math
 from collections import OrderedDict
 
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import MMLogger

@@ -10,7 +10,6 @@ Every module that owns a norm implements ``switch_to_deploy()``, which folds the
 into its neighbour (see :mod:`.fusion`) and leaves the structure that
 ``deploy=True`` builds directly.
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
