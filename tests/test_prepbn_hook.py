@@ -224,9 +224,10 @@ def test_resume_is_exact(tmp_path):
     assert resumed.model.prepbn_g() == [0.0, 0.0, 0.0]
 
 
-def test_resume_without_start_values_falls_back_to_one(tmp_path):
+def test_resume_without_start_values_infers_them_from_the_held_g(tmp_path):
     hook = dict(type='PRepBNHook', anneal_iters=6)
-    first = toy_runner(tmp_path / 'first', [hook, StopAt(2)], model=ToyTokenModel(start_g=[1.0, 0.0, 0.6]),
+    start = [1.0, 0.0, 0.6]
+    first = toy_runner(tmp_path / 'first', [hook, StopAt(2)], model=ToyTokenModel(start_g=start),
                        max_iters=8, checkpoint_interval=2)
     first.train()
     ckpt = torch.load(str(tmp_path / 'first' / 'iter_2.pth'), map_location='cpu')
@@ -235,9 +236,55 @@ def test_resume_without_start_values_falls_back_to_one(tmp_path):
     torch.save(ckpt, old)
     resumed = toy_runner(tmp_path / 'resumed', [hook], max_iters=8, load_from=old, resume=True)
     resumed.train()
-    assert_all_layers(resumed.model.train_g, [linear(t, 6) for t in range(2, 8)])
+    expected = [[g0 * linear(t, 6) for g0 in start] for t in range(2, 8)]
+    for got, want in zip(resumed.model.train_g, expected, strict=True):
+        assert got == pytest.approx(want, abs=1e-12)
     assert "the checkpoint has no start value of g (meta['prepbn_start_g']) for 3 PRepBN layer(s)" in \
         runner_log_text(resumed)
+
+
+def first_half(tmp_path, hook, stop, max_iters):
+    """Train until ``stop`` with a checkpoint there; returns its path."""
+    runner = toy_runner(tmp_path / 'first', [hook, StopAt(stop)], max_iters=max_iters, checkpoint_interval=stop)
+    runner.train()
+    return str(tmp_path / 'first' / f'iter_{stop}.pth')
+
+
+def test_a_finished_anneal_resumed_with_more_iterations_stays_at_zero(tmp_path):
+    """anneal_ratio=0.5 of 8 iterations: g = 0 from iteration 4. Resumed at 8 with max_iters 24, the
+    same ratio means T = 12 and g(8) = 1/3 -- the anneal would run backwards; it must not."""
+    hook = dict(type='PRepBNHook', anneal_ratio=0.5)
+    ckpt = first_half(tmp_path, hook, 8, 8)
+    resumed = toy_runner(tmp_path / 'resumed', [hook], max_iters=24, load_from=ckpt, resume=True)
+    resumed.train()
+    assert_all_layers(resumed.model.train_g, [0.0] * 16)
+    log = runner_log_text(resumed)
+    assert ("resuming at iteration 8 with another schedule than the checkpoint's (checkpoint: linear over 4 "
+            "iterations after 0 warm-up iterations (g = 0 from iteration 4); now: linear over 12 iterations after "
+            "0 warm-up iterations (g = 0 from iteration 12))") in log
+    assert 'from the g it holds, 0, to 0.333333' in log and 'the anneal only goes forward' in log
+
+
+def test_a_changed_schedule_continues_from_the_held_g(tmp_path):
+    """Stopped at iteration 2 of a 6-iteration anneal (g = 2/3); resumed with a 10-iteration one
+    (which would give g(2) = 0.8): g continues from 2/3, linearly to 0 at iteration 10."""
+    ckpt = first_half(tmp_path, dict(type='PRepBNHook', anneal_iters=6), 2, 12)
+    resumed = toy_runner(tmp_path / 'resumed', [dict(type='PRepBNHook', anneal_iters=10)], max_iters=12,
+                         load_from=ckpt, resume=True)
+    resumed.train()
+    assert_all_layers(resumed.model.train_g, [2 / 3 * linear(t - 2, 8) for t in range(2, 12)])
+    assert 'from the g it holds, 0.666667, to 0.8' in runner_log_text(resumed)
+
+
+def test_allow_g_increase_follows_the_new_schedule_with_a_warning(tmp_path):
+    ckpt = first_half(tmp_path, dict(type='PRepBNHook', anneal_iters=6), 2, 12)
+    hook = dict(type='PRepBNHook', anneal_iters=10, allow_g_increase=True)
+    resumed = toy_runner(tmp_path / 'resumed', [hook], max_iters=12, load_from=ckpt, resume=True)
+    resumed.train()
+    assert_all_layers(resumed.model.train_g, [linear(t, 10) for t in range(2, 12)])
+    assert 'allow_g_increase=True, so g follows the new schedule' in runner_log_text(resumed)
+    with pytest.raises(ValueError, match="allow_g_increase must be True or False, got 'yes'"):
+        PRepBNHook(anneal_iters=3, allow_g_increase='yes')
 
 
 def test_unfinished_anneal_warns(tmp_path):

@@ -22,8 +22,9 @@ PREPBN_SCHEDULES = {
     'step': {'num_steps': 4},
 }
 
-# Where the per-layer start values live in a checkpoint (``checkpoint['meta']``).
+# Where the per-layer start values and the schedule live in a checkpoint (``checkpoint['meta']``).
 START_G_META_KEY = 'prepbn_start_g'
+SCHEDULE_META_KEY = 'prepbn_schedule'
 
 
 def check_schedule(schedule, params):
@@ -139,6 +140,12 @@ class PRepBNHook(Hook):
             checkpoint, which so stay pure BN). A float in [0, 1]: every PRepBN starts
             there. The start values are saved in checkpoints (``meta['prepbn_start_g']``)
             so that resuming continues the same anneal. Default: 'model'.
+        allow_g_increase (bool): On resume, g never rises above the checkpoint's g
+            (the anneal only goes forward): a changed schedule (another anneal length,
+            ``max_iters`` with ``anneal_ratio``, warm-up or schedule type) continues from
+            the checkpoint's g to 0 at the new schedule's end, with a warning naming
+            both schedules. True: follow the new schedule even where that raises g
+            (also warned). Default: False.
         recalibrate_bn_iters (int): If > 0, once the anneal has completed, recompute the
             BatchNorm running statistics with frozen weights over this many batches of
             the train dataloader at the end of training (paper, appendix A; see
@@ -156,6 +163,7 @@ class PRepBNHook(Hook):
                  schedule='linear',
                  num_steps=None,
                  start_g='model',
+                 allow_g_increase=False,
                  recalibrate_bn_iters=0):
         if (anneal_iters is None) == (anneal_ratio is None):
             raise ValueError('PRepBNHook: give exactly one of anneal_iters (int >= 1) or anneal_ratio '
@@ -181,6 +189,9 @@ class PRepBNHook(Hook):
         self.warmup_iters = warmup_iters
         self.schedule = schedule
         self.start_g = start_g if start_g == 'model' else float(start_g)
+        if not isinstance(allow_g_increase, bool):
+            raise ValueError(f'PRepBNHook: allow_g_increase must be True or False, got {allow_g_increase!r}')
+        self.allow_g_increase = allow_g_increase
         self.recalibrate_bn_iters = recalibrate_bn_iters
         # Resolved in before_train.
         self.T = None
@@ -190,6 +201,7 @@ class PRepBNHook(Hook):
         self._layers = []  # [(name, PRepBN)], found in before_train
         self._ema_layers = []  # [{name: PRepBN}] of each EMA model (EMAHook), found in before_train
         self._checkpoint_start_values = None  # from the last loaded checkpoint
+        self._checkpoint_schedule = None  # likewise
 
     # ----------------------------------------------------------------- maths
     def scale(self, it):
@@ -245,11 +257,54 @@ class PRepBNHook(Hook):
         loaded = self._checkpoint_start_values or {}
         missing = [name for name, _ in layers if name not in loaded]
         if missing:
+            s = self.scale(runner.iter)
             runner.logger.warning(
                 f"PRepBNHook: resuming at iteration {runner.iter}, but the checkpoint has no start value of g "
                 f"(meta['{START_G_META_KEY}']) for {len(missing)} PRepBN layer(s) (e.g. {missing[:3]}); "
-                f'they anneal from 1.0 as if freshly initialised.')
-        return {name: float(loaded.get(name, 1.0)) for name, _ in layers}
+                f'their start values are inferred from the g they hold and the schedule.')
+        else:
+            s = None
+        return {name: float(loaded[name]) if name in loaded else (m.g_value / s if s else m.g_value)
+                for name, m in layers}
+
+    def describe_schedule(self, spec=None):
+        """A schedule (this hook's, or one saved in a checkpoint) in words."""
+        spec = spec or self.schedule_spec()
+        params = f" {spec['params']}" if spec.get('params') else ''
+        return (f"{spec['schedule']}{params} over {spec['T']} iterations after {spec['warmup_iters']} warm-up "
+                f"iterations (g = 0 from iteration {spec['warmup_iters'] + spec['T']})")
+
+    def schedule_spec(self):
+        return dict(schedule=self.schedule, params=dict(self.schedule_params), T=self.T,
+                    warmup_iters=self.warmup_iters)
+
+    def _keep_annealing_forward(self, runner, layers):
+        """On resume: if the schedule would give some layer a g other than the one it holds
+        (the schedule changed), continue from the held g to 0 at the new schedule's end
+        (or, with ``allow_g_increase``, follow the new schedule), with a warning."""
+        it = runner.iter
+        held = {name: m.g_value for name, m in layers}
+        planned = {name: self.start_values[name] * self.scale(it) for name, _ in layers}
+        changed = sorted(n for n in held if abs(planned[n] - held[n]) > 1e-9)
+        if not changed:
+            return
+        old = self._checkpoint_schedule
+        schedules = (f"checkpoint: {self.describe_schedule(old) if old else 'not recorded in the checkpoint'}; "
+                     f'now: {self.describe_schedule()}')
+        example = changed[0]
+        change = (f'{len(changed)} PRepBN layer(s), e.g. {example}, from the g it holds, {held[example]:.6g}, '
+                  f'to {planned[example]:.6g}')
+        if self.allow_g_increase:
+            runner.logger.warning(
+                f"PRepBNHook: resuming at iteration {it} with another schedule than the checkpoint's ({schedules}); "
+                f'allow_g_increase=True, so g follows the new schedule: it moves {change}.')
+            return
+        self.start_values, self.warmup_iters, self.T = held, it, max(1, self.anneal_end_iter - it)
+        runner.logger.warning(
+            f"PRepBNHook: resuming at iteration {it} with another schedule than the checkpoint's ({schedules}). "
+            f'It would move {change}; the anneal only goes forward, so every layer continues from the g it '
+            f'holds, {self.schedule}, down to 0 at iteration {self.anneal_end_iter}. Set allow_g_increase=True '
+            f'to follow the new schedule instead.')
 
     # ----------------------------------------------------------------- hooks
     def before_train(self, runner):
@@ -263,6 +318,8 @@ class PRepBNHook(Hook):
             self.T = max(1, math.floor(self.anneal_ratio * self.max_iters + 0.5))  # rounded half up
         self.accumulative_counts = _accumulative_counts(runner.optim_wrapper)
         self.start_values = self._resolve_start_values(runner, layers)
+        if runner.iter > 0:
+            self._keep_annealing_forward(runner, layers)
         g = self._set_g(runner.iter)
         length = (f'{self.T} iterations' if self.anneal_iters is not None else
                   f'{self.T} iterations (anneal_ratio={self.anneal_ratio} of max_iters={self.max_iters})')
@@ -323,11 +380,14 @@ class PRepBNHook(Hook):
 
     def before_save_checkpoint(self, runner, checkpoint):
         if self.start_values is not None:
-            checkpoint.setdefault('meta', {})[START_G_META_KEY] = dict(self.start_values)
+            meta = checkpoint.setdefault('meta', {})
+            meta[START_G_META_KEY] = dict(self.start_values)
+            meta[SCHEDULE_META_KEY] = self.schedule_spec()
 
     def after_load_checkpoint(self, runner, checkpoint):
         meta = checkpoint.get('meta') or {}
         self._checkpoint_start_values = meta.get(START_G_META_KEY)
+        self._checkpoint_schedule = meta.get(SCHEDULE_META_KEY)
 
 
 __all__ = ['PRepBNHook', 'PREPBN_SCHEDULES', 'check_schedule', 'prepbn_schedule', 'check_ddp_find_unused_parameters']
