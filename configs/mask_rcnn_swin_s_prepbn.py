@@ -1,9 +1,14 @@
 # Mask R-CNN, Swin-Small-PRepBN (softmax window attention, window 7, PRepBN), COCO 1x.
-# ImageNet weights: convert the authors' swin_small_prepbn.pth (https://github.com/xinghaochen/SLAB/releases)
-#   python tools/convert_checkpoint.py swin_small_prepbn.pth checkpoints/swin_small_prepbn_in1k.pth
-# or train from scratch with --cfg-options model.backbone.init_cfg=None.
+# No Swin-S-PRepBN ImageNet weights were released (the authors released swin_tiny_prepbn
+# only), so this starts from the LayerNorm Swin-S ImageNet weights that mmdet's Swin configs
+# use and anneals them to RepBN during detection training:
+#   wget https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_small_patch4_window7_224.pth
+#   python tools/convert_checkpoint.py swin_small_patch4_window7_224.pth checkpoints/swin_small_ln_prepbn.pth
+# The conversion gives every norm g = 1 (its LayerNorm) and a fresh RepBN (alpha = 0), and
+# PRepBNHook anneals g to 0 over the first 2/3 of training; the output norms start fresh.
+# Or train from scratch with --cfg-options model.backbone.init_cfg=None.
 _base_ = './_base_/mask_rcnn_slab_swin_coco.py'
 model = dict(
     backbone=dict(
         arch='small', attn_types='SSSS', window_sizes=(7, 7, 7, 7), drop_path_rate=0.2,
-        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/swin_small_prepbn_in1k.pth')))
+        init_cfg=dict(type='Pretrained', checkpoint='checkpoints/swin_small_ln_prepbn.pth')))

@@ -57,7 +57,8 @@ class _Steps:
 def train(config, options, work_dir):
     """Train as tools/train.py does (validating at the end, as the config says).
 
-    Returns (final checkpoint, val metrics, per-iteration history of loss and g).
+    Returns (final checkpoint, val metrics, per-iteration history of loss and g, the recipe:
+    batch size, backbone norms, custom hooks).
     """
     from mmengine.hooks import Hook
 
@@ -69,14 +70,19 @@ def train(config, options, work_dir):
         def after_val_epoch(self, runner, metrics=None):
             self.metrics = dict(metrics or {})
 
-    runner = build_runner(load_run_config(config, options, work_dir))
+    cfg = load_run_config(config, options, work_dir)
+    backbone = cfg.model.backbone
+    recipe = dict(batch_size=cfg.train_dataloader.batch_size, norm_cfg=dict(backbone.norm_cfg),
+                  norm_eval=backbone.get('norm_eval', False), out_norm_cfg=backbone.get('out_norm_cfg'),
+                  hooks=[h['type'] for h in cfg.get('custom_hooks', [])])
+    runner = build_runner(cfg)
     keep = KeepValMetrics()
     runner.register_hook(keep)
     runner.train()
     scalars = runner.message_hub.log_scalars
     history = {key: scalars[f'train/{key}'].data[0].tolist() for key in ('loss', 'prepbn_g')}
     checkpoint = osp.join(work_dir, f'epoch_{runner.max_epochs}.pth')
-    return checkpoint, _metrics(getattr(keep, 'metrics', {})), history
+    return checkpoint, _metrics(getattr(keep, 'metrics', {})), history, recipe
 
 
 def evaluate(config, checkpoint, options, work_dir):
@@ -146,7 +152,7 @@ def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAUL
         num_val = len(json.load(f)['images'])
 
     step('2/5 train SLAB-PVT-T Mask R-CNN on the CPU, PRepBN g: 1 -> 0')
-    checkpoint, metrics, history = train(config, options, osp.join(out_dir, 'train'))
+    checkpoint, metrics, history, recipe = train(config, options, osp.join(out_dir, 'train'))
     if 'bbox_mAP' not in metrics:   # the config does not validate at the end of training
         metrics = evaluate(config, checkpoint, options, osp.join(out_dir, 'eval'))
     plot_training(history, osp.join(out_dir, 'training.png'))
@@ -162,6 +168,7 @@ def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAUL
     step('5/5 report')
     step.stop()
     report = dict(config=osp.relpath(config, REPO_ROOT), checkpoint=checkpoint, iterations=len(history['loss']),
+                  recipe=recipe,
                   final_g=history['prepbn_g'][-1], val_images=num_val, metrics=metrics, fused_metrics=fused_metrics,
                   fusion=dict(removed_norms=fused['report']['removed_norms'],
                               output_norms=fused['report']['output_norms'],
@@ -191,6 +198,15 @@ def _describe_detection_diff(diff):
             f'{diff.get("masks", 0.0):.1e} of mask pixels different')
 
 
+def _describe_recipe(recipe):
+    norm = recipe['norm_cfg']
+    out = recipe['out_norm_cfg'] or 'as norm_cfg'
+    return (f'Recipe: {recipe["batch_size"]} images per batch; norms `{norm}` (RepBN alpha starts at '
+            f'{norm.get("alpha_init", 1.0):g}); BatchNorm statistics '
+            f'{"frozen (norm_eval=True)" if recipe["norm_eval"] else "trained"}; output norms `{out}`; '
+            f'hooks {", ".join(recipe["hooks"])}.')
+
+
 def render_report(report, latency_files):
     with open(latency_files['md']) as f:
         # The latency report's own headings sit under this report's "Latency" section.
@@ -202,6 +218,7 @@ def render_report(report, latency_files):
         f'Config `{report["config"]}`, trained from scratch on the CPU '
         f'({report["machine"].get("cpu", "")}, {report["machine"].get("threads")} threads). '
         f'{report["iterations"]} iterations; PRepBN annealed from g = 1 to g = {report["final_g"]:g}.', '',
+        _describe_recipe(report['recipe']), '',
         f'## Validation (mini COCO val, {report["val_images"]} images)', '',
         '| model | bbox mAP | bbox mAP50 | segm mAP | segm mAP50 |', '|---|---:|---:|---:|---:|',
         f'| trained (PRepBN, g = 0) | {m["bbox_mAP"]:.3f} | {m["bbox_mAP_50"]:.3f} | {m["segm_mAP"]:.3f} | '

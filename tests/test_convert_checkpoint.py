@@ -358,9 +358,9 @@ def test_mmdet_pvt_converts_to_equivalent_prepbn_backbone(num_heads, given):
     # norm1/norm2 of 5 blocks, the key/value norms of 4 spatially reduced blocks, 4 patch embeddings.
     assert report.unmapped == [] and len(report.g_values) == 2 * 5 + 4 + 4
     assert set(report.g_values.values()) == {1.0}
-    # A fresh RepBN next to the LayerNorm weights.
+    # A fresh RepBN next to the LayerNorm weights, its identity path closed (alpha = 0).
     assert torch.equal(state_dict['stages.0.blocks.0.norm1.ln.weight'], src.state_dict()['layers.0.1.1.norm1.weight'])
-    assert float(state_dict['stages.0.blocks.0.norm1.repbn.alpha']) == 1.0
+    assert float(state_dict['stages.0.blocks.0.norm1.repbn.alpha']) == 0.0
     ours = build_converted(state_dict, report)
     x = torch.randn(1, 3, 224, 224)
     want = block_outputs(src, [layer[1][-1] for layer in src.layers], x)
@@ -420,3 +420,46 @@ def test_mmdet_detector_checkpoint_keeps_neck(tmp_path, capsys):
     ours = MODELS.build(dict(ckpt['meta']['backbone'], init_cfg=dict(type='Pretrained', checkpoint=str(dst))))
     ours.init_weights()
     assert all(torch.equal(ours.state_dict()[k], v) for k, v in bare.items())
+
+
+def test_original_layernorm_pvt_v1_checkpoint_converts_with_g1(tmp_path):
+    """The LayerNorm PVT v1 ImageNet weights that mmdet's PVT configs load (github
+    whai362/PVT: block{i}.*, patch_embed{i}.*, pos_embed{i} with a class token in the last
+    stage, cls_token, a final norm, head) convert to PRepBNs at g = 1 whose model computes
+    what the LayerNorm model with those weights computes."""
+    from mmdet.registry import MODELS
+    arch = dict(embed_dims=(16, 32, 40, 64), num_heads=(1, 2, 5, 8), mlp_ratios=(2, 2, 2, 2),
+                sr_ratios=(8, 4, 2, 1), depths=(1, 1, 1, 1))
+    torch.manual_seed(0)
+    ln_model = MODELS.build(dict(type='SLABPyramidVisionTransformer', arch=arch, attn_types='SSSS',
+                                 norm_cfg=dict(type='LN', eps=1e-6), drop_path_rate=0.0)).eval()
+    for p in ln_model.parameters():   # no parameter left at an initialisation that hides a mix-up
+        torch.nn.init.normal_(p, std=0.2)
+    original = {}
+    for key, value in ln_model.state_dict().items():
+        m = re.fullmatch(r'stages\.(\d)\.(.*)', key)
+        if m is None:
+            continue   # output norms: the classification model has none
+        i, rest = int(m[1]) + 1, m[2]
+        if rest == 'pos_embed':
+            if i == 4:   # PVT v1 puts the class token's position first in the last stage
+                value = torch.cat([torch.randn(1, 1, value.shape[-1]), value], dim=1)
+            original[f'pos_embed{i}'] = value
+        elif rest.startswith('patch_embed.'):
+            original[f'patch_embed{i}.{rest[len("patch_embed."):]}'] = value
+        else:
+            original[re.sub(r'^blocks\.(\d+)\.', lambda b: f'block{i}.{b[1]}.', rest)] = value
+    original.update({'cls_token': torch.randn(1, 1, 64), 'norm.weight': torch.ones(64), 'norm.bias': torch.zeros(64),
+                     'head.weight': torch.randn(10, 64), 'head.bias': torch.zeros(10)})
+    state_dict, report = convert_state_dict(original)
+    assert report.family == 'reference' and report.backbone_cfg['attn_types'] == 'SSSS'
+    assert set(report.g_values.values()) == {1.0}
+    assert ('cls_token', 'class token of the classification model') in report.dropped
+    ours = MODELS.build(dict(report.backbone_cfg, drop_path_rate=0.0))
+    ours.load_state_dict(state_dict, strict=False)
+    ours.eval()
+    x = torch.randn(1, 3, 224, 224)
+    got = block_outputs(ours, [stage.blocks[-1] for stage in ours.stages], x)
+    want = block_outputs(ln_model, [stage.blocks[-1] for stage in ln_model.stages], x)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)

@@ -317,3 +317,39 @@ def test_stats_option_is_checked_and_reaches_prepbn_through_norm_cfg():
         RepBN(C, stats='images')
     norm = build_norm_layer(dict(type='PRepBN', stats='image'), C)[1]
     assert norm.repbn.stats == 'image'
+
+
+# --- the anneal's failure at detection batch sizes (docs/prepbn.md) --------------------------
+
+
+@pytest.mark.parametrize('alpha_init, grows', [(1.0, True), (0.0, False)])
+def test_repbn_identity_path_passes_the_residual_stream_scale_into_the_sublayers(alpha_init, grows):
+    """What ran away: with alpha = 1 (the reference's init) a RepBN passes the residual
+    stream's scale on (``alpha * x``), so as g falls the sublayers see a stream that their
+    own outputs enlarge, and the deepest stage's stream grew ~100x in 100 iterations at
+    2 images per batch. A LayerNorm, and a RepBN starting at alpha = 0 (what the detection
+    configs use), hand the sublayers the same RMS whatever the stream's scale."""
+    m = PRepBN(C, alpha_init=alpha_init).train()
+    m.set_g(0.0)
+    x = tokens(7, shape=(2, 50, C))
+    rms = [float(m(scale * x).pow(2).mean().sqrt()) for scale in (1.0, 10.0, 100.0)]
+    if grows:
+        assert rms[1] > 5 * rms[0] and rms[2] > 5 * rms[1]
+    else:
+        assert rms == pytest.approx([rms[0]] * 3, rel=1e-3)
+    m.set_g(1.0)   # LayerNorm: scale-invariant
+    ln = [float(m(scale * x).pow(2).mean().sqrt()) for scale in (1.0, 10.0, 100.0)]
+    assert ln == pytest.approx([ln[0]] * 3, rel=1e-3)
+
+
+def test_alpha_init_is_checked_and_detection_configs_start_fresh_repbns_closed():
+    with pytest.raises(ValueError, match=r"alpha_init must be a finite number, got nan"):
+        RepBN(C, alpha_init=float('nan'))
+    import os.path as osp
+
+    from helpers import REPO_ROOT
+    from mmengine.config import Config
+    for config in ('mask_rcnn_slab_pvt_s.py', 'mask_rcnn_slab_swin_t.py', 'mini/mask_rcnn_slab_pvt_t.py',
+                   'mask_rcnn_pvt_s_prepbn.py'):
+        cfg = Config.fromfile(osp.join(REPO_ROOT, 'configs', config))
+        assert cfg.model.backbone.norm_cfg.alpha_init == 0.0, config

@@ -1,8 +1,19 @@
-"""The SLAB authors' PVT classification models (SLAB-PVT, PVT-PRepBN) -> SLABPyramidVisionTransformer."""
+"""The SLAB authors' PVT classification models (SLAB-PVT, PVT-PRepBN), and the original LayerNorm
+PVT v1 ones they derive from (github whai362/PVT, which mmdet's PVT configs load) ->
+SLABPyramidVisionTransformer."""
+import math
+
 from ..models.backbones.slab_pvt import SLABPyramidVisionTransformer
 from .rules import (PVT_HEADS, PVT_SR_RATIOS, Skip, depths_of, mlp_ratio, named_arch, pvt_extras, pvt_heads, rename,
                     stage_list)
 
+
+def _without_class_token(value):
+    """A (1, 1 + h*w, C) positional table of PVT v1's last stage (class token first) -> (1, h*w, C)."""
+    tokens = value.shape[1]
+    if math.isqrt(tokens) ** 2 != tokens and math.isqrt(tokens - 1) ** 2 == tokens - 1:
+        return value[:, 1:]
+    return value
 
 
 def reference_pvt(sd, report, num_heads):
@@ -41,7 +52,8 @@ def reference_pvt(sd, report, num_heads):
     stage = lambda m: int(m[1]) - 1  # noqa: E731  (reference stages count from 1)
     rules = [
         (r'head\..*', Skip('classification head')),
-        (r'pos_embed(\d+)', rename(lambda m: f'stages.{stage(m)}.pos_embed')),
+        (r'cls_token', Skip('class token of the classification model')),
+        (r'pos_embed(\d+)', lambda m, value: [(f'stages.{stage(m)}.pos_embed', _without_class_token(value))]),
         (r'patch_embed(\d+)\.(.*)', rename(lambda m: f'stages.{stage(m)}.patch_embed.{m[2]}')),
         (r'block(\d+)\.(\d+)\.attn\.dwc\.(.*)',
          rename(lambda m: f'stages.{stage(m)}.blocks.{m[2]}.attn.value_conv.dwc.{m[3]}')),

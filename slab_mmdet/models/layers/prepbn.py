@@ -14,6 +14,8 @@ transformer backbones); BN statistics are per channel over all other dimensions
 The closed forms of Lemma 4.1 (:func:`repbn_to_bn_params`, :func:`repbn_affine`)
 live here and nowhere else; the fusion code builds on them.
 """
+import math
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -34,6 +36,11 @@ class RepBN(nn.Module):
             the reference models).
         momentum (float | None): BatchNorm momentum (None: cumulative average).
             Default: 0.1.
+        alpha_init (float): Initial ``alpha``. Default: 1.0, as the reference. 0.0
+            starts with the identity path closed (a plain BatchNorm that learns to open
+            it): what the detection configs use for layers that anneal from
+            LayerNorm, where ``alpha = 1`` lets the residual stream of the deepest
+            stage run away once g falls (docs/prepbn.md, "Why the anneal diverged").
         stats (str): Which tokens the training statistics are taken over.
             ``'batch'`` (default, the reference): all tokens of all images of the
             batch. ``'image'``: each image's tokens alone (an input ``(B, N, C)``
@@ -45,13 +52,15 @@ class RepBN(nn.Module):
     """
     _abbr_ = 'repbn'
 
-    def __init__(self, num_features, eps=1e-5, momentum=0.1, stats='batch'):
+    def __init__(self, num_features, eps=1e-5, momentum=0.1, alpha_init=1.0, stats='batch'):
         super().__init__()
         if stats not in BN_STATS:
             raise ValueError(f'RepBN: stats must be one of {BN_STATS}, got {stats!r}')
+        if isinstance(alpha_init, bool) or not isinstance(alpha_init, (int, float)) or not math.isfinite(alpha_init):
+            raise ValueError(f'RepBN: alpha_init must be a finite number, got {alpha_init!r}')
         self.stats = stats
-        # The reference initialises alpha to 1, as a 1-element tensor.
-        self.alpha = nn.Parameter(torch.ones(1))
+        # A 1-element tensor, as in the reference (which initialises it to 1).
+        self.alpha = nn.Parameter(torch.full((1,), float(alpha_init)))
         self.bn = nn.BatchNorm1d(num_features, eps=eps, momentum=momentum)
 
     def forward(self, x):
@@ -100,15 +109,17 @@ class PRepBN(nn.Module):
             passes ``eps=1e-5`` unless the config gives one.)
         bn_eps (float): BatchNorm epsilon of the RepBN branch. Default: 1e-5.
         momentum (float | None): BatchNorm momentum. Default: 0.1.
+        alpha_init (float): The RepBN branch's initial ``alpha`` (default 1.0); see
+            :class:`RepBN`.
         stats (str): The RepBN branch's training statistics, ``'batch'`` (default)
             or ``'image'``; see :class:`RepBN`.
     """
     _abbr_ = 'prepbn'
 
-    def __init__(self, num_features, eps=1e-6, bn_eps=1e-5, momentum=0.1, stats='batch'):
+    def __init__(self, num_features, eps=1e-6, bn_eps=1e-5, momentum=0.1, alpha_init=1.0, stats='batch'):
         super().__init__()
         self.ln = nn.LayerNorm(num_features, eps=eps)
-        self.repbn = RepBN(num_features, eps=bn_eps, momentum=momentum, stats=stats)
+        self.repbn = RepBN(num_features, eps=bn_eps, momentum=momentum, alpha_init=alpha_init, stats=stats)
         # The one place g lives: a buffer, so checkpoints, EMA models and parameter swaps
         # carry it. forward reads it each call (on a GPU that is an 8-byte copy per layer).
         # float64 whatever the model's dtype (see _apply), so it holds the schedule's
