@@ -75,3 +75,43 @@ def test_output_norms_follow_out_norm_cfg_and_default_to_layernorm_under_norm_ev
     assert all(isinstance(getattr(chosen, f'norm{i}'), PRepBN) for i in chosen.out_indices)
     with pytest.raises(ValueError, match=r"out_norms_folded=True, but out_norm_cfg type 'LN' cannot be folded"):
         build_backbone(dict(backbone['cfg'], deploy=True, out_norms_folded=True, out_norm_cfg=dict(type='LN')))
+
+
+def test_checkpoints_that_would_load_into_the_wrong_structure_are_refused(backbone, tmp_path):
+    """Fused into training, unfused into deploy, an unconverted released checkpoint or one
+    that fills none of the backbone's keys: each an error naming the fix, through
+    load_state_dict (what load_from, mmdet's test.py and DetInferencer reach) and init_cfg."""
+    import copy
+
+    import torch
+    from backbone_utils import estimate_bn_statistics, set_prepbn_g
+    trained = build_backbone(backbone['cfg'])
+    set_prepbn_g(trained, 0.0)
+    estimate_bn_statistics(trained)
+    unfused_state = trained.state_dict()
+    fused = copy.deepcopy(trained).eval()
+    fused.switch_to_deploy()
+    fused_state = fused.state_dict()
+
+    with pytest.raises(ValueError, match=r'built for training .* it is a fused checkpoint\. Use it with the deploy '
+                                         r'config that tools/fuse_norms\.py wrote'):
+        build_backbone(backbone['cfg']).load_state_dict(fused_state, strict=False)
+    deployed = build_backbone(dict(backbone['cfg'], deploy=True))
+    with pytest.raises(ValueError, match=r'deploy=True .* the checkpoint is unfused: it has \d+ PRepBN weights .* '
+                                         r'python tools/fuse_norms\.py'):
+        deployed.load_state_dict(unfused_state, strict=False)
+    deployed.load_state_dict(fused_state, strict=True)   # the right pairing loads
+    with pytest.raises(ValueError, match=r"fills none of the backbone's \d+ weights \(its keys: none\)"):
+        build_backbone(backbone['cfg']).load_state_dict({}, strict=False)
+    foreign = {'patch_embed1.proj.weight': torch.zeros(1), 'block1.0.norm1.weight': torch.zeros(1),
+               'layers.0.blocks.0.attn.qkv.weight': torch.zeros(1)}
+    with pytest.raises(ValueError, match=r'layout of a released PVT/Swin model .* python tools/convert_checkpoint\.py'):
+        build_backbone(backbone['cfg']).load_state_dict(foreign, strict=False)
+    # The same through init_cfg (a detector checkpoint, as a user would pass by mistake).
+    path = tmp_path / 'fused_detector.pth'
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in fused_state.items()}}, path)
+    with pytest.raises(ValueError, match='it is a fused checkpoint'):
+        build_backbone(dict(backbone['cfg'], init_cfg=dict(type='Pretrained', checkpoint=str(path))))
+    # A checkpoint without the output norms (a converted ImageNet model) still loads.
+    partial = {k: v for k, v in unfused_state.items() if not k.startswith('norm')}
+    build_backbone(backbone['cfg']).load_state_dict(partial, strict=False)

@@ -2,6 +2,7 @@
 frozen stages, ``norm_eval``, weight initialisation / pretrained loading, and the
 switch to the fused deploy structure."""
 import math
+import re
 from collections import OrderedDict
 
 import torch.nn as nn
@@ -13,7 +14,7 @@ from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers.fusion import FOLDABLE_NORM_CFG_TYPES, ChannelAffine, norm_to_channel_affine
-from ..layers.prepbn import PRepBN
+from ..layers.prepbn import PRepBN, RepBN
 from ..layers.transformer import build_token_norm, check_foldable_norm_cfg
 
 # Learned positional tables laid out on a grid: (1, h*w, C), resized in 2-D on load.
@@ -67,10 +68,16 @@ class SLABBackboneBase(BaseModule):
             raise ValueError(f"{name}: attn_types needs one letter per stage ({num_stages}), each 'L' (SLA) "
                              f"or 'S' (softmax), got {attn_types!r}")
         out_indices = tuple(out_indices) if not isinstance(out_indices, int) else (out_indices,)
-        if not out_indices or any(not 0 <= i < num_stages for i in out_indices):
-            raise ValueError(f'{name}: out_indices must be stage indices in [0, {num_stages - 1}], got {out_indices}')
-        if not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f'{name}: frozen_stages must be in [-1, {num_stages}], got {frozen_stages}')
+        if not out_indices or any(not _is_int(i) or not 0 <= i < num_stages for i in out_indices):
+            raise ValueError(f'{name}: out_indices must be stage indices (ints) in [0, {num_stages - 1}], '
+                             f'got {out_indices}')
+        if list(out_indices) != sorted(set(out_indices)):
+            # The neck reads the outputs in this order; fusion pairs output i with lateral conv i.
+            raise ValueError(f'{name}: out_indices must be increasing without repeats (the order of the outputs), '
+                             f'got {out_indices}; use {tuple(sorted(set(out_indices)))}')
+        if not _is_int(frozen_stages) or not -1 <= frozen_stages <= num_stages:
+            raise ValueError(f'{name}: frozen_stages must be an int in [-1, {num_stages}], got {frozen_stages!r}')
+        check_token_norm_cfg(norm_cfg, name)
         if out_norms_folded and not deploy:
             raise ValueError(f'{name}: out_norms_folded=True only makes sense with deploy=True')
         check_foldable_norm_cfg(norm_cfg, deploy, name)
@@ -84,6 +91,7 @@ class SLABBackboneBase(BaseModule):
         self.norm_cfg = norm_cfg
         if out_norm_cfg is None:
             out_norm_cfg = dict(type='LN', eps=norm_cfg.get('eps', 1e-6)) if norm_eval else norm_cfg
+        check_token_norm_cfg(out_norm_cfg, name, 'out_norm_cfg')
         self.out_norm_cfg = out_norm_cfg
         self.out_norms_foldable = out_norm_cfg.get('type') in FOLDABLE_NORM_CFG_TYPES
         if out_norms_folded and not self.out_norms_foldable:
@@ -217,6 +225,13 @@ class SLABBackboneBase(BaseModule):
                             f'to {tuple(own[key].shape)}')
         load_state_dict(self, state_dict, strict=False, logger=logger)
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Every way a checkpoint reaches the backbone (load_from, mmdet's test.py, mim test,
+        # DetInferencer, init_cfg) comes through here: refuse the pairings that would load
+        # without an error and compute something else.
+        check_checkpoint_fits(self, [k[len(prefix):] for k in state_dict if k.startswith(prefix)], prefix)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     # --- deployment ------------------------------------------------------------------------
     def switch_to_deploy(self):
         """Fold every norm into its neighbouring layer (mmpretrain's re-parameterisation
@@ -253,6 +268,69 @@ class SLABBackboneBase(BaseModule):
                 child.switch_to_deploy(full)
             else:
                 cls._deploy_children(child, full + '.')
+
+
+# Keys of the layouts tools/convert_checkpoint.py converts from (the authors' and mmdet's).
+FOREIGN_LAYOUT_KEYS = re.compile(r'(block\d+\.|patch_embed\d+\.|pos_embed\d+$|layers\.\d+\.|'
+                                 r'stages\.\d+\.blocks\.\d+\.(attn\.w_msa|ffn)\.)')
+NORM_TYPES = (PRepBN, RepBN, nn.LayerNorm, _BatchNorm, ChannelAffine)
+TOKEN_NORM_CFG_TYPES = ('PRepBN', 'RepBN', 'LN')
+
+
+def _is_int(value):
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_token_norm_cfg(norm_cfg, owner, what='norm_cfg'):
+    """Refuse a norm that cannot normalise channel-last (B, N, C) tokens (mmcv's 'BN' is a
+    BatchNorm2d, 'GN'/'IN' normalise other dimensions), naming the valid types."""
+    kind = norm_cfg.get('type') if isinstance(norm_cfg, dict) else None
+    if kind not in TOKEN_NORM_CFG_TYPES:
+        raise ValueError(f'{owner}: {what} type {kind!r} cannot normalise the (B, N, C) tokens of a transformer; '
+                         f"use one of {', '.join(TOKEN_NORM_CFG_TYPES)} (PRepBN/RepBN are the BatchNorms that do; "
+                         f'for SyncBN, build PRepBN and convert its BatchNorms with '
+                         f'torch.nn.SyncBatchNorm.convert_sync_batchnorm)')
+
+
+def check_checkpoint_fits(backbone, keys, prefix=''):
+    """Raise a ValueError naming the fix when the checkpoint keys ``keys`` (relative to
+    the backbone) are of a kind the backbone cannot use: none of its keys, an unconverted
+    released checkpoint, a fused checkpoint for a training model, or an unfused one for
+    a ``deploy=True`` model. Other partial matches (e.g. no output norms) pass."""
+    name = type(backbone).__name__
+    own = backbone.state_dict()
+    present = [k for k in keys if k in own]
+    where = f' under {prefix!r}' if prefix else ''
+    if not present:
+        sample = ', '.join(keys[:3]) if keys else 'none'
+        if keys and sum(bool(FOREIGN_LAYOUT_KEYS.match(k)) for k in keys) > len(keys) // 2:
+            raise ValueError(
+                f'{name}: the checkpoint is in the layout of a released PVT/Swin model (keys{where} such as '
+                f'{sample}), not ours: none of its weights would load. Convert it first: python '
+                f'tools/convert_checkpoint.py SRC.pth DST.pth, and load DST.pth.')
+        raise ValueError(
+            f'{name}: the checkpoint fills none of the backbone\'s {len(own)} weights (its keys{where}: '
+            f'{sample}). A backbone checkpoint goes in init_cfg=dict(type=\'Pretrained\', checkpoint=...), a '
+            f'detector checkpoint in load_from / as the test checkpoint; a released checkpoint needs '
+            f'tools/convert_checkpoint.py first.')
+    norm_prefixes = tuple(f'{n}.' for n, m in backbone.named_modules() if n and isinstance(m, NORM_TYPES))
+    out_norms = tuple(f'norm{i}.' for i in backbone.out_indices)
+    body_norm_keys = [k for k in own if k.startswith(norm_prefixes) and not k.startswith(out_norms)]
+    given = set(keys)
+    if backbone.deploy:
+        unfused = [k for k in keys if k not in own and re.search(r'(^|\.)(ln|repbn)\.|(^|\.)g$', k)]
+        if unfused:
+            raise ValueError(
+                f'{name} is built with deploy=True (norms folded away), but the checkpoint is unfused: it has '
+                f'{len(unfused)} PRepBN weights (e.g. {prefix}{unfused[0]}). Fuse it first: python '
+                f'tools/fuse_norms.py TRAIN_CONFIG CHECKPOINT --out-dir DIR, then use the deploy config and the '
+                f'fused checkpoint it writes.')
+    elif body_norm_keys and not any(k in given for k in body_norm_keys):
+        raise ValueError(
+            f'{name} is built for training (deploy=False, with norm layers), but the checkpoint has no norm '
+            f'weights (e.g. no {prefix}{body_norm_keys[0]}): it is a fused checkpoint. Use it with the deploy '
+            f'config that tools/fuse_norms.py wrote beside it (backbone deploy=True), or load the unfused '
+            f'checkpoint.')
 
 
 def _resize_grid_table(table, num_tokens):

@@ -65,6 +65,9 @@ class ValueDWConv(nn.Module):
 
     def __init__(self, head_dim, kernel_size=5):
         super().__init__()
+        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+            # An even kernel with padding k // 2 would grow the map by one row and column.
+            raise ValueError(f'SLA depth-wise conv: kernel_size must be an odd int >= 1, got {kernel_size!r}')
         self.dwc = nn.Conv2d(head_dim, head_dim, kernel_size, padding=kernel_size // 2, groups=head_dim)
 
     def forward(self, v, hw_shape):

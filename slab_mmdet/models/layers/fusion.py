@@ -20,8 +20,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .prepbn import PRepBN, RepBN, bn_affine, repbn_affine
 
 FOLDABLE_NORMS = (PRepBN, RepBN, _BatchNorm)
-# The same norms as ``norm_cfg`` type names (what ``deploy=True`` can build without).
-FOLDABLE_NORM_CFG_TYPES = ('PRepBN', 'RepBN', 'BN', 'BN1d', 'SyncBN')
+# The token norms (``norm_cfg`` type names) that fold, i.e. that ``deploy=True`` can build without.
+FOLDABLE_NORM_CFG_TYPES = ('PRepBN', 'RepBN')
 
 
 class ChannelAffine(nn.Module):
