@@ -4,7 +4,7 @@
 # anneals them to RepBN during detection training:
 #   wget https://github.com/whai362/PVT/releases/download/v2/pvt_small.pth
 #   python tools/convert_checkpoint.py pvt_small.pth checkpoints/pvt_small_ln_prepbn.pth
-# The conversion gives every norm g = 1 (its LayerNorm) and a fresh RepBN (alpha = 0), and
+# The conversion gives every norm g = 1 (its LayerNorm) and a fresh RepBN, and
 # PRepBNHook anneals g to 0 over the first 2/3 of training. What starts fresh: SLA's
 # positional encodings and depth-wise convs on V (PVT's softmax attention has neither) and
 # the output norms; PVT's key/value spatial reduction (sr, attn.norm) is not used by SLA

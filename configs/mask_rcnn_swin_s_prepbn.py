@@ -4,7 +4,7 @@
 # use and anneals them to RepBN during detection training:
 #   wget https://github.com/SwinTransformer/storage/releases/download/v1.0.0/swin_small_patch4_window7_224.pth
 #   python tools/convert_checkpoint.py swin_small_patch4_window7_224.pth checkpoints/swin_small_ln_prepbn.pth
-# The conversion gives every norm g = 1 (its LayerNorm) and a fresh RepBN (alpha = 0), and
+# The conversion gives every norm g = 1 (its LayerNorm) and a fresh RepBN, and
 # PRepBNHook anneals g to 0 over the first 2/3 of training; the output norms start fresh.
 # Or train from scratch with --cfg-options model.backbone.init_cfg=None.
 _base_ = './_base_/mask_rcnn_slab_swin_coco.py'

@@ -79,14 +79,9 @@ def detect_layout(state_dict):
         f'or SwinTransformer (stages.0.blocks.*.attn.w_msa.*); its first keys are {keys[:5]}')
 
 
-# The alpha of the fresh RepBN put next to a source LayerNorm: the identity path starts
-# closed, as in the detection configs (docs/prepbn.md, "Why the anneal diverged").
-FRESH_REPBN_ALPHA = 0.0
-
-
 def _build_backbone(cfg):
     try:
-        return MODELS.build(dict(cfg, drop_path_rate=0.0, norm_cfg=dict(type='PRepBN', alpha_init=FRESH_REPBN_ALPHA)))
+        return MODELS.build(dict(cfg, drop_path_rate=0.0))
     except (ValueError, TypeError, KeyError) as e:
         raise ConversionError(f'the detected config {cfg["type"]}({config_repr(cfg)}) does not build: {e}') from e
 
@@ -98,7 +93,7 @@ def _convert_norms(state_dict, source, backbone, report):
       ``total_step``, ``warm``): ``g = iter / total_step`` (1 while it warms up: then
       it trains as a pure LayerNorm);
     * a LayerNorm (``weight``, ``bias``): the LayerNorm branch, ``g = 1``, our freshly
-      initialised RepBN with ``alpha = FRESH_REPBN_ALPHA`` (0);
+      initialised RepBN;
     * a plain RepBN (``alpha``, ``bn.*``; the reference Swin's default norm): the
       RepBN branch, ``g = 0``, our freshly initialised LayerNorm.
     """

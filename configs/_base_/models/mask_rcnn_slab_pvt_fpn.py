@@ -5,10 +5,6 @@
 # pure-BatchNorm model that deploys. Layers loaded from an already annealed
 # checkpoint (the released SLAB ImageNet weights have g = 0) stay at g = 0
 # (start_g='model'); only the new output norms anneal.
-# alpha_init=0.0: every RepBN that starts fresh (trained from scratch, or next to the
-# LayerNorm of a converted LN checkpoint; a loaded alpha overrides it) starts with its
-# identity path `alpha * x` closed. With the reference's alpha = 1 the residual stream of
-# the deepest stage ran away as g fell at detection batch sizes (docs/prepbn.md).
 _base_ = 'mmdet::_base_/models/mask-rcnn_r50_fpn.py'
 custom_imports = dict(imports=['slab_mmdet'], allow_failed_imports=False)
 
@@ -19,7 +15,7 @@ model = dict(
         arch='small',
         attn_types='LLLL',
         drop_path_rate=0.1,
-        norm_cfg=dict(type='PRepBN', eps=1e-6, alpha_init=0.0),
+        norm_cfg=dict(type='PRepBN', eps=1e-6),
         out_indices=(0, 1, 2, 3)),
     neck=dict(in_channels=[64, 128, 320, 512]))
 

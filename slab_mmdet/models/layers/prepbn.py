@@ -37,10 +37,8 @@ class RepBN(nn.Module):
         momentum (float | None): BatchNorm momentum (None: cumulative average).
             Default: 0.1.
         alpha_init (float): Initial ``alpha``. Default: 1.0, as the reference. 0.0
-            starts with the identity path closed (a plain BatchNorm that learns to open
-            it): what the detection configs use for layers that anneal from
-            LayerNorm, where ``alpha = 1`` lets the residual stream of the deepest
-            stage run away once g falls (docs/prepbn.md, "Why the anneal diverged").
+            starts with the identity path closed (a plain BatchNorm that may learn to
+            open it); docs/prepbn.md reports what that changed in the anneal study.
         stats (str): Which tokens the training statistics are taken over.
             ``'batch'`` (default, the reference): all tokens of all images of the
             batch. ``'image'``: each image's tokens alone (an input ``(B, N, C)``
