@@ -56,6 +56,8 @@ FINETUNE = 'load_from=work_dirs/anneal_study/b1_s1/iter_300.pth'
 VARIANTS.update({
     'ft_b2_trained_bn': [FINETUNE],
     'ft_b2_frozen_bn': [FINETUNE, 'model.backbone.norm_eval=True'],
+    'ft_b2_image_stats': [FINETUNE, 'model.backbone.norm_cfg.stats=image'],
+    'ft_b1_trained_bn': [FINETUNE, 'train_dataloader.batch_size=1'],
 })
 CONFIGS = {name: osp.join(HERE, 'finetune_annealed.py') for name in VARIANTS if name.startswith('ft_')}
 # Variants trained by 2 processes (gloo, one thread each): 2 x the batch size of one process.

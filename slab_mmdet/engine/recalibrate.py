@@ -18,7 +18,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from slab_mmdet.models.layers.prepbn import iter_prepbn
 
 
-def _unwrap(model):
+def unwrap_model(model):
+    """The model inside an mmengine model wrapper (e.g. DDP), or the model itself."""
     return model.module if is_model_wrapper(model) else model
 
 
@@ -30,7 +31,7 @@ def bn_layers_to_recalibrate(model):
     ``train()`` (e.g. ``norm_eval=True`` backbones) are left alone. The model's
     train/eval modes are restored.
     """
-    net = _unwrap(model)
+    net = unwrap_model(model)
     modes = [(m, m.training) for m in net.modules()]
     try:
         net.train()
@@ -99,7 +100,7 @@ def recalibrate_bn(model, data_loader, num_iters, logger=None):
     """
     if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
         raise ValueError(f'recalibrate_bn: num_iters must be an int >= 1, got {num_iters!r}')
-    net = _unwrap(model)
+    net = unwrap_model(model)
     targets = bn_layers_to_recalibrate(net)
     if not targets:
         raise ValueError(

@@ -9,10 +9,10 @@ the same values as an uninterrupted one.
 import math
 
 from mmengine.hooks import Hook
-from mmengine.model import is_model_wrapper
 from mmengine.optim import OptimWrapperDict
 from mmengine.registry import HOOKS
 
+from slab_mmdet.engine.recalibrate import recalibrate_bn, unwrap_model
 from slab_mmdet.models.layers.prepbn import iter_prepbn
 
 # Each schedule's own parameters and their defaults.
@@ -218,8 +218,7 @@ class PRepBNHook(Hook):
     # --------------------------------------------------------------- helpers
     @staticmethod
     def _model(runner):
-        model = runner.model
-        return model.module if is_model_wrapper(model) else model
+        return unwrap_model(runner.model)
 
     def _prepbn_layers(self, runner):
         model = self._model(runner)
@@ -367,7 +366,6 @@ class PRepBNHook(Hook):
                                       '(recalibrate the final model with tools/recalibrate_bn.py)')
 
     def _recalibrate(self, runner):
-        from slab_mmdet.engine.recalibrate import recalibrate_bn
         layers = recalibrate_bn(runner.model, runner.train_dataloader, self.recalibrate_bn_iters,
                                 logger=runner.logger)
         filename = f'bn_recalibrated_iter_{runner.iter}.pth'

@@ -3,8 +3,8 @@
 SLA (SLAB paper, Sec. 4.2): ``Attn(Q, K, V) = phi(Q) (phi(K)^T V) / (phi(Q) sum_j phi(K_j))``
 with ``phi = ReLU``, computed right to left so that it is linear in the number of
 tokens -- no N x N_kv matrix is ever formed -- plus a depth-wise convolution on V
-that restores local detail. :func:`relu_linear_attention` and
-:func:`grouped_relu_linear_attention` are the maths, shared with the window
+that restores local detail. :func:`normalised_linear_attention` and
+:func:`grouped_normalised_linear_attention` are the maths, shared with the window
 attention of SLAB-Swin; :class:`ValueDWConv` is the depth-wise branch.
 """
 import torch
@@ -18,14 +18,15 @@ from .transformer import build_token_norm, nchw_to_nlc, nlc_to_nchw, resize_pos_
 SLA_EPS = 1e-6  # added to the normaliser, as in the reference implementation
 
 
-def relu_linear_attention(q, k, v, eps=SLA_EPS):
-    """``q (k^T v) / (q . sum_j k_j + eps)`` for non-negative q (..., N, d), k (..., M, d), v (..., M, e)."""
+def normalised_linear_attention(q, k, v, eps=SLA_EPS):
+    """SLA's attention once phi = ReLU has been applied to q and k (by the caller):
+    ``q (k^T v) / (q . sum_j k_j + eps)`` for non-negative q (..., N, d), k (..., M, d), v (..., M, e)."""
     kv = k.transpose(-2, -1) @ v                                   # (..., d, e)
     normaliser = q @ k.sum(dim=-2).unsqueeze(-1)                    # (..., N, 1)
     return (q @ kv) / (normaliser + eps)
 
 
-def grouped_relu_linear_attention(q, k, v, groups, eps=SLA_EPS):
+def grouped_normalised_linear_attention(q, k, v, groups, eps=SLA_EPS):
     """Linear attention where each token only sees the tokens of its own group.
 
     Args:
@@ -159,7 +160,7 @@ class SpatialReductionLinearAttention(SpatialReductionAttentionBase):
         k = F.relu(k + resize_pos_table(self.positional_encoding, self.pos_grid, kv_hw))
         q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = relu_linear_attention(*at_least_fp32(q, k, v))
+            out = normalised_linear_attention(*at_least_fp32(q, k, v))
         if self.sr_ratio > 1:
             b, h, m, d = v.shape
             v = F.interpolate(v.reshape(b * h, m, d).transpose(1, 2), size=hw_shape[0] * hw_shape[1],

@@ -13,8 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
-from .attention import (SLA_EPS, ValueDWConv, at_least_fp32, grouped_relu_linear_attention, merge_heads,
-                        relu_linear_attention, split_heads)
+from .attention import (SLA_EPS, ValueDWConv, at_least_fp32, grouped_normalised_linear_attention, merge_heads,
+                        normalised_linear_attention, split_heads)
 from .transformer import pad_to_multiple
 
 MASKED = -1e4  # additive logit for forbidden pairs: exp() underflows to 0, yet finite in fp16
@@ -130,13 +130,13 @@ class WindowLinearAttention(WindowAttentionBase):
         with torch.autocast(device_type=x.device.type, enabled=False):
             q, k, v32 = at_least_fp32(q, k, v)
             if region is None:
-                out = relu_linear_attention(q, k, v32)
+                out = normalised_linear_attention(q, k, v32)
             else:
                 # One-hot region membership; padding belongs to no region.
                 groups = (F.one_hot(region, num_regions) * valid[..., None]).to(q.dtype)  # (nW, N, R)
                 nw = groups.shape[0]
                 shape = (-1, nw) + q.shape[1:]
-                out = grouped_relu_linear_attention(q.view(shape), k.view(shape), v32.view(shape), groups,
+                out = grouped_normalised_linear_attention(q.view(shape), k.view(shape), v32.view(shape), groups,
                                                     SLA_EPS).flatten(0, 1)
         out = out.to(v.dtype)
         if region is None:
