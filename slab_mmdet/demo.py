@@ -201,7 +201,8 @@ def _describe_detection_diff(diff):
 def _describe_recipe(recipe):
     norm = recipe['norm_cfg']
     out = recipe['out_norm_cfg'] or 'as norm_cfg'
-    return (f'Recipe: {recipe["batch_size"]} images per batch; norms `{norm}` (RepBN alpha starts at '
+    n = recipe['batch_size']
+    return (f'Recipe: {n} image{"s" if n != 1 else ""} per batch; norms `{norm}` (RepBN alpha starts at '
             f'{norm.get("alpha_init", 1.0):g}); BatchNorm statistics '
             f'{"frozen (norm_eval=True)" if recipe["norm_eval"] else "trained"}; output norms `{out}`; '
             f'hooks {", ".join(recipe["hooks"])}.')

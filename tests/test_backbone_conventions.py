@@ -115,3 +115,25 @@ def test_checkpoints_that_would_load_into_the_wrong_structure_are_refused(backbo
     # A checkpoint without the output norms (a converted ImageNet model) still loads.
     partial = {k: v for k, v in unfused_state.items() if not k.startswith('norm')}
     build_backbone(backbone['cfg']).load_state_dict(partial, strict=False)
+
+
+def test_empty_batches_and_training_a_fused_model_are_refused(backbone):
+    import torch
+    model = build_backbone(backbone['cfg']).eval()
+    with pytest.raises(ValueError, match=r'expects a non-empty \(B, C, H, W\) batch, got shape \(0, 3, '):
+        model(torch.zeros(0, 3, *backbone['size']))
+    fused = build_backbone(dict(backbone['cfg'], deploy=True)).train()
+    with pytest.raises(RuntimeError, match=r'deploy=True .* inference only; train the unfused model'):
+        fused(torch.randn(1, 3, *backbone['size']))
+    with torch.no_grad():   # a forward without gradients (e.g. a validation in train mode) is fine
+        fused(torch.randn(1, 3, *backbone['size']))
+
+
+@pytest.mark.parametrize('content', ['tensor', 'list'])
+def test_a_checkpoint_that_is_no_state_dict_is_refused_in_init_cfg(backbone, tmp_path, content):
+    import torch
+    path = tmp_path / 'weights.pth'
+    torch.save(torch.zeros(3) if content == 'tensor' else [torch.zeros(3)], path)
+    kind = 'Tensor' if content == 'tensor' else 'list'
+    with pytest.raises(ValueError, match=rf'holds a {kind}, not a state dict'):
+        build_backbone(dict(backbone['cfg'], init_cfg=dict(type='Pretrained', checkpoint=str(path))))

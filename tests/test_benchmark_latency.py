@@ -23,7 +23,7 @@ from slab_mmdet.benchmark import (BenchmarkError, PartTimer, benchmark_detectors
                                   resolve_images, select_images, summarize_result, summarize_timings)
 from slab_mmdet.benchmark.images import list_mini_coco_val
 from slab_mmdet.benchmark.measure import RssPeakMemory
-from slab_mmdet.benchmark.models import unique_names
+from slab_mmdet.benchmark.candidates import unique_names
 from slab_mmdet.benchmark.report import cpu_model
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

@@ -196,3 +196,12 @@ def test_history_buffer_with_custom_statistics_round_trips(tmp_path):
     loaded = torch.load(save({'b': copy.deepcopy(buffer)}, tmp_path / 'hb.pth'))['b']
     np.testing.assert_array_equal(loaded.data[0], buffer.data[0])
     assert loaded.mean() == pytest.approx(7 / 3) and loaded.current() == 4.0
+
+
+def test_an_empty_history_buffer_loads_with_weights_only(tmp_path):
+    """A message hub entry that was never updated: its empty numpy array pickles bytes."""
+    from mmengine.logging import HistoryBuffer
+    path = tmp_path / 'empty.pth'
+    torch.save({'meta': {'hub': {'train/never': HistoryBuffer()}}}, path)
+    loaded = torch.load(path, weights_only=True)['meta']['hub']['train/never']
+    assert isinstance(loaded, HistoryBuffer) and len(loaded.data[0]) == 0

@@ -307,7 +307,10 @@ def test_cli_refuses_bad_input(tmp_path):
     torch.save({'model': {'fc.weight': torch.zeros(2, 2)}}, src)
     assert 'unrecognised checkpoint' in run_cli([src, dst, '--force'])
     src.write_bytes(b'not a checkpoint')
-    assert 'not a checkpoint written by torch.save' in run_cli([src, dst, '--force'])
+    assert 'is not a zip checkpoint' in run_cli([src, dst, '--force'])
+    # The legacy (pre-1.6) format is a checkpoint too: it converts like any other.
+    torch.save({'model': sd}, src, _use_new_zipfile_serialization=False)
+    assert run_cli([src, dst, '--force']) is None and 'state_dict' in torch.load(dst, weights_only=True)
 
 
 # ------------------------------------------------------------------------ mmdet checkpoints

@@ -299,6 +299,22 @@ def test_fuse_norms_tool_refuses_a_model_still_annealing(tmp_path, mini_coco):
     assert not (tmp_path / 'out').exists()
 
 
+def test_fuse_norms_tool_refuses_another_configs_checkpoint_and_an_out_dir_that_is_a_file(tmp_path, mini_coco):
+    image = osp.join(mini_coco, 'val', '000000000001.jpg')
+    ckpt = tmp_path / 'swin.pth'
+    torch.save(dict(state_dict=mask_rcnn('configs/mini/mask_rcnn_slab_swin_t.py').state_dict()), ckpt)
+    proc = run_python(['tools/fuse_norms.py', 'configs/mini/mask_rcnn_slab_pvt_t.py', str(ckpt), '--out-dir',
+                       str(tmp_path / 'out'), '--image', image])
+    assert proc.returncode != 0 and 'Traceback' not in proc.stderr
+    assert 'fuse_norms: ' in proc.stderr and 'does not fit the model of configs/mini/mask_rcnn_slab_pvt_t.py' in \
+        proc.stderr
+    not_a_dir = tmp_path / 'file'
+    not_a_dir.write_text('x')
+    proc = run_python(['tools/fuse_norms.py', 'configs/mini/mask_rcnn_slab_pvt_t.py', str(ckpt), '--out-dir',
+                       str(not_a_dir), '--image', image])
+    assert proc.returncode != 0 and f'--out-dir {not_a_dir} exists and is not a directory' in proc.stderr
+
+
 def _instances(boxes, scores, labels):
     from mmengine.structures import InstanceData
     masks = torch.zeros(len(boxes), 20, 30, dtype=torch.bool)

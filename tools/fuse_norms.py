@@ -40,6 +40,8 @@ def main(argv=None):
     for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint'), (args.image, 'image')):
         if path is not None and not osp.isfile(path):
             sys.exit(f'fuse_norms: {what} not found: {path}')
+    if osp.exists(args.out_dir) and not osp.isdir(args.out_dir):
+        sys.exit(f'fuse_norms: --out-dir {args.out_dir} exists and is not a directory')
     if args.tolerance <= 0:
         sys.exit(f'fuse_norms: --tolerance must be > 0, got {args.tolerance}')
     from slab_mmdet.deploy import fuse_checkpoint

@@ -17,11 +17,11 @@ from .errors import BenchmarkError, FusionRefused
 from .images import DEFAULT_MINI_ROOT, IMAGE_EXTENSIONS, ImageSet, dataset_signature, resolve_images, select_images
 from .measure import (DETECTOR_PARTS, OTHER_PART, PartTimer, check_device, find_parts, memory_probe,
                       summarize_timings, weights_mib)
-from .models import (FIXED_DETECTIONS, FUSE_MODES, FUSED_SUFFIX, BenchModel, check_inputs, inference_pipeline,
+from .candidates import (FIXED_DETECTIONS, FUSE_MODES, FUSED_SUFFIX, BenchModel, check_inputs, inference_pipeline,
                      load_config, load_models)
 from .report import machine_facts, plot_summary, render_markdown, summarize_result, write_report
-from .run import run_benchmark
-from .runner import (BREAKDOWN_MODES, TARGETS, BenchmarkResult, ModelTimings, benchmark_backbones,
+from .session import run_benchmark
+from .interleave import (BREAKDOWN_MODES, TARGETS, BenchmarkResult, ModelTimings, benchmark_backbones,
                      benchmark_detectors, resolve_breakdown)
 
 __all__ = [

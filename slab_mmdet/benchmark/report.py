@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from .measure import DETECTOR_PARTS, OTHER_PART, summarize_timings, weights_mib
-from .runner import TIMED_REGIONS
+from .interleave import TIMED_REGIONS
 
 STAT_KEYS = ('n', 'mean', 'median', 'p90', 'p99', 'std', 'min', 'max')
 

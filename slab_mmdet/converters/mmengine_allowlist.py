@@ -52,7 +52,9 @@ def _numpy_globals():
     return entries
 
 
-MMENGINE_CHECKPOINT_GLOBALS = [HistoryBuffer, (history_buffer_getattr, 'builtins.getattr')] + _numpy_globals()
+# bytes: an empty HistoryBuffer's numpy array pickles its (empty) data as bytes(...); the
+# constructor only makes a bytes object.
+MMENGINE_CHECKPOINT_GLOBALS = [HistoryBuffer, (history_buffer_getattr, 'builtins.getattr'), bytes] + _numpy_globals()
 
 
 def register_mmengine_safe_globals():

@@ -8,6 +8,7 @@ without yacs: classes that are not allow-listed are loaded as inert records
 """
 import os.path as osp
 import pickle
+import zipfile
 from collections import OrderedDict
 
 import torch
@@ -66,9 +67,11 @@ def load_checkpoint_safely(path):
     """
     if not osp.isfile(path):
         raise FileNotFoundError(f'checkpoint {path!r} does not exist')
+    if not zipfile.is_zipfile(path):
+        return _load_legacy(path), []
     try:
         foreign = sorted(torch.serialization.get_unsafe_globals_in_checkpoint(path))
-    except Exception as e:  # not a zip, truncated, torchscript, unknown opcode ...
+    except Exception as e:  # truncated, torchscript, unknown opcode ...
         raise ConversionError(f'{path} is not a checkpoint written by torch.save: {e}') from e
     try:
         with torch.serialization.safe_globals([(_stand_in(name), name) for name in foreign]):
@@ -85,6 +88,19 @@ def load_checkpoint_safely(path):
             f"torch.save(torch.load(SRC, weights_only=False)['model'], 'weights.pth') ('state_dict' for mmdet "
             f'checkpoints), and convert weights.pth.') from e
     return obj, foreign
+
+
+def _load_legacy(path):
+    """A file in torch.save's legacy (pre-1.6, non-zip) format, or none at all: weights-only
+    loading without stand-ins (the legacy format cannot be scanned for its globals first)."""
+    try:
+        return torch.load(path, map_location='cpu', weights_only=True)
+    except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, RuntimeError, EOFError) as e:
+        raise ConversionError(
+            f"{path} is not a zip checkpoint (torch.save's default since torch 1.6): either the legacy format "
+            f'(_use_new_zipfile_serialization=False) that pickles objects weights-only loading does not allow '
+            f'({_unpickler_reason(e)}), or not a torch.save file at all. If you trust it, re-save its weights '
+            f"with a current torch: torch.save(torch.load(SRC, weights_only=False)['model'], 'weights.pth').") from e
 
 
 def extract_state_dict(ckpt):

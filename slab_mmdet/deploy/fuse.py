@@ -220,7 +220,13 @@ def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, t
         cfg.merge_from_dict(cfg_options)
     cfg.model.backbone.init_cfg = None  # the checkpoint has all the weights
     model = init_detector(cfg, None, device='cpu')
-    ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    try:
+        ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    except RuntimeError as e:   # mmengine's strict-loading report: keys that do not fit
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        source = config if isinstance(config, str) else 'the config'
+        raise ValueError(f'{checkpoint} does not fit the model of {source} (was it trained with another config?): '
+                         + ' '.join(lines[:3])[:600]) from e
     model.dataset_meta = ckpt.get('meta', {}).get('dataset_meta', model.dataset_meta)
     model.eval()
     fused = copy.deepcopy(model)

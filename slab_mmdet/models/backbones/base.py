@@ -5,6 +5,7 @@ import math
 import re
 from collections import OrderedDict
 
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.logging import MMLogger
@@ -140,6 +141,19 @@ class SLABBackboneBase(BaseModule):
                     m.eval()
         return self
 
+    def _check_forward(self, x):
+        """What every forward refuses before it starts: an empty batch, training a fused
+        model, and (norm_eval) frozen statistics that were never estimated."""
+        name = type(self).__name__
+        if x.dim() != 4 or x.shape[0] == 0:
+            raise ValueError(f'{name}: expects a non-empty (B, C, H, W) batch, got shape {tuple(x.shape)}')
+        if self.training and self.deploy and torch.is_grad_enabled():
+            raise RuntimeError(f'{name} is built with deploy=True (fused: its norms are folded into fixed '
+                               f'weights), which is for inference only; train the unfused model '
+                               f'(deploy=False) and fuse it afterwards with tools/fuse_norms.py')
+        if self.training and self.norm_eval:
+            self._check_frozen_statistics()
+
     def _check_frozen_statistics(self):
         """With ``norm_eval``, refuse to train through a BatchNorm whose frozen statistics were
         never estimated (still the constructor's mean 0 / var 1): its output would be
@@ -208,6 +222,9 @@ class SLABBackboneBase(BaseModule):
         logger = logger or MMLogger.get_current_instance()
         ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu', logger=logger)
         state_dict = ckpt.get('state_dict', ckpt.get('model', ckpt)) if isinstance(ckpt, dict) else ckpt
+        if not isinstance(state_dict, dict):
+            raise ValueError(f'{type(self).__name__}: {checkpoint} holds a {type(state_dict).__name__}, not a state '
+                             f"dict: expected a dict of tensors or a dict with a 'state_dict' or 'model' entry")
         if any(k.startswith('backbone.') for k in state_dict):
             state_dict = OrderedDict((k[9:], v) for k, v in state_dict.items() if k.startswith('backbone.'))
         state_dict = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state_dict.items())

@@ -168,8 +168,7 @@ class SLABPyramidVisionTransformer(SLABBackboneBase):
         return modules
 
     def forward(self, x):
-        if self.training and self.norm_eval:
-            self._check_frozen_statistics()
+        self._check_forward(x)
         h, w = x.shape[-2:]
         if min(h, w) < self.min_input_size:
             m = self.min_input_size

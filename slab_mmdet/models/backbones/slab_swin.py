@@ -174,8 +174,7 @@ class SLABSwinTransformer(SLABBackboneBase):
         return modules
 
     def forward(self, x):
-        if self.training and self.norm_eval:
-            self._check_frozen_statistics()
+        self._check_forward(x)
         x, hw_shape = self.patch_embed(x)
         x = self.drop_after_pos(x)
         outs = []

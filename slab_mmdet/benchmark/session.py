@@ -6,9 +6,9 @@ import torch
 from .errors import BenchmarkError
 from .images import dataset_signature, resolve_images
 from .measure import check_device
-from .models import check_inputs, load_config, load_models
+from .candidates import check_inputs, load_config, load_models
 from .report import machine_facts, summarize_result, write_report
-from .runner import TARGETS, benchmark_backbones, benchmark_detectors, resolve_breakdown
+from .interleave import TARGETS, benchmark_backbones, benchmark_detectors, resolve_breakdown
 
 
 def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=None, num_images=100, warmup=10,
