@@ -1,19 +1,24 @@
 import os
-import os.path as osp
-import sys
 
 import pytest
+import torch
+from mmengine.registry import DefaultScope
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, osp.join(REPO_ROOT, 'tests'))
-
-import torch  # noqa: E402
+from testing_utils import REPO_ROOT
 
 # The suite runs on a 2-core machine: keep torch from oversubscribing it. An explicit
 # OMP_NUM_THREADS wins (torch reads it itself): on a shared machine, 2 threads that
 # wait for each other can make a Runner test several times slower than 1 thread.
 if 'OMP_NUM_THREADS' not in os.environ:
     torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+
+@pytest.fixture(autouse=True)
+def mmdet_default_scope():
+    """Every test starts in mmdet's registry scope and leaves no scope behind (a Runner
+    makes its own scope current), so that no test depends on the ones before it."""
+    with DefaultScope.overwrite_default_scope('mmdet'):
+        yield
 
 
 @pytest.fixture(scope='session')
@@ -28,3 +33,15 @@ def mini_coco(tmp_path_factory):
     root = str(tmp_path_factory.mktemp('mini_coco'))
     ensure_mini_coco(root, num_train=8, num_val=4, seed=0, log=None)
     return root
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run the test on one torch thread (tiny models are faster so on the shared 2-core
+    machine); a module opts in with ``pytestmark = pytest.mark.usefixtures('one_torch_thread')``."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)

@@ -31,6 +31,7 @@ from collections import OrderedDict
 
 import torch
 from mmdet.registry import MODELS
+from mmengine.registry import DefaultScope
 
 import slab_mmdet.models  # noqa: F401  (registers the backbones)
 
@@ -81,7 +82,9 @@ def detect_layout(state_dict):
 
 def _build_backbone(cfg):
     try:
-        return MODELS.build(dict(cfg, drop_path_rate=0.0))
+        # In mmdet's scope whatever scope the caller left current (e.g. a Runner's 'mmengine').
+        with DefaultScope.overwrite_default_scope('mmdet'):
+            return MODELS.build(dict(cfg, drop_path_rate=0.0))
     except (ValueError, TypeError, KeyError) as e:
         raise ConversionError(f'the detected config {cfg["type"]}({config_repr(cfg)}) does not build: {e}') from e
 

@@ -13,13 +13,14 @@ import pytest
 import torch
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from backbone_utils import (SWIN_MINI, SWIN_MINI_ARCH, assert_gradients_reach_every_parameter, assert_invalid,
-                            assert_resized_grid_table, build_backbone, check_outputs, common_invalid_arguments,
-                            eval_outputs, largest_intermediate, structured_grid_table)
 from slab_mmdet.models.layers import window_attention
 from slab_mmdet.models.layers.transformer import pad_to_multiple
 from slab_mmdet.models.layers.window_attention import (ShiftedWindowAttention, WindowLinearAttention,
                                                        WindowSoftmaxAttention)
+from testing_utils.backbone_utils import (SWIN_MINI, SWIN_MINI_ARCH, assert_gradients_reach_every_parameter,
+                                          assert_invalid, assert_resized_grid_table, build_backbone, check_outputs,
+                                          common_invalid_arguments, eval_outputs, largest_intermediate,
+                                          structured_grid_table)
 
 MINI_ARCH, MINI = SWIN_MINI_ARCH, SWIN_MINI
 

@@ -15,8 +15,9 @@ from mmdet.registry import MODELS
 
 from slab_mmdet.converters import convert_reference_state_dict
 from slab_mmdet.models.layers import iter_prepbn
+from testing_utils import TEST_DATA_DIR
 
-DATA = osp.join(osp.dirname(__file__), 'data')
+DATA = TEST_DATA_DIR
 
 
 def load_golden(name):

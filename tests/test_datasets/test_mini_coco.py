@@ -18,9 +18,9 @@ import pytest
 from pycocotools import mask as mask_utils
 from pycocotools.coco import COCO
 
-from helpers import run_python
 from slab_mmdet.datasets import MINI_COCO_CLASSES, MINI_COCO_PALETTE, MiniCocoDataset, ensure_mini_coco
 from slab_mmdet.datasets.mini_coco import IMAGE_HEIGHTS, IMAGE_WIDTHS, MIN_VISIBLE_FRACTION
+from testing_utils.helpers import run_python
 
 CONVEX_CLASSES = ('circle', 'square', 'triangle', 'hexagon')
 

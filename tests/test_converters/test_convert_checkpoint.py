@@ -24,11 +24,12 @@ from mmdet.models.backbones import PyramidVisionTransformer, PyramidVisionTransf
 from mmdet.registry import MODELS
 
 import slab_mmdet  # noqa: F401  (registers modules, allow-lists mmengine types)
-from slab_mmdet.converters import (ConversionError, convert_mmdet_state_dict, convert_state_dict,
+from slab_mmdet.converters import (ConversionError, convert_mmdet_state_dict, convert_reference_state_dict,
+                                   convert_state_dict,
                                        foreign_class_of, load_checkpoint_safely)
 from slab_mmdet.models.layers import iter_prepbn
+from testing_utils import REPO_ROOT, TEST_DATA_DIR
 
-TESTS = osp.dirname(osp.abspath(__file__))
 MARKER_TEXT = 'code from the checkpoint ran'
 
 # A module standing in for yacs: unpickling its objects with their real classes writes
@@ -98,12 +99,12 @@ def reference_config(trap, marker):
 
 
 def golden_state_dict(name):
-    return torch.load(osp.join(TESTS, 'data', f'reference_golden_{name}.pt'), weights_only=True)['state_dict']
+    return torch.load(osp.join(TEST_DATA_DIR, f'reference_golden_{name}.pt'), weights_only=True)['state_dict']
 
 
 def load_cli():
     spec = importlib.util.spec_from_file_location('convert_checkpoint_cli',
-                                                  osp.join(osp.dirname(TESTS), 'tools', 'convert_checkpoint.py'))
+                                                  osp.join(REPO_ROOT, 'tools', 'convert_checkpoint.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -246,7 +247,7 @@ def test_plain_repbn_norms_convert_with_g0():
     """A reference model built with plain RepBN norms (swin_transformer.py's default
     norm_layer) has no LayerNorm branch: g = 0. In eval mode the reference LinearNorm
     is its RepBN alone, so the golden eval outputs are also this model's."""
-    golden = torch.load(osp.join(TESTS, 'data', 'reference_golden_pvt.pt'), weights_only=True)
+    golden = torch.load(osp.join(TEST_DATA_DIR, 'reference_golden_pvt.pt'), weights_only=True)
     linear_norms = [k[:-len('.total_step')] for k in golden['state_dict'] if k.endswith('.total_step')]
     sd = {}
     for key, value in golden['state_dict'].items():
@@ -264,6 +265,16 @@ def test_plain_repbn_norms_convert_with_g0():
     got = block_outputs(ours, [stage.blocks[-1] for stage in ours.stages], golden['input'].float())
     for g, w in zip(got, golden['eval_g0']):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=2e-5)
+
+
+def test_conversion_builds_in_mmdet_scope_whatever_scope_is_current():
+    """A Runner leaves its own default scope ('mmengine') current; converting afterwards
+    in the same process must still find mmdet's registry (and leave the scope as it was)."""
+    from mmengine.registry import DefaultScope
+    with DefaultScope.overwrite_default_scope('mmengine'):
+        state_dict, report = convert_reference_state_dict(golden_state_dict('pvt'))
+        assert DefaultScope.get_current_instance().scope_name == 'mmengine'
+    assert report.unmapped == [] and report.backbone_cfg['type'] == 'SLABPyramidVisionTransformer'
 
 
 def test_reference_detector_checkpoint_converts_backbone_and_keeps_the_rest():

@@ -2,9 +2,9 @@
 each: frozen stages, norm_eval, activation checkpointing, and weights round-tripping
 through state dicts and pretrained checkpoints."""
 import pytest
+from testing_utils.backbone_utils import (PVT_MINI, SWIN_MINI, assert_checkpointing_equivalent, assert_frozen_stages,
+                                          assert_norm_eval, assert_save_load_round_trip, build_backbone)
 
-from backbone_utils import (PVT_MINI, SWIN_MINI, assert_checkpointing_equivalent, assert_frozen_stages,
-                            assert_norm_eval, assert_save_load_round_trip, build_backbone)
 
 
 def pvt_frozen_prefixes(frozen_stages):
@@ -53,7 +53,7 @@ def test_weights_round_trip_through_state_dict_and_pretrained_checkpoints(backbo
 
 def test_norm_eval_refuses_frozen_statistics_that_were_never_estimated(backbone):
     import torch
-    from backbone_utils import set_prepbn_g
+    from testing_utils.backbone_utils import set_prepbn_g
     model = build_backbone(dict(backbone['cfg'], norm_eval=True))
     set_prepbn_g(model, 0.5)
     model.train()
@@ -84,7 +84,7 @@ def test_checkpoints_that_would_load_into_the_wrong_structure_are_refused(backbo
     import copy
 
     import torch
-    from backbone_utils import estimate_bn_statistics, set_prepbn_g
+    from testing_utils.backbone_utils import estimate_bn_statistics, set_prepbn_g
     trained = build_backbone(backbone['cfg'])
     set_prepbn_g(trained, 0.0)
     estimate_bn_statistics(trained)

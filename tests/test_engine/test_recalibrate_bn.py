@@ -5,8 +5,6 @@ import os.path as osp
 import pytest
 import torch
 import torch.nn as nn
-from helpers import (ToyTokenDataset, ToyTokenModel, mini_config, run_python, runner_log_text, single_torch_thread,
-                     toy_runner)
 from mmcv.cnn.bricks.drop import DropPath
 from mmengine.model import BaseModel
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -14,13 +12,11 @@ from torch.utils.data import DataLoader, default_collate
 
 from slab_mmdet.engine import bn_layers_to_recalibrate, recalibrate_bn, recalibrate_checkpoint
 from slab_mmdet.models.layers import PRepBN
+from testing_utils.helpers import ToyTokenDataset, ToyTokenModel, mini_config, run_python, runner_log_text, toy_runner
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: one thread is much faster than two on the shared 2-core machine.
-    with single_torch_thread():
-        yield
+# These models are tiny: one thread is much faster than two on the shared 2-core machine.
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 class DropModel(BaseModel):

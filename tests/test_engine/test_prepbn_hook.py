@@ -7,17 +7,14 @@ import os.path as osp
 import pytest
 import torch
 import torch.nn as nn
-from helpers import ToyTokenModel, runner_log_text, single_torch_thread, toy_runner
 from mmengine.hooks import Hook
 
 from slab_mmdet.engine import PRepBNHook, check_ddp_find_unused_parameters, prepbn_schedule
+from testing_utils.helpers import ToyTokenModel, runner_log_text, toy_runner
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: one thread is much faster than two on the shared 2-core machine.
-    with single_torch_thread():
-        yield
+# These models are tiny: one thread is much faster than two on the shared 2-core machine.
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 def linear(t, T, warmup=0):

@@ -2,17 +2,13 @@
 import pytest
 import torch
 import torch.nn as nn
-from helpers import single_torch_thread
 from mmcv.cnn import build_norm_layer
 
 from slab_mmdet.models.layers import PRepBN, RepBN, iter_prepbn, repbn_affine, repbn_to_bn_params
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # These models are tiny: one thread is much faster than two on the shared 2-core machine.
-    with single_torch_thread():
-        yield
+# These models are tiny: one thread is much faster than two on the shared 2-core machine.
+pytestmark = pytest.mark.usefixtures('one_torch_thread')
 
 
 C = 8

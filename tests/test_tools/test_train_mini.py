@@ -14,8 +14,8 @@ import torch
 from mmengine.logging import MMLogger
 from mmengine.runner import Runner
 
-from helpers import light_two_stage, mini_config
 from slab_mmdet.models.layers import iter_prepbn
+from testing_utils.helpers import light_two_stage, mini_config
 
 MAX_ITERS = 8
 ANNEAL_ITERS = 16

@@ -6,7 +6,7 @@ import sys
 
 from mmengine.config import Config
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from . import REPO_ROOT
 
 
 def mini_config(config, data_root, work_dir, max_iters=2, img_scale=(256, 192), val=True, num_workers=0):
@@ -171,23 +171,6 @@ def runner_log_text(runner):
     """The text of a Runner's log file."""
     with open(os.path.join(runner.log_dir, f'{runner.timestamp}.log')) as f:
         return f.read()
-
-
-def single_torch_thread():
-    """Context manager: run torch on one thread (tiny tensors are slower with more on a busy machine)."""
-    import contextlib
-
-    @contextlib.contextmanager
-    def ctx():
-        old = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            yield
-        finally:
-            torch.set_num_threads(old)
-    return ctx()
-
-
 def light_two_stage(cfg, proposals=100, rois=64, detections=20):
     """Make a two-stage detector config (Mask R-CNN) cheap on a CPU: fewer RPN proposals,
     fewer sampled RoIs in training, fewer detections at test time. Same code paths.

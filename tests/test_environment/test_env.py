@@ -11,8 +11,8 @@ import torch
 import torchvision
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
+from testing_utils.helpers import REPO_ROOT, run_python
 
-from helpers import REPO_ROOT, run_python
 
 LOCK_FILE = osp.join(REPO_ROOT, 'requirements', 'stack.lock')
 

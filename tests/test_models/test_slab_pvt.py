@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
-from backbone_utils import (PVT_MINI, PVT_MINI_ARCH, assert_gradients_reach_every_parameter, assert_invalid,
-                            assert_resized_grid_table, build_backbone, check_outputs, common_invalid_arguments,
-                            largest_intermediate, structured_grid_table)
 from slab_mmdet.models.layers.attention import SpatialReductionAttention, SpatialReductionLinearAttention
+from testing_utils.backbone_utils import (PVT_MINI, PVT_MINI_ARCH, assert_gradients_reach_every_parameter,
+                                          assert_invalid, assert_resized_grid_table, build_backbone, check_outputs,
+                                          common_invalid_arguments, largest_intermediate, structured_grid_table)
 
 MINI_ARCH, MINI = PVT_MINI_ARCH, PVT_MINI
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from mmengine.runner import Runner
 
-from helpers import light_two_stage, mini_config
 from slab_mmdet.datasets import MINI_COCO_CLASSES
+from testing_utils.helpers import light_two_stage, mini_config
 
 CONFIG = 'configs/mini/mask_rcnn_pvt_t.py'
 MAX_ITERS = 2

@@ -1,4 +1,4 @@
-"""Checks shared by the SLAB-PVT and SLAB-Swin backbone tests (tests/test_slab_*.py).
+"""Checks shared by the SLAB-PVT and SLAB-Swin backbone tests (tests/test_models/test_slab_*.py).
 
 Each helper states a property every SLAB backbone must have; the per-backbone test
 files supply the configurations (and, where the layouts differ, which parameters a

@@ -2,7 +2,7 @@
 and the data it is meant for, describes the backbone its file name says, builds with
 ``mmdet.apis.init_detector`` and detects on a mini-COCO image.
 
-Runners are not built here (tests/test_mim.py and the hook's tests train).
+Runners are not built here (test_tools/test_mim.py and the hook's tests train).
 """
 import glob
 import os.path as osp
@@ -15,8 +15,8 @@ from mmdet.apis import inference_detector, init_detector
 from mmengine.config import Config
 from mmengine.registry import HOOKS
 
-from helpers import REPO_ROOT
 from slab_mmdet.models.backbones import SLABPyramidVisionTransformer, SLABSwinTransformer
+from testing_utils.helpers import REPO_ROOT
 
 FULL_CONFIGS = sorted(osp.relpath(p, REPO_ROOT) for p in glob.glob(osp.join(REPO_ROOT, 'configs', '*.py')))
 MINI_CONFIGS = sorted(osp.relpath(p, REPO_ROOT) for p in glob.glob(osp.join(REPO_ROOT, 'configs', 'mini', '*.py')))

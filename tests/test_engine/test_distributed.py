@@ -14,8 +14,8 @@ import torch
 import torch.nn as nn
 from mmengine.model import convert_sync_batchnorm
 
-from helpers import REPO_ROOT
 from slab_mmdet.models.layers import PRepBN, RepBN
+from testing_utils.helpers import REPO_ROOT
 
 MAX_ITERS = 4
 

@@ -18,7 +18,7 @@ import torch
 from mmengine.config import Config
 
 import slab_mmdet  # noqa: F401  (checkpoints load with weights_only=True)
-from helpers import REPO_ROOT, light_two_stage, mini_config, run_python
+from testing_utils.helpers import REPO_ROOT, light_two_stage, mini_config, run_python
 
 CONFIG = 'configs/mini/mask_rcnn_pvt_t.py'
 CHILD_MAX_ITERS = 4   # what the child config says; the command lines ask for fewer

@@ -15,10 +15,10 @@ from mmdet.registry import MODELS
 from mmengine.config import Config
 from mmengine.logging import MMLogger
 
-from helpers import REPO_ROOT, anneal_and_randomise_norms, float64_detection_ops, run_python
 from slab_mmdet.deploy import deploy_config, fuse_detector
 from slab_mmdet.deploy.fuse import NORM_TYPES
 from slab_mmdet.models.layers import ChannelAffine, PRepBN, RepBN, fold_into_next, fold_into_previous, norm_affine
+from testing_utils.helpers import REPO_ROOT, anneal_and_randomise_norms, float64_detection_ops, run_python
 
 PVT = dict(type='SLABPyramidVisionTransformer',
            arch=dict(embed_dims=(16, 32, 40, 64), num_heads=(1, 2, 5, 8), mlp_ratios=(2, 2, 2, 2),

@@ -25,8 +25,8 @@ from slab_mmdet.benchmark.images import list_mini_coco_val
 from slab_mmdet.benchmark.measure import RssPeakMemory
 from slab_mmdet.benchmark.candidates import unique_names
 from slab_mmdet.benchmark.report import cpu_model
+from testing_utils import REPO_ROOT
 
-REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 MASK_RCNN = 'configs/mini/mask_rcnn_pvt_t.py'
 # Small images and few proposals/detections, so that a Mask R-CNN forward takes ~0.1 s on a CPU.
 SMALL_MASK_RCNN_OPTIONS = ['test_dataloader.dataset.pipeline.1.scale=(128,96)', 'model.test_cfg.rpn.nms_pre=100',
@@ -188,7 +188,7 @@ def test_cli_rejects_bad_input_naming_the_value(argv, message, capsys):
 
 
 def test_cli_script_runs_standalone():
-    from helpers import run_python
+    from testing_utils.helpers import run_python
     proc = run_python(['tools/benchmark_latency.py', '--help'])
     assert proc.returncode == 0, proc.stderr
     assert 'Examples:' in proc.stdout and '--fuse' in proc.stdout and '--mini' in proc.stdout
