@@ -194,6 +194,31 @@ def _features(model, pipeline, image):
     return model.extract_feat(data['inputs']), data['inputs'].shape[-2:]
 
 
+def load_detector(config, checkpoint, cfg_options=None):
+    """The detector of ``config`` (a path or Config) with ``checkpoint`` loaded strictly,
+    on the CPU, in eval mode; returns ``(model, cfg, checkpoint dict)``.
+
+    Raises ValueError naming the checkpoint and config when its keys do not fit.
+    """
+    from mmdet.apis import init_detector
+    from mmengine.runner import load_checkpoint
+
+    cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
+    if cfg_options:
+        cfg.merge_from_dict(cfg_options)
+    cfg.model.backbone.init_cfg = None  # the checkpoint has all the weights
+    model = init_detector(cfg, None, device='cpu')
+    try:
+        ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    except RuntimeError as e:   # mmengine's strict-loading report: keys that do not fit
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        source = config if isinstance(config, str) else 'the config'
+        raise ValueError(f'{checkpoint} does not fit the model of {source} (was it trained with another config?): '
+                         + ' '.join(lines[:3])[:600]) from e
+    model.dataset_meta = ckpt.get('meta', {}).get('dataset_meta', model.dataset_meta)
+    return model.eval(), cfg, ckpt
+
+
 def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, tolerance=1e-4, logger=print):
     """Fuse a trained detector and write the fused checkpoint and its deploy config.
 
@@ -215,20 +240,7 @@ def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, t
     from mmdet.utils import get_test_pipeline_cfg
     from mmengine.runner import load_checkpoint
 
-    cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    cfg.model.backbone.init_cfg = None  # the checkpoint has all the weights
-    model = init_detector(cfg, None, device='cpu')
-    try:
-        ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
-    except RuntimeError as e:   # mmengine's strict-loading report: keys that do not fit
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        source = config if isinstance(config, str) else 'the config'
-        raise ValueError(f'{checkpoint} does not fit the model of {source} (was it trained with another config?): '
-                         + ' '.join(lines[:3])[:600]) from e
-    model.dataset_meta = ckpt.get('meta', {}).get('dataset_meta', model.dataset_meta)
-    model.eval()
+    model, cfg, ckpt = load_detector(config, checkpoint, cfg_options)
     fused = copy.deepcopy(model)
     report = fuse_detector(fused)
     logger(f'[fuse] removed {report["removed_norms"]} norm layers from {type(model.backbone).__name__}; '
@@ -264,4 +276,4 @@ def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, t
 
 
 __all__ = ['compare_detections', 'compare_features', 'count_norm_layers', 'deploy_config', 'fuse_checkpoint',
-           'fuse_detector']
+           'fuse_detector', 'load_detector']

@@ -18,7 +18,8 @@ from mmengine.logging import MMLogger
 from slab_mmdet.deploy import deploy_config, fuse_detector
 from slab_mmdet.deploy.fuse import NORM_TYPES
 from slab_mmdet.models.layers import ChannelAffine, PRepBN, RepBN, fold_into_next, fold_into_previous, norm_affine
-from testing_utils.helpers import REPO_ROOT, anneal_and_randomise_norms, float64_detection_ops, run_python
+from testing_utils.helpers import (REPO_ROOT, anneal_and_randomise_norms, annealed_mask_rcnn, float64_detection_ops,
+                                   run_python)
 
 PVT = dict(type='SLABPyramidVisionTransformer',
            arch=dict(embed_dims=(16, 32, 40, 64), num_heads=(1, 2, 5, 8), mlp_ratios=(2, 2, 2, 2),
@@ -158,14 +159,6 @@ def test_fusion_refuses_layernorm_backbones():
 # ------------------------------------------------------------------ whole detector
 
 
-def mask_rcnn(config, seed=0):
-    from mmdet.apis import init_detector
-    torch.manual_seed(seed)
-    model = init_detector(Config.fromfile(osp.join(REPO_ROOT, config)), None, device='cpu')
-    model.init_weights()
-    return anneal_and_randomise_norms(model, seed).eval()
-
-
 def predict(model, x):
     from mmdet.structures import DetDataSample
     hw = tuple(x.shape[-2:])
@@ -178,7 +171,7 @@ def predict(model, x):
 @pytest.mark.slow
 @pytest.mark.parametrize('config', ['configs/mini/mask_rcnn_slab_pvt_t.py', 'configs/mini/mask_rcnn_slab_swin_t.py'])
 def test_fused_mask_rcnn_gives_the_same_features_and_detections(config):
-    model = mask_rcnn(config).double()
+    model = annealed_mask_rcnn(config).double()
     fused = copy.deepcopy(model)
     report = fuse_detector(fused)
     assert report['out_norms_folded'] and report['removed_norms'] > 20
@@ -248,7 +241,7 @@ def test_deploy_config_drops_the_hook_and_pretrained_init():
 @pytest.fixture(scope='module')
 def trained_like_checkpoint(tmp_path_factory):
     """A mini SLAB-PVT-T checkpoint as training would leave it: g = 0, real BN statistics."""
-    model = mask_rcnn('configs/mini/mask_rcnn_slab_pvt_t.py', seed=1)
+    model = annealed_mask_rcnn('configs/mini/mask_rcnn_slab_pvt_t.py', seed=1)
     path = tmp_path_factory.mktemp('ckpt') / 'epoch_12.pth'
     from slab_mmdet.datasets import MINI_COCO_CLASSES, MINI_COCO_PALETTE
     torch.save(dict(state_dict=model.state_dict(),
@@ -288,7 +281,7 @@ def test_fuse_norms_tool_then_mmdet_test_and_inferencer(trained_like_checkpoint,
 
 
 def test_fuse_norms_tool_refuses_a_model_still_annealing(tmp_path, mini_coco):
-    model = mask_rcnn('configs/mini/mask_rcnn_slab_pvt_t.py')
+    model = annealed_mask_rcnn('configs/mini/mask_rcnn_slab_pvt_t.py')
     model.backbone.stages[0].blocks[0].norm1.set_g(0.5)
     ckpt = tmp_path / 'annealing.pth'
     torch.save(dict(state_dict=model.state_dict()), ckpt)
@@ -302,7 +295,7 @@ def test_fuse_norms_tool_refuses_a_model_still_annealing(tmp_path, mini_coco):
 def test_fuse_norms_tool_refuses_another_configs_checkpoint_and_an_out_dir_that_is_a_file(tmp_path, mini_coco):
     image = osp.join(mini_coco, 'val', '000000000001.jpg')
     ckpt = tmp_path / 'swin.pth'
-    torch.save(dict(state_dict=mask_rcnn('configs/mini/mask_rcnn_slab_swin_t.py').state_dict()), ckpt)
+    torch.save(dict(state_dict=annealed_mask_rcnn('configs/mini/mask_rcnn_slab_swin_t.py').state_dict()), ckpt)
     proc = run_python(['tools/fuse_norms.py', 'configs/mini/mask_rcnn_slab_pvt_t.py', str(ckpt), '--out-dir',
                        str(tmp_path / 'out'), '--image', image])
     assert proc.returncode != 0 and 'Traceback' not in proc.stderr

@@ -210,6 +210,18 @@ def anneal_and_randomise_norms(model, seed=0):
     return model
 
 
+def annealed_mask_rcnn(config, seed=0):
+    """The Mask R-CNN of ``config`` (a path under the repo) on the CPU in eval mode, with
+    mmdet's initialisation and every PRepBN at g = 0 with random norm parameters
+    (:func:`anneal_and_randomise_norms`): ready to fuse."""
+    import torch
+    from mmdet.apis import init_detector
+    torch.manual_seed(seed)
+    model = init_detector(Config.fromfile(osp.join(REPO_ROOT, config)), None, device='cpu')
+    model.init_weights()
+    return anneal_and_randomise_norms(model, seed).eval()
+
+
 def float64_detection_ops():
     """A context that lets an mmdet two-stage detector run in float64 on the CPU:
     mmcv's NMS (float32 only) is replaced by torchvision's, and masks are pasted in

@@ -10,6 +10,7 @@ Every module that owns a norm implements ``switch_to_deploy()``, which folds the
 into its neighbour (see :mod:`.fusion`) and leaves the structure that
 ``deploy=True`` builds directly.
 """
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
@@ -69,7 +70,9 @@ def pad_to_multiple(x, multiple, channels_last=True):
     mh, mw = (multiple, multiple) if isinstance(multiple, int) else multiple
     h, w = (x.shape[1], x.shape[2]) if channels_last else (x.shape[2], x.shape[3])
     pad_h, pad_w = (-h) % mh, (-w) % mw
-    if pad_h or pad_w:
+    # Traced for ONNX, the sizes are symbolic: always pad (by 0 where nothing is needed), so
+    # that the graph does not keep the example input's branch.
+    if pad_h or pad_w or torch.jit.is_tracing():
         x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h))
     return x, (pad_h, pad_w)
 

@@ -187,7 +187,9 @@ class ShiftedWindowAttention(BaseModule):
         shift = self.shift_size if (hp > ws or wp > ws) else 0
         if shift:
             x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        if shift or pad_h or pad_w:
+        # Traced for ONNX, always the masked path: it is exact for any size, while the
+        # unmasked one would be baked in for every size if the example needed no mask.
+        if shift or pad_h or pad_w or torch.jit.is_tracing():
             region, valid, num_regions = window_regions((h, w), (hp, wp), ws, shift, x.device)
         else:
             region, valid, num_regions = None, None, 1

@@ -1,0 +1,175 @@
+"""ONNX export of fused SLAB detectors (slab_mmdet.deploy.onnx_export, tools/export_onnx.py).
+
+Checked, not assumed: ONNX Runtime gives PyTorch's features within 1e-4 (relative) at
+sizes other than the traced one, odd ones included; the graph of a fused model holds no
+normalisation node, and its SLA stages form no token-by-token matrix (the check is shown
+to find the one softmax attention forms); models that cannot be fused are refused.
+"""
+import copy
+import os.path as osp
+
+import onnx
+import pytest
+import torch
+from mmengine.config import Config
+
+from slab_mmdet.deploy import deploy_config, fuse_detector
+from slab_mmdet.deploy.onnx_export import check_onnx_features, export_features_onnx, norm_nodes, token_by_token_products
+from testing_utils.helpers import REPO_ROOT, annealed_mask_rcnn, run_python
+
+PVT = 'configs/mini/mask_rcnn_slab_pvt_t.py'
+SWIN = 'configs/mini/mask_rcnn_slab_swin_t.py'
+EXPORT_HW = (256, 320)
+# Other sizes, not multiples of 32 among them; SLAB-Swin's shifted windows are exact in the
+# graph for inputs whose longer side is above 224 (docs/deploy.md).
+CHECK_SIZES = [(250, 333), (320, 288), (97, 256)]
+# Where no token count equals a channel width (PVT-T: 64-2048, Swin-T: 96-3072), so that a
+# linear layer's (tokens, channels) output cannot pass for a (tokens, tokens) product.
+TOKEN_HW = (224, 352)
+
+
+@pytest.fixture(scope='module', params=[PVT, SWIN], ids=['slab_pvt_t', 'slab_swin_t'])
+def exported(request, tmp_path_factory):
+    model = annealed_mask_rcnn(request.param)
+    report = fuse_detector(model)
+    path = str(tmp_path_factory.mktemp('onnx') / 'features.onnx')
+    info = export_features_onnx(model, path, input_hw=EXPORT_HW, logger=lambda *a: None)
+    return request.param, model, report, path, info
+
+
+def test_onnx_runtime_gives_pytorch_features_at_other_sizes(exported):
+    _, model, _, path, info = exported
+    diffs = check_onnx_features(model, path, [EXPORT_HW] + CHECK_SIZES)
+    assert set(diffs) == {EXPORT_HW, *CHECK_SIZES}
+    assert max(diffs.values()) < 1e-4, diffs
+    assert info['outputs'] == [f'feat{i}' for i in range(5)]   # the FPN's 5 levels, in extract_feat's order
+
+
+def test_fused_graph_holds_no_normalisation_node(exported):
+    _, model, report, path, _ = exported
+    assert report['removed_norms'] > 20 and report['kept_norms'] == 0
+    graph = onnx.load(path)
+    assert norm_nodes(graph) == []
+    # ...while the same detector unfused exports BatchNormalization nodes (the check can fail).
+    config = exported[0]
+    unfused = annealed_mask_rcnn(config)
+    unfused_path = osp.join(osp.dirname(path), 'unfused.onnx')
+    export_features_onnx(unfused, unfused_path, input_hw=EXPORT_HW, logger=lambda *a: None)
+    assert 'BatchNormalization' in norm_nodes(onnx.load(unfused_path))
+
+
+def sla_token_counts(model, hw):
+    """Token counts of the SLA stages of a SLAB backbone at input ``hw``, for a
+    token-by-token product to be recognised by: each window's tokens (Swin) or the
+    stage's map and its spatially reduced keys (PVT)."""
+    from slab_mmdet.models.layers.attention import SpatialReductionAttentionBase
+    from slab_mmdet.models.layers.window_attention import ShiftedWindowAttention, WindowLinearAttention
+    counts = set()
+    for i, stage in enumerate(model.backbone.stages):
+        h, w = hw[0] // (4 * 2 ** i), hw[1] // (4 * 2 ** i)
+        for m in stage.modules():
+            if isinstance(m, ShiftedWindowAttention) and isinstance(m.window_attn, WindowLinearAttention):
+                counts.add(m.window_size ** 2)
+            elif isinstance(m, SpatialReductionAttentionBase) and type(m).__name__ == 'SpatialReductionLinearAttention':
+                counts.update({h * w, (h // m.sr_ratio) * (w // m.sr_ratio)})
+    assert counts, 'no SLA stage found'
+    return counts
+
+
+@pytest.mark.parametrize('config', [PVT, SWIN])
+def test_sla_stages_form_no_token_by_token_matrix(config, tmp_path):
+    model = annealed_mask_rcnn(config)
+    fuse_detector(model)
+    path = str(tmp_path / 'static.onnx')
+    export_features_onnx(model, path, input_hw=TOKEN_HW, dynamic=False, logger=lambda *a: None)
+    assert token_by_token_products(onnx.load(path), TOKEN_HW, sla_token_counts(model, TOKEN_HW)) == []
+
+
+def test_token_by_token_check_finds_softmax_attention(tmp_path):
+    """The same check on PVT-T-PRepBN (softmax attention in every stage) finds its N x N_kv matrices."""
+    cfg = Config.fromfile(osp.join(REPO_ROOT, PVT))
+    cfg.model.backbone.attn_types = 'SSSS'
+    config = tmp_path / 'pvt_softmax.py'
+    cfg.dump(str(config))
+    model = annealed_mask_rcnn(str(config))
+    fuse_detector(model)
+    path = str(tmp_path / 'softmax.onnx')
+    export_features_onnx(model, path, input_hw=TOKEN_HW, dynamic=False, logger=lambda *a: None)
+    counts = sla_token_counts(annealed_mask_rcnn(PVT), TOKEN_HW)   # the same sizes, from the SLA model
+    found = token_by_token_products(onnx.load(path), TOKEN_HW, counts)
+    assert len(found) >= 4, found   # at least one per stage
+    h, w = TOKEN_HW[0] // 4, TOKEN_HW[1] // 4
+    assert any(shape[-2:] == (h * w, (h // 8) * (w // 8)) for _, shape in found)   # stage 1: N x N/64
+
+
+def test_rpn_head_exports_with_the_features(tmp_path):
+    model = annealed_mask_rcnn(PVT)
+    fuse_detector(model)
+    path = str(tmp_path / 'rpn.onnx')
+    info = export_features_onnx(model, path, input_hw=EXPORT_HW, with_rpn_head=True, logger=lambda *a: None)
+    levels = [f'feat{i}' for i in range(5)]
+    assert info['outputs'] == levels + [f'rpn_cls{i}' for i in range(5)] + [f'rpn_bbox{i}' for i in range(5)]
+    assert [o.name for o in onnx.load(path).graph.output] == info['outputs']
+    diffs = check_onnx_features(model, path, [EXPORT_HW, (250, 333)], with_rpn_head=True)
+    assert max(diffs.values()) < 1e-4, diffs
+
+
+def test_export_refuses_bad_input(tmp_path):
+    model = annealed_mask_rcnn(PVT)
+    with pytest.raises(ValueError, match='training mode'):
+        export_features_onnx(copy.deepcopy(model).train(), str(tmp_path / 'a.onnx'))
+    with pytest.raises(ValueError, match=r'height must be an int >= 32, got 16'):
+        export_features_onnx(model, str(tmp_path / 'a.onnx'), input_hw=(16, 320))
+
+
+@pytest.fixture(scope='module')
+def checkpoints(tmp_path_factory):
+    """A g = 0 training checkpoint, a g = 1 one, and a fused checkpoint with its deploy config."""
+    root = tmp_path_factory.mktemp('export_ckpts')
+    model = annealed_mask_rcnn(PVT)
+    torch.save(dict(state_dict=model.state_dict()), root / 'g0.pth')
+    fresh = annealed_mask_rcnn(PVT)
+    for m in fresh.modules():
+        if hasattr(m, 'set_g'):
+            m.set_g(1.0)
+    torch.save(dict(state_dict=fresh.state_dict()), root / 'g1.pth')
+    report = fuse_detector(model)
+    deploy_config(Config.fromfile(osp.join(REPO_ROOT, PVT)), report['out_norms_folded']).dump(str(root / 'deploy.py'))
+    torch.save(dict(state_dict=model.state_dict()), root / 'fused.pth')
+    return root
+
+
+@pytest.mark.parametrize('config, checkpoint', [(PVT, 'g0.pth'), ('deploy.py', 'fused.pth')],
+                         ids=['training_config_g0', 'deploy_config_fused'])
+def test_cli_exports_and_checks(checkpoints, config, checkpoint, tmp_path):
+    config = config if config == PVT else str(checkpoints / config)
+    out = tmp_path / 'model.onnx'
+    proc = run_python(['tools/export_onnx.py', config, str(checkpoints / checkpoint), '--out', str(out),
+                       '--shape', '256x320', '--check', '250x333', '192x448'])
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert out.is_file() and norm_nodes(onnx.load(str(out))) == []
+    for size in ('256x320', '250x333', '192x448'):
+        assert f'ONNX Runtime vs PyTorch at {size}: largest relative difference' in proc.stdout
+    assert ('already fused' in proc.stdout) == (checkpoint == 'fused.pth')
+
+
+def test_cli_refuses_a_model_that_still_anneals(checkpoints, tmp_path):
+    proc = run_python(['tools/export_onnx.py', PVT, str(checkpoints / 'g1.pth'), '--out', str(tmp_path / 'm.onnx')])
+    assert proc.returncode != 0
+    assert 'cannot be fused' in proc.stderr and 'g = 0' in proc.stderr
+    assert not (tmp_path / 'm.onnx').exists()
+
+
+def test_cli_refuses_bad_arguments(checkpoints, tmp_path):
+    ckpt = str(checkpoints / 'g0.pth')
+    cases = [
+        ([PVT, ckpt, '--out', str(tmp_path / 'm.txt')], 'must name a .onnx file'),
+        ([PVT, str(tmp_path / 'missing.pth'), '--out', str(tmp_path / 'm.onnx')], 'does not exist'),
+        ([PVT, ckpt, '--out', str(tmp_path / 'm.onnx'), '--shape', '800'], 'expected HEIGHTxWIDTH'),
+    ]
+    existing = tmp_path / 'exists.onnx'
+    existing.write_bytes(b'')
+    cases.append(([PVT, ckpt, '--out', str(existing)], 'pass --force'))
+    for args, message in cases:
+        proc = run_python(['tools/export_onnx.py'] + args)
+        assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr[-500:])
