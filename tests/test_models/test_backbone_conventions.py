@@ -137,3 +137,18 @@ def test_a_checkpoint_that_is_no_state_dict_is_refused_in_init_cfg(backbone, tmp
     kind = 'Tensor' if content == 'tensor' else 'list'
     with pytest.raises(ValueError, match=rf'holds a {kind}, not a state dict'):
         build_backbone(dict(backbone['cfg'], init_cfg=dict(type='Pretrained', checkpoint=str(path))))
+
+
+@pytest.mark.parametrize('deploy', [False, True], ids=['unfused', 'fused'])
+def test_outputs_are_contiguous_nchw_at_every_batch_size(backbone, deploy):
+    """mmdet's backbones return contiguous NCHW maps, and mmcv's CPU RoIAlign relies on it:
+    given the channels-last view that (B, N, C) tokens transpose into for B > 1, it reads
+    wrong RoI features. That is what broke training at two images per batch (the
+    anneal 'diverged'): the RoI heads learned from corrupted features."""
+    import torch
+    cfg = dict(backbone['cfg'], deploy=deploy)
+    model = build_backbone(cfg).eval()
+    for batch in (1, 2, 3):
+        with torch.no_grad():
+            outs = model(torch.randn(batch, 3, *backbone['size']))
+        assert all(o.is_contiguous() for o in outs), [o.stride() for o in outs]

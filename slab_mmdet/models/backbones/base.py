@@ -16,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..layers.fusion import FOLDABLE_NORM_CFG_TYPES, ChannelAffine, norm_to_channel_affine
 from ..layers.prepbn import PRepBN, RepBN
-from ..layers.transformer import build_token_norm, check_foldable_norm_cfg
+from ..layers.transformer import build_token_norm, check_foldable_norm_cfg, nlc_to_nchw
 
 # Learned positional tables laid out on a grid: (1, h*w, C), resized in 2-D on load.
 GRID_TABLES = ('pos_embed', 'positional_encoding')
@@ -117,9 +117,11 @@ class SLABBackboneBase(BaseModule):
 
     def _output(self, i, tokens, hw_shape):
         """Stage i's output norm applied to its tokens, as a (B, C, H, W) map."""
-        x = getattr(self, f'norm{i}')(tokens)
-        b, _, c = x.shape
-        return x.transpose(1, 2).reshape(b, c, hw_shape[0], hw_shape[1])
+        # Contiguous NCHW, as mmdet's backbones return: for a batch of more than one image the
+        # transposed view is channels-last, the FPN's convs keep that layout, and mmcv's CPU
+        # RoIAlign reads channels-last maps as if they were NCHW, i.e. wrong RoI features for
+        # every image at 2+ images per batch (docs/prepbn.md: what made the anneal diverge).
+        return nlc_to_nchw(getattr(self, f'norm{i}')(tokens), hw_shape).contiguous()
 
     # --- training modes --------------------------------------------------------------------
     def _frozen_modules(self):
