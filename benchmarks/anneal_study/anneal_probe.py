@@ -8,13 +8,19 @@ itself stays as users get it:
   fixed (no gradient), e.g. 0.0 for plain BatchNorm.
 * ``alpha_init``: ``None`` (the layer's own, 1) or a float every RepBN alpha starts at
   (still learned).
+
+``RepeatEachSampler`` (a control, not a recipe) yields every index of mmengine's
+``DefaultSampler`` ``times`` times in a row: at ``batch_size=times`` each batch is one
+image repeated, so that a run at two images per batch sees the very image sequence of
+the one-image run with the same seed.
 """
 import math
 
 import torch
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS
+from mmengine.dataset import DefaultSampler
+from mmengine.registry import DATA_SAMPLERS, HOOKS
 
 from slab_mmdet.models.layers import RepBN
 
@@ -49,7 +55,9 @@ class AnnealProbeHook(Hook):
             self._handles.append(last.register_forward_hook(self._record(f'rms_stage{i}')))
             self._handles.append(last.register_forward_hook(self._record_split(i)))
         for i in backbone.out_indices:
-            norm = getattr(backbone, f'norm{i}')
+            norm = getattr(backbone, f'norm{i}', None)   # mmdet's PVT (the LN control) has none
+            if norm is None:
+                continue
             self._handles.append(norm.register_forward_hook(self._record(f'rms_out{i}')))
 
     def _record(self, key):
@@ -81,11 +89,31 @@ class AnnealProbeHook(Hook):
                 self._rms[f'pad_frac{stage}'] = float((~mask).float().mean())
         return hook
 
+    @staticmethod
+    def _weight_scales(hub, backbone):
+        """What could make the last stage's residual stream grow: the spectral norm of its
+        sublayers' output projections, and the mean |weight| of its norms' LN and BN affines."""
+        stages = getattr(backbone, 'stages', None)
+        if not stages:
+            return
+        last = stages[-1]
+        with torch.no_grad():
+            for name in ('attn.proj', 'mlp.fc2'):
+                mods = [b.get_submodule(name) for b in last.blocks]
+                hub.update_scalar(f'train/sn_{name.replace(".", "_")}3',
+                                  max(float(torch.linalg.matrix_norm(m.weight, ord=2)) for m in mods))
+            norms = [b.norm1 for b in last.blocks] + [b.norm2 for b in last.blocks]
+            if all(hasattr(n, 'ln') for n in norms):
+                hub.update_scalar('train/ln_w3', sum(float(n.ln.weight.abs().mean()) for n in norms) / len(norms))
+                hub.update_scalar('train/bn_w3',
+                                  sum(float(n.repbn.bn.weight.abs().mean()) for n in norms) / len(norms))
+
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         hub = runner.message_hub
         if runner.iter % self.interval == 0 or runner.iter + 1 == runner.max_iters:
             for key, value in self._rms.items():
                 hub.update_scalar(f'train/{key}', value)
+            self._weight_scales(hub, self._model(runner).backbone)
             alphas = [float(m.alpha) for m in self._model(runner).backbone.modules() if isinstance(m, RepBN)]
             if alphas:
                 hub.update_scalar('train/alpha_mean', sum(alphas) / len(alphas))
@@ -98,3 +126,18 @@ class AnnealProbeHook(Hook):
             loss = float(t)
         if loss is not None and (not math.isfinite(loss) or loss > self.diverge_loss):
             raise RuntimeError(f'ANNEAL DIVERGED at iter {runner.iter + 1}: loss {loss:.4g}')
+
+
+@DATA_SAMPLERS.register_module()
+class RepeatEachSampler(DefaultSampler):
+    def __init__(self, *args, times=2, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.times = times
+
+    def __iter__(self):
+        for index in super().__iter__():
+            for _ in range(self.times):
+                yield index
+
+    def __len__(self):
+        return super().__len__() * self.times

@@ -41,6 +41,22 @@ VARIANTS = {
     # Per-image statistics over unpadded images: each image's BN sees only its own tokens, as at batch 1.
     'b2_fixed_size_image_stats': B2 + ['train_dataloader.dataset.pipeline.2.keep_ratio=False',
                                        'model.backbone.norm_cfg.stats=image'],
+    # Each batch one image twice (RepeatEachSampler): b1_fixed_size's image sequence, each image's forward
+    # as at batch 1 (per-image statistics, no padding); only the averaging over two distinct images is gone.
+    'b2_repeat_fixed_size_image_stats': B2 + ['train_dataloader.dataset.pipeline.2.keep_ratio=False',
+                                              'model.backbone.norm_cfg.stats=image',
+                                              'train_dataloader.sampler.type=RepeatEachSampler'],
+    # b1 trained twice as long during the anneal (500 iterations, the images b2 sees in its 250).
+    'b1_fixed_size_anneal500': ['train_dataloader.batch_size=1', 'train_dataloader.dataset.pipeline.2.keep_ratio=False',
+                                'train_cfg.max_iters=600', 'custom_hooks.0.anneal_iters=500'],
+    'b2_repeat_fixed_size_image_stats_lr_quarter': B2 + ['train_dataloader.dataset.pipeline.2.keep_ratio=False',
+                                                         'model.backbone.norm_cfg.stats=image',
+                                                         'train_dataloader.sampler.type=RepeatEachSampler',
+                                                         'optim_wrapper.optimizer.lr=5e-5'],
+    'b1_fixed_size_lr_double': ['train_dataloader.batch_size=1', 'train_dataloader.dataset.pipeline.2.keep_ratio=False',
+                                'optim_wrapper.optimizer.lr=4e-4'],
+    # The transition in 50 iterations instead of 250 (per-image statistics: they hold at g = 0 at 2 per batch).
+    'b2_image_stats_anneal50': B2 + ['model.backbone.norm_cfg.stats=image', 'custom_hooks.0.anneal_iters=50'],
     'b1_accumulate2': ['train_dataloader.batch_size=1', 'optim_wrapper.accumulative_counts=2'],
     'b2_lr_half': B2 + ['optim_wrapper.optimizer.lr=1e-4'],
     'b2_lr_quarter': B2 + ['optim_wrapper.optimizer.lr=5e-5'],
@@ -60,6 +76,32 @@ VARIANTS.update({
     'ft_b1_trained_bn': [FINETUNE, 'train_dataloader.batch_size=1'],
 })
 CONFIGS = {name: osp.join(HERE, 'finetune_annealed.py') for name in VARIANTS if name.startswith('ft_')}
+# The LayerNorm route (item 4 of the study): an LN PVT-T detector trained on mini COCO (ln_base,
+# configs/mini/mask_rcnn_pvt_t.py, 5 epochs) stands in for ImageNet LN weights; converted with
+#   python tools/convert_checkpoint.py work_dirs/anneal_study/ln_base_s0/epoch_5.pth \
+#       work_dirs/anneal_study/ln_base_s0/converted.pth
+# (g = 1) and fine-tuned for 300 iterations at 2 images per batch: as LN (the control), as
+# SLAB-PVT-T with the anneal, and as PVT-T-PRepBN (softmax kept) with the anneal.
+LN_BASE = 'work_dirs/anneal_study/ln_base_s0/epoch_5.pth'
+LN_CONVERTED = 'work_dirs/anneal_study/ln_base_s0/converted.pth'
+VARIANTS.update({
+    'ln_base': ['train_dataloader.batch_size=1'],   # as it was trained (the mini default is now 2)
+    'lnr_ln': [f'load_from={LN_BASE}'],
+    'lnr_slab': [f'load_from={LN_CONVERTED}'],
+    'lnr_prepbn': [f'load_from={LN_CONVERTED}'],
+    # The converted model's fresh RepBNs start with alpha = 0 (a plain BatchNorm, the scale of the
+    # LayerNorm it blends with) instead of 1 (which feeds the raw stream into every sublayer at g = 0).
+    'lnr_prepbn_alpha_init0': [f'load_from={LN_CONVERTED}', 'custom_hooks.1.alpha_init=0.0'],
+    'lnr_slab_alpha_init0': [f'load_from={LN_CONVERTED}', 'custom_hooks.1.alpha_init=0.0'],
+})
+CONFIGS.update({
+    'ln_base': osp.join(ROOT, 'configs', 'mini', 'mask_rcnn_pvt_t.py'),
+    'lnr_ln': osp.join(HERE, 'ln_route_ln.py'),
+    'lnr_slab': osp.join(HERE, 'ln_route_slab.py'),
+    'lnr_prepbn': osp.join(HERE, 'ln_route_prepbn.py'),
+    'lnr_prepbn_alpha_init0': osp.join(HERE, 'ln_route_prepbn.py'),
+    'lnr_slab_alpha_init0': osp.join(HERE, 'ln_route_slab.py'),
+})
 # Variants trained by 2 processes (gloo, one thread each): 2 x the batch size of one process.
 NPROC = {'p2b2': 2, 'p2b2_fix': 2}
 
