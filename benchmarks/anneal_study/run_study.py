@@ -89,8 +89,11 @@ VARIANTS.update({
     'lnr_ln': [f'load_from={LN_BASE}'],
     'lnr_slab': [f'load_from={LN_CONVERTED}'],
     'lnr_prepbn': [f'load_from={LN_CONVERTED}'],
-    # The converted model's fresh RepBNs start with alpha = 0 (a plain BatchNorm, the scale of the
-    # LayerNorm it blends with) instead of 1 (which feeds the raw stream into every sublayer at g = 0).
+    # What the converter wrote before 2026-12-02: every RepBN alpha 1 (fresh RepBNs and output norms).
+    'lnr_prepbn_alpha1': [f'load_from={LN_CONVERTED}', 'custom_hooks.1.alpha_init=1.0'],
+    'lnr_slab_alpha1': [f'load_from={LN_CONVERTED}', 'custom_hooks.1.alpha_init=1.0'],
+    # Every RepBN alpha 0, the 4 fresh output norms' too (the converter now writes alpha 0 into the
+    # converted norms only; the output norms keep the layer's default, 1).
     'lnr_prepbn_alpha_init0': [f'load_from={LN_CONVERTED}', 'custom_hooks.1.alpha_init=0.0'],
     'lnr_slab_alpha_init0': [f'load_from={LN_CONVERTED}', 'custom_hooks.1.alpha_init=0.0'],
 })
@@ -100,6 +103,8 @@ CONFIGS.update({
     'lnr_slab': osp.join(HERE, 'ln_route_slab.py'),
     'lnr_prepbn': osp.join(HERE, 'ln_route_prepbn.py'),
     'lnr_prepbn_alpha_init0': osp.join(HERE, 'ln_route_prepbn.py'),
+    'lnr_prepbn_alpha1': osp.join(HERE, 'ln_route_prepbn.py'),
+    'lnr_slab_alpha1': osp.join(HERE, 'ln_route_slab.py'),
     'lnr_slab_alpha_init0': osp.join(HERE, 'ln_route_slab.py'),
 })
 # Variants trained by 2 processes (gloo, one thread each): 2 x the batch size of one process.

@@ -96,7 +96,10 @@ def _convert_norms(state_dict, source, backbone, report):
       ``total_step``, ``warm``): ``g = iter / total_step`` (1 while it warms up: then
       it trains as a pure LayerNorm);
     * a LayerNorm (``weight``, ``bias``): the LayerNorm branch, ``g = 1``, our freshly
-      initialised RepBN;
+      initialised RepBN with ``alpha = 0`` (a plain BatchNorm that may learn to open the
+      identity path): with alpha = 1 the raw residual stream of an LN-trained model,
+      many times the scale of LN(x), reaches every sublayer as g falls, and its stream
+      ran away in the anneal (docs/prepbn.md, "The LayerNorm route");
     * a plain RepBN (``alpha``, ``bn.*``; the reference Swin's default norm): the
       RepBN branch, ``g = 0``, our freshly initialised LayerNorm.
     """
@@ -112,7 +115,7 @@ def _convert_norms(state_dict, source, backbone, report):
         for key in (k for k in own if k.startswith(prefix)):
             out[key], source[key] = own[key].clone(), what
 
-    repbn_only = []
+    repbn_only, fresh_alpha = [], []
     for name, _ in iter_prepbn(backbone):
         p = name + '.'
         if p + 'total_step' in out:
@@ -129,6 +132,9 @@ def _convert_norms(state_dict, source, backbone, report):
         elif p + 'weight' in out:
             move(p, p + 'ln.', [p + leaf for leaf in ('weight', 'bias') if p + leaf in out])
             fresh(p + 'repbn.', '(fresh RepBN)')
+            out[p + 'repbn.alpha'] = torch.zeros_like(own[p + 'repbn.alpha'])
+            source[p + 'repbn.alpha'] = '(fresh RepBN: alpha 0)'
+            fresh_alpha.append(name)
             g = 1.0
         elif p + 'alpha' in out:
             move(p, p + 'repbn.', [k for k in out if k == p + 'alpha' or k.startswith(p + 'bn.')])
@@ -139,6 +145,10 @@ def _convert_norms(state_dict, source, backbone, report):
             continue
         out[p + 'g'], source[p + 'g'] = torch.tensor(g), f'({name}: g)'
         report.g_values[name] = g
+    if fresh_alpha:
+        report.notes.append(f'{len(fresh_alpha)} LayerNorms became the LayerNorm branch of a PRepBN (g = 1) whose '
+                            'fresh RepBN starts with alpha = 0 (a plain BatchNorm; alpha is learned): with alpha = 1 '
+                            "the anneal of LayerNorm-trained weights ran away (docs/prepbn.md)")
     if repbn_only:
         report.notes.append(f'{len(repbn_only)} norms are plain RepBN in the checkpoint (no LayerNorm branch): '
                             'g = 0, as the reference model; their LayerNorm branch is left at initialisation')

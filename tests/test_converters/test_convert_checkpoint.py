@@ -372,9 +372,10 @@ def test_mmdet_pvt_converts_to_equivalent_prepbn_backbone(num_heads, given):
     # norm1/norm2 of 5 blocks, the key/value norms of 4 spatially reduced blocks, 4 patch embeddings.
     assert report.unmapped == [] and len(report.g_values) == 2 * 5 + 4 + 4
     assert set(report.g_values.values()) == {1.0}
-    # A fresh RepBN next to the LayerNorm weights.
+    # A fresh RepBN next to the LayerNorm weights, its identity path closed (alpha 0).
     assert torch.equal(state_dict['stages.0.blocks.0.norm1.ln.weight'], src.state_dict()['layers.0.1.1.norm1.weight'])
-    assert float(state_dict['stages.0.blocks.0.norm1.repbn.alpha']) == 1.0
+    assert float(state_dict['stages.0.blocks.0.norm1.repbn.alpha']) == 0.0
+    assert any('alpha = 0' in note for note in report.notes)
     ours = build_converted(state_dict, report)
     x = torch.randn(1, 3, 224, 224)
     want = block_outputs(src, [layer[1][-1] for layer in src.layers], x)
