@@ -13,12 +13,8 @@ import copy
 import torch
 import torch.nn as nn
 from mmengine.config import Config
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..models.layers.prepbn import PRepBN, RepBN
-from ..models.layers.fusion import fold_into_next, norm_affine
-
-NORM_TYPES = (PRepBN, RepBN, _BatchNorm, nn.LayerNorm, nn.GroupNorm)
+from ..models.layers.fusion import NORM_LAYER_TYPES, fold_into_next, norm_affine
 
 
 def count_norm_layers(module):
@@ -27,7 +23,7 @@ def count_norm_layers(module):
     for m in module.modules():
         if id(m) in skip:
             continue
-        if isinstance(m, NORM_TYPES):
+        if isinstance(m, NORM_LAYER_TYPES):
             count += 1
             skip.update(id(s) for s in m.modules())
     return count

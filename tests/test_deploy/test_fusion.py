@@ -16,7 +16,7 @@ from mmengine.config import Config
 from mmengine.logging import MMLogger
 
 from slab_mmdet.deploy import deploy_config, fuse_detector
-from slab_mmdet.deploy.fuse import NORM_TYPES
+from slab_mmdet.models.layers.fusion import NORM_LAYER_TYPES
 from slab_mmdet.models.layers import ChannelAffine, PRepBN, RepBN, fold_into_next, fold_into_previous, norm_affine
 from testing_utils.helpers import (REPO_ROOT, anneal_and_randomise_norms, annealed_mask_rcnn, float64_detection_ops,
                                    run_python)
@@ -111,7 +111,7 @@ def test_switch_to_deploy_is_exact_and_leaves_no_norm(cfg):
     fused = copy.deepcopy(backbone)
     fused.switch_to_deploy()
     assert fused.deploy
-    assert not any(isinstance(m, NORM_TYPES) for m in fused.modules())
+    assert not any(isinstance(m, NORM_LAYER_TYPES) for m in fused.modules())
     with torch.no_grad():
         for hw in SIZES:
             x = torch.randn(2, 3, *hw, dtype=torch.float64)
@@ -175,7 +175,7 @@ def test_fused_mask_rcnn_gives_the_same_features_and_detections(config):
     fused = copy.deepcopy(model)
     report = fuse_detector(fused)
     assert report['out_norms_folded'] and report['removed_norms'] > 20
-    assert not any(isinstance(m, NORM_TYPES + (ChannelAffine,)) for m in fused.backbone.modules())
+    assert not any(isinstance(m, NORM_LAYER_TYPES + (ChannelAffine,)) for m in fused.backbone.modules())
     with float64_detection_ops():
         for hw in [(224, 288), (200, 328)]:   # (200, 328): every Swin stage pads
             x = torch.randn(1, 3, *hw, dtype=torch.float64)
@@ -217,7 +217,7 @@ def test_layernorm_output_norms_stay_and_the_rest_folds_exactly():
     report = fuse_detector(fused)
     assert report['kept_norms'] == 4 and report['removed_norms'] == 20   # 8 blocks x 2 + 4 patch embeddings
     assert report['output_norms'] == 'kept as LN (out_norm_cfg; not foldable)' and not report['out_norms_folded']
-    kept = [n for n, m in fused.backbone.named_modules() if isinstance(m, NORM_TYPES)]
+    kept = [n for n, m in fused.backbone.named_modules() if isinstance(m, NORM_LAYER_TYPES)]
     assert kept == ['norm0', 'norm1', 'norm2', 'norm3']
     x = torch.randn(1, 3, 96, 128, dtype=torch.float64)
     with torch.no_grad():

@@ -14,8 +14,8 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..layers.fusion import FOLDABLE_NORM_CFG_TYPES, ChannelAffine, norm_to_channel_affine
-from ..layers.prepbn import PRepBN, RepBN
+from ..layers.fusion import FOLDABLE_NORM_CFG_TYPES, NORM_LAYER_TYPES, ChannelAffine, norm_to_channel_affine
+from ..layers.prepbn import PRepBN
 from ..layers.transformer import build_token_norm, check_foldable_norm_cfg, nlc_to_nchw
 
 # Learned positional tables laid out on a grid: (1, h*w, C), resized in 2-D on load.
@@ -292,7 +292,8 @@ class SLABBackboneBase(BaseModule):
 # Keys of the layouts tools/convert_checkpoint.py converts from (the authors' and mmdet's).
 FOREIGN_LAYOUT_KEYS = re.compile(r'(block\d+\.|patch_embed\d+\.|pos_embed\d+$|layers\.\d+\.|'
                                  r'stages\.\d+\.blocks\.\d+\.(attn\.w_msa|ffn)\.)')
-NORM_TYPES = (PRepBN, RepBN, nn.LayerNorm, _BatchNorm, ChannelAffine)
+# The norms a checkpoint's keys may belong to, fused (ChannelAffine) or not.
+CHECKPOINT_NORM_TYPES = NORM_LAYER_TYPES + (ChannelAffine,)
 TOKEN_NORM_CFG_TYPES = ('PRepBN', 'RepBN', 'LN')
 
 
@@ -332,7 +333,7 @@ def check_checkpoint_fits(backbone, keys, prefix=''):
             f'{sample}). A backbone checkpoint goes in init_cfg=dict(type=\'Pretrained\', checkpoint=...), a '
             f'detector checkpoint in load_from / as the test checkpoint; a released checkpoint needs '
             f'tools/convert_checkpoint.py first.')
-    norm_prefixes = tuple(f'{n}.' for n, m in backbone.named_modules() if n and isinstance(m, NORM_TYPES))
+    norm_prefixes = tuple(f'{n}.' for n, m in backbone.named_modules() if n and isinstance(m, CHECKPOINT_NORM_TYPES))
     out_norms = tuple(f'norm{i}.' for i in backbone.out_indices)
     body_norm_keys = [k for k in own if k.startswith(norm_prefixes) and not k.startswith(out_norms)]
     given = set(keys)

@@ -20,6 +20,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from .prepbn import PRepBN, RepBN, bn_affine, repbn_affine
 
 FOLDABLE_NORMS = (PRepBN, RepBN, _BatchNorm)
+# Every normalisation layer a backbone may hold (what fusion counts and removes).
+NORM_LAYER_TYPES = (PRepBN, RepBN, _BatchNorm, nn.LayerNorm, nn.GroupNorm)
 # The token norms (``norm_cfg`` type names) that fold, i.e. that ``deploy=True`` can build without.
 FOLDABLE_NORM_CFG_TYPES = ('PRepBN', 'RepBN')
 
