@@ -2,9 +2,8 @@
 # weights are already annealed (g = 0), their BatchNorm statistics stay frozen (norm_eval=True,
 # as in the authors' detection backbones and mmdet's ResNets: 2-image batches give poor
 # statistics), and the output norms, which no ImageNet model has, are LayerNorms
-# (out_norm_cfg defaults to LN under norm_eval). Nothing anneals in the backbone, so the
-# 2-images-per-batch divergence of docs/prepbn.md does not arise; fusion folds every norm
-# but the 4 output LayerNorms. Training with frozen statistics that were never estimated
+# (out_norm_cfg defaults to LN under norm_eval). Nothing anneals in the backbone; fusion
+# folds every norm but the 4 output LayerNorms. Training with frozen statistics that were never estimated
 # (e.g. --cfg-options model.backbone.init_cfg=None) is an error naming the layer.
 _base_ = './mask_rcnn_slab_pvt_t.py'
 model = dict(backbone=dict(norm_eval=True))

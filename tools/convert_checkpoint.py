@@ -6,7 +6,7 @@ Sources (detected from the keys, or forced with --family):
              PRepBN g = iter / total_step of each reference norm, head dropped.
   mmdet      mmdet's LayerNorm PyramidVisionTransformer (v1) / SwinTransformer, as a
              backbone state dict or a whole detector checkpoint: each LayerNorm becomes
-             the LayerNorm branch of a PRepBN (g = 1, fresh RepBN), so fine-tuning can
+             the LayerNorm branch of a PRepBN (g = 1, fresh RepBN with alpha 0), so fine-tuning can
              anneal it to BatchNorm. A detector keeps its neck and heads (use load_from).
 
 The checkpoint is loaded with torch.load(weights_only=True); objects of classes that

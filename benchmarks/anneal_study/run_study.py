@@ -92,8 +92,11 @@ VARIANTS.update({
     # What the converter wrote before 2026-12-02: every RepBN alpha 1 (fresh RepBNs and output norms).
     'lnr_prepbn_alpha1': [f'load_from={LN_CONVERTED}', 'custom_hooks.1.alpha_init=1.0'],
     'lnr_slab_alpha1': [f'load_from={LN_CONVERTED}', 'custom_hooks.1.alpha_init=1.0'],
-    # Every RepBN alpha 0, the 4 fresh output norms' too (the converter now writes alpha 0 into the
-    # converted norms only; the output norms keep the layer's default, 1).
+    # The converter's alpha 0 in the converted norms, but the 4 fresh output norms at the layer's default, 1.
+    'lnr_prepbn_out_alpha1': [f'load_from={LN_CONVERTED}', 'model.backbone.out_norm_cfg.alpha_init=1.0'],
+    'lnr_slab_out_alpha1': [f'load_from={LN_CONVERTED}', 'model.backbone.out_norm_cfg.alpha_init=1.0'],
+    # Every RepBN alpha 0, the output norms' too: the same state as lnr_prepbn / lnr_slab with
+    # ln_route_*.py as they are now (converter alpha 0, out_norm_cfg alpha_init 0).
     'lnr_prepbn_alpha_init0': [f'load_from={LN_CONVERTED}', 'custom_hooks.1.alpha_init=0.0'],
     'lnr_slab_alpha_init0': [f'load_from={LN_CONVERTED}', 'custom_hooks.1.alpha_init=0.0'],
 })
@@ -104,6 +107,8 @@ CONFIGS.update({
     'lnr_prepbn': osp.join(HERE, 'ln_route_prepbn.py'),
     'lnr_prepbn_alpha_init0': osp.join(HERE, 'ln_route_prepbn.py'),
     'lnr_prepbn_alpha1': osp.join(HERE, 'ln_route_prepbn.py'),
+    'lnr_prepbn_out_alpha1': osp.join(HERE, 'ln_route_prepbn.py'),
+    'lnr_slab_out_alpha1': osp.join(HERE, 'ln_route_slab.py'),
     'lnr_slab_alpha1': osp.join(HERE, 'ln_route_slab.py'),
     'lnr_slab_alpha_init0': osp.join(HERE, 'ln_route_slab.py'),
 })

@@ -19,7 +19,7 @@ mini_model = dict(
         mask_head=dict(num_convs=2, in_channels=_mini_width, conv_out_channels=_mini_width, num_classes=6)),
     train_cfg=dict(rpn_proposal=dict(nms_pre=600, max_per_img=300), rcnn=dict(sampler=dict(num=128))),
     test_cfg=dict(rpn=dict(nms_pre=600, max_per_img=300)))
-# The SLAB bases' PRepBN anneal: over the first half (g = 0 at iteration 500 of 1000), so that the
+# The SLAB bases' PRepBN anneal: over the first half (g = 0 at iteration 250 of 500), so that the
 # whole transition happens at the full learning rate, before the first step (epoch 3);
 # the rest trains the pure-BatchNorm model.
 mini_prepbn_hooks = [dict(type='PRepBNHook', anneal_ratio=0.5, schedule='linear')]
