@@ -15,7 +15,8 @@ def test_demo_chain_writes_a_consistent_report(mini_coco, tmp_path):
     out = tmp_path / 'demo'
     report = run_demo(str(out), mini_coco, num_images=2, warmup=0, mini_coco_size=(8, 4),
                       cfg_options={'train_cfg.max_epochs': 1}, log=lambda *a: None)
-    assert report['iterations'] == 8 and report['final_g'] == 0.0 and report['val_images'] == 4
+    # 8 train images at mini COCO's 2 per batch: 4 iterations, annealed to g = 0.
+    assert report['iterations'] == 4 and report['final_g'] == 0.0 and report['val_images'] == 4
     for key in ('bbox_mAP', 'segm_mAP'):
         assert 0.0 <= report['metrics'][key] <= 1.0
         # Fusion is exact: the fused model scores the same on the val split.
@@ -25,6 +26,7 @@ def test_demo_chain_writes_a_consistent_report(mini_coco, tmp_path):
     assert len(names) == 3 and names[1].endswith('(fused)') and names[2].endswith('(LayerNorm baseline)')
     assert json.loads((out / 'report.json').read_text())['metrics'] == report['metrics']
     text = (out / 'report.md').read_text()
+    assert 'Recipe: 2 images per batch' in text
     for heading in ('## Validation', '## Training', '## Fusion', '## Latency', '## Time per step'):
         assert heading in text
     for png in (out / 'training.png', out / 'benchmark' / 'latency.png'):
