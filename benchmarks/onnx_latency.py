@@ -1,7 +1,8 @@
 """Latency of backbone + neck in ONNX Runtime and in PyTorch, side by side in one run.
 
 Every model is the Mask R-CNN of a config with random weights (SLAB models: PRepBN at
-g = 0 with random norm statistics, then fused by slab_mmdet.deploy.fuse_detector),
+g = 0 as the latency record sets it, benchmark.candidates.finish_random_prepbn, then
+fused by slab_mmdet.deploy.fuse_detector),
 exported the same way (slab_mmdet.deploy.onnx_export.export_features_onnx: dynamic H, W,
 opset 18) and timed at batch 1 on one input size, interleaved: for each of --rounds
 rounds, the models run one after the other in an order rotated by one per round, each
@@ -44,8 +45,8 @@ def build(config, backbone=None, seed=0):
     from mmdet.apis import init_detector
     from mmengine.config import Config
 
+    from slab_mmdet.benchmark.candidates import finish_random_prepbn
     from slab_mmdet.deploy import fuse_detector
-    from slab_mmdet.models.layers import PRepBN, RepBN
 
     cfg = Config.fromfile(osp.join(REPO, config))
     cfg.model.backbone.init_cfg = None
@@ -54,18 +55,8 @@ def build(config, backbone=None, seed=0):
     torch.manual_seed(seed)
     model = init_detector(cfg, None, device='cpu')
     model.init_weights()
-    slab = any(isinstance(m, (PRepBN, RepBN)) for m in model.modules())
-    if slab:
-        gen = torch.Generator().manual_seed(seed)
-        with torch.no_grad():
-            for m in model.modules():
-                if isinstance(m, PRepBN):
-                    m.set_g(0.0)
-                elif isinstance(m, RepBN):
-                    m.bn.running_var.copy_(torch.rand(m.bn.running_var.shape, generator=gen) + 0.5)
-                    m.bn.running_mean.copy_(torch.rand(m.bn.running_mean.shape, generator=gen) - 0.5)
-        model.eval()
-        fuse_detector(model)
+    if finish_random_prepbn(model):   # a SLAB model: g = 0, as training leaves it, then fused
+        fuse_detector(model.eval())
     return model.eval()
 
 
