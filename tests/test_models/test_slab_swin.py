@@ -151,6 +151,51 @@ def test_backbone_outputs_ignore_window_padding(monkeypatch):
         torch.testing.assert_close(a, b)
 
 
+def sla_region_by_region(sla, x, shift):
+    """The oracle for SLA in shifted windows, from the definition: the map (B, H, W, C) is
+    cut into regions at rows and columns ``shift + k * ws`` (``k * ws`` unshifted), which
+    are the parts of Swin's cyclically shifted windows; each region attends only to itself,
+    its tokens keep their in-window positions (row, column minus ``shift``, modulo ws) for
+    the positional encoding, and the conv on V sees the region alone in a zero window."""
+    b, h, w, c = x.shape
+    ws, heads = sla.window_size, sla.num_heads
+
+    def cuts(size):
+        points = sorted({0, size} | {p for p in range(shift % ws, size, ws)})
+        return list(zip(points[:-1], points[1:]))
+
+    out = torch.zeros(b, h, w, c, dtype=x.dtype)
+    for r0, r1 in cuts(h):
+        for c0, c1 in cuts(w):
+            part = x[:, r0:r1, c0:c1]
+            q, k, v = sla.qkv(part).chunk(3, dim=-1)                       # (B, hr, wr, C)
+            i0, j0 = (r0 - shift) % ws, (c0 - shift) % ws
+            pos = sla.positional_encoding.view(ws, ws, c)[i0:i0 + r1 - r0, j0:j0 + c1 - c0]
+            q, k = torch.relu(q), torch.relu(k + pos)
+            q, k, v = (t.reshape(b, -1, heads, c // heads).transpose(1, 2) for t in (q, k, v))
+            attended = (q @ (k.transpose(-2, -1) @ v)) / (q @ k.sum(-2, keepdim=True).transpose(-2, -1) + 1e-6)
+            window = torch.zeros(b, heads, ws, ws, c // heads, dtype=x.dtype)
+            window[:, :, i0:i0 + r1 - r0, j0:j0 + c1 - c0] = v.reshape(b, heads, r1 - r0, c1 - c0, -1)
+            conv = sla.value_conv(window.flatten(2, 3), (ws, ws)).view(b, heads, ws, ws, -1)
+            conv = conv[:, :, i0:i0 + r1 - r0, j0:j0 + c1 - c0].flatten(2, 3)
+            merged = (attended + conv).transpose(1, 2).reshape(b, r1 - r0, c1 - c0, c)
+            out[:, r0:r1, c0:c1] = sla.proj(merged)
+    return out
+
+
+@pytest.mark.parametrize('hw', [(10, 12), (14, 14), (19, 20), (5, 9), (30, 8)], ids=lambda s: f'{s[0]}x{s[1]}')
+@pytest.mark.parametrize('shift', [0, 3])
+def test_window_sla_is_sla_on_each_region_alone(shift, hw):
+    """SLA's mask-free shifted windows (offset padding, zeroed K and V) equal SLA applied
+    to each part of the shifted windows separately, in float64."""
+    attn = make_window_attention('L', shift).double()
+    torch.manual_seed(2)
+    x = torch.randn(2, *hw, 16, dtype=torch.float64)
+    with torch.no_grad():
+        torch.testing.assert_close(attn.window_attn(x, shift), sla_region_by_region(attn.window_attn, x, shift),
+                                   rtol=1e-10, atol=1e-10)
+
+
 @pytest.mark.parametrize('hw', [(7, 7), (5, 6), (1, 2)], ids=lambda s: f'{s[0]}x{s[1]}')
 @pytest.mark.parametrize('kind', ['L', 'S'])
 def test_no_shift_when_one_window_covers_the_map(kind, hw):
@@ -248,14 +293,17 @@ def test_invalid_arguments_are_refused():
 @pytest.mark.parametrize('hw, shift', [((48, 48), 0), ((75, 80), 24)], ids=['one-window', 'padded-shifted'])
 def test_window_sla_never_forms_an_attention_matrix(hw, shift):
     """Windows of N = 48x48 tokens: SLA's largest intermediate (forward and backward,
-    with and without region masks) stays far below N x N elements; softmax window
-    attention (the control) forms that matrix."""
+    regular and shifted windows) is the qkv map of its window layout (linear in the
+    tokens), below N x N elements; softmax window attention (the control) forms that
+    matrix."""
     torch.manual_seed(0)
     ws, dims = 48, 32
     n = ws * ws
     sla = ShiftedWindowAttention(WindowLinearAttention(dims, 2, ws), shift_size=shift)
     numel, op, shape = largest_intermediate(lambda x: sla(x, hw), torch.randn(1, hw[0] * hw[1], dims))
-    assert numel < n * n / 4, (op, shape)
+    # Shifted SLA pads by ws - shift at the top/left, then to window multiples.
+    layout_tokens = math.prod(math.ceil((size + (ws - shift) % ws) / ws) * ws for size in hw)
+    assert numel <= layout_tokens * 3 * dims < n * n, (op, shape)
 
     softmax = ShiftedWindowAttention(WindowSoftmaxAttention(dims, 2, ws), shift_size=shift)
     with sdpa_kernel(SDPBackend.MATH):

@@ -1,5 +1,4 @@
-from .attention import (SpatialReductionAttention, SpatialReductionLinearAttention, grouped_normalised_linear_attention,
-                        normalised_linear_attention)
+from .attention import SpatialReductionAttention, SpatialReductionLinearAttention, normalised_linear_attention
 from .fusion import (FOLDABLE_NORMS, ChannelAffine, fold_into_next, fold_into_previous, fold_norm, is_foldable_norm,
                      norm_affine, norm_to_channel_affine)
 from .prepbn import PRepBN, RepBN, bn_affine, iter_prepbn, repbn_affine, repbn_to_bn_params
@@ -11,5 +10,5 @@ __all__ = [
     'norm_affine', 'norm_to_channel_affine',
     'PRepBN', 'RepBN', 'bn_affine', 'iter_prepbn', 'repbn_affine', 'repbn_to_bn_params', 'Mlp', 'PatchEmbed',
     'PreNormBlock', 'SpatialReductionAttention', 'SpatialReductionLinearAttention', 'normalised_linear_attention',
-    'grouped_normalised_linear_attention', 'ShiftedWindowAttention', 'WindowLinearAttention', 'WindowSoftmaxAttention'
+    'ShiftedWindowAttention', 'WindowLinearAttention', 'WindowSoftmaxAttention'
 ]

@@ -3,9 +3,8 @@
 SLA (SLAB paper, Sec. 4.2): ``Attn(Q, K, V) = phi(Q) (phi(K)^T V) / (phi(Q) sum_j phi(K_j))``
 with ``phi = ReLU``, computed right to left so that it is linear in the number of
 tokens -- no N x N_kv matrix is ever formed -- plus a depth-wise convolution on V
-that restores local detail. :func:`normalised_linear_attention` and
-:func:`grouped_normalised_linear_attention` are the maths, shared with the window
-attention of SLAB-Swin; :class:`ValueDWConv` is the depth-wise branch.
+that restores local detail. :func:`normalised_linear_attention` is the maths, shared
+with the window attention of SLAB-Swin; :class:`ValueDWConv` is the depth-wise branch.
 """
 import torch
 import torch.nn as nn
@@ -24,23 +23,6 @@ def normalised_linear_attention(q, k, v, eps=SLA_EPS):
     kv = k.transpose(-2, -1) @ v                                   # (..., d, e)
     normaliser = q @ k.sum(dim=-2).unsqueeze(-1)                    # (..., N, 1)
     return (q @ kv) / (normaliser + eps)
-
-
-def grouped_normalised_linear_attention(q, k, v, groups, eps=SLA_EPS):
-    """Linear attention where each token only sees the tokens of its own group.
-
-    Args:
-        q, k, v: (B, W, h, N, d) -- W windows of N tokens, h heads.
-        groups: (W, N, R) one-hot float membership of each token in R groups; a token
-            whose row is all zero belongs to no group: it is never attended to and its
-            own output is 0 (used for padding).
-    """
-    kv = torch.einsum('bwhmd,wmr,bwhme->bwhrde', k, groups, v)
-    k_sum = torch.einsum('bwhmd,wmr->bwhrd', k, groups)
-    q_grouped = torch.einsum('bwhnd,wnr->bwhnrd', q, groups)
-    numerator = torch.einsum('bwhnrd,bwhrde->bwhne', q_grouped, kv)
-    normaliser = torch.einsum('bwhnrd,bwhrd->bwhn', q_grouped, k_sum).unsqueeze(-1)
-    return numerator / (normaliser + eps)
 
 
 def at_least_fp32(*tensors):

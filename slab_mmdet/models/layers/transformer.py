@@ -72,8 +72,18 @@ def pad_to_multiple(x, multiple, channels_last=True):
     pad_h, pad_w = (-h) % mh, (-w) % mw
     # Traced for ONNX, the sizes are symbolic: always pad (by 0 where nothing is needed), so
     # that the graph does not keep the example input's branch.
-    if pad_h or pad_w or torch.jit.is_tracing():
-        x = F.pad(x, (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h))
+    if torch.jit.is_tracing():
+        return F.pad(x, (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h)), (pad_h, pad_w)
+    if pad_h or pad_w:
+        # F.pad fills the whole output before copying x in; write each element once instead.
+        hd, wd = (1, 2) if channels_last else (2, 3)
+        shape = list(x.shape)
+        shape[hd], shape[wd] = h + pad_h, w + pad_w
+        padded = x.new_empty(shape)
+        padded.narrow(hd, 0, h).narrow(wd, 0, w).copy_(x)
+        padded.narrow(hd, h, pad_h).zero_()
+        padded.narrow(hd, 0, h).narrow(wd, w, pad_w).zero_()
+        x = padded
     return x, (pad_h, pad_w)
 
 

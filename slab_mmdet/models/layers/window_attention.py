@@ -1,20 +1,21 @@
 """Shifted-window attention of SLAB-Swin: softmax window attention with relative
 position bias, and simplified linear attention (SLA) inside windows.
 
-:class:`ShiftedWindowAttention` pads the feature map to window multiples, applies the
-cyclic shift, partitions windows, and tells the inner attention which tokens may see
-each other. Padded tokens and tokens wrapped around by the shift never contribute to
-a real token's output -- in the softmax attention (an additive mask, as Swin's region
-mask, extended to padding) and in SLA alike (keys/values restricted to the query's
-region, padding excluded, and the depth-wise conv on V applied per region).
+:class:`ShiftedWindowAttention` decides the shift (none when one window covers the map)
+and hands the (B, H, W, C) map to the inner attention, which lays out its windows.
+Padded tokens and tokens wrapped around by the shift never contribute to a real
+token's output. Softmax attention does it as Swin does: pad, cyclic shift, and an
+additive mask between regions and on padding. SLA needs no mask: its shifted windows
+are the regular windows of the map padded by ``window - shift`` at the top/left, so
+each window holds one region, and zeroing K and V on the padding keeps it out of the
+sums and of the depth-wise conv on V.
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
-from .attention import (SLA_EPS, ValueDWConv, at_least_fp32, grouped_normalised_linear_attention, merge_heads,
-                        normalised_linear_attention, split_heads)
+from .attention import at_least_fp32, merge_heads, normalised_linear_attention, split_heads, ValueDWConv
 from .transformer import pad_to_multiple
 
 MASKED = -1e4  # additive logit for forbidden pairs: exp() underflows to 0, yet finite in fp16
@@ -35,12 +36,11 @@ def window_reverse(windows, ws, h, w):
 
 
 def window_regions(hw_shape, padded_hw, ws, shift, device):
-    """Per-window token regions for a padded, cyclically shifted map.
+    """Per-window token regions for a padded, cyclically shifted map (softmax attention's mask).
 
-    Returns ``(region, valid, num_regions)``; ``region`` and ``valid`` are (nW, ws*ws):
-    ``region`` (< num_regions) tells apart the parts of a window that come from
-    different places of the map (Swin's region mask: wrapped rows/columns form their
-    own regions), ``valid`` is False for padding.
+    Returns ``(region, valid)``, both (nW, ws*ws): ``region`` tells apart the parts of a
+    window that come from different places of the map (Swin's region mask: wrapped
+    rows/columns form their own regions), ``valid`` is False for padding.
     """
     (h, w), (hp, wp) = hw_shape, padded_hw
     rows = torch.arange(hp, device=device)
@@ -52,12 +52,16 @@ def window_regions(hw_shape, padded_hw, ws, shift, device):
         region = (rows >= hp - shift).long()[:, None] * 2 + (cols >= wp - shift).long()[None, :]
     else:
         region = torch.zeros(hp, wp, dtype=torch.long, device=device)
-    as_windows = [window_partition(t[None, :, :, None], ws)[..., 0] for t in (region, valid)]
-    return as_windows[0], as_windows[1], 4 if shift > 0 else 1
+    region, valid = (window_partition(t[None, :, :, None], ws)[..., 0] for t in (region, valid))
+    return region, valid
 
 
 class WindowAttentionBase(BaseModule):
-    """The projections of a window attention: one qkv linear and an output projection."""
+    """The projections of a window attention: one qkv linear and an output projection.
+
+    Subclasses are called as ``attn(x, shift)`` on a (B, H, W, C) map and return the
+    map they attend to, (B, H, W, C); they pad to window multiples themselves.
+    """
 
     def __init__(self, embed_dims, num_heads, window_size, qkv_bias=True, proj_drop=0., init_cfg=None):
         super().__init__(init_cfg=init_cfg)
@@ -87,13 +91,23 @@ class WindowSoftmaxAttention(WindowAttentionBase):
         self.register_buffer('relative_position_index', rel[..., 0] * (2 * ws - 1) + rel[..., 1],
                              persistent=False)
 
-    def forward(self, x, region=None, valid=None, num_regions=1):
-        """x: (B*nW, N, C); region/valid: (nW, N) or None (all tokens see each other)."""
-        bw, n, c = x.shape
-        q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(x).chunk(3, dim=-1))
+    def forward(self, x, shift=0):
+        """x: (B, H, W, C) -> (B, H, W, C); windows cyclically shifted by ``shift``."""
+        b, h, w, c = x.shape
+        ws = self.window_size
+        x, (pad_h, pad_w) = pad_to_multiple(x, ws)
+        hp, wp = x.shape[1], x.shape[2]
+        if shift:
+            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
+        windows = window_partition(x, ws)
+        bw, n, _ = windows.shape
+        q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(windows).chunk(3, dim=-1))
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
         mask = bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)          # (1, h, N, N)
-        if region is not None:
+        # Traced for ONNX, always masked: exact for any size, where the unmasked graph
+        # would be baked in for every size if the example input needed no mask.
+        if shift or pad_h or pad_w or torch.jit.is_tracing():
+            region, valid = window_regions((h, w), (hp, wp), ws, shift, x.device)
             allowed = (region[:, :, None] == region[:, None, :]) & valid[:, None, :]
             pair_mask = torch.zeros(allowed.shape, dtype=mask.dtype, device=x.device).masked_fill(~allowed, MASKED)
             nw = region.shape[0]
@@ -101,7 +115,28 @@ class WindowSoftmaxAttention(WindowAttentionBase):
             mask = mask.reshape(bw, self.num_heads, n, n)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype),
                                              dropout_p=self.attn_drop if self.training else 0.)
-        return self.proj_drop(self.proj(merge_heads(out)))
+        out = window_reverse(merge_heads(out), ws, hp, wp)
+        if shift:
+            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
+        return self.proj_drop(self.proj(out[:, :h, :w, :]))
+
+
+def shifted_window_bands(size, ws, shift):
+    """The bands of one axis of a padded map (``size`` a multiple of ``ws``) in which
+    Swin's shifted windows are regular: ``[(start, stop, window, first_position)]``.
+
+    Shifted windows are cut at ``shift + k * ws``: the first ``shift`` rows are the end of
+    a window that the cyclic shift fills with the last ``ws - shift`` rows, which are a
+    band of their own; between them, whole windows. ``first_position`` is where a band's
+    windows start inside Swin's (rolled) window, which fixes their positional encoding.
+    """
+    if not shift:
+        # The last row of windows apart: the only one that can hold padding.
+        bands = [(0, size - ws, ws, 0), (size - ws, size, ws, 0)]
+    else:
+        bands = [(0, shift, shift, ws - shift), (shift, size - ws + shift, ws, 0),
+                 (size - ws + shift, size, ws - shift, 0)]
+    return [band for band in bands if band[1] > band[0]]
 
 
 class WindowLinearAttention(WindowAttentionBase):
@@ -109,6 +144,15 @@ class WindowLinearAttention(WindowAttentionBase):
     encoding on the keys (one vector per in-window position, added after the qkv
     projection and before the ReLU, as in the reference model), and a depth-wise conv
     on V over the window grid.
+
+    Shifted windows need no region mask here: Swin's shifted windows (cyclic shift by
+    ``s``, the wrapped parts kept apart) are the pieces of the map cut at rows and
+    columns ``s + k * ws``; in each band of rows (and of columns) between two kinds of
+    cut they are regular windows (:func:`shifted_window_bands`), and SLA runs on each
+    band's windows as they are, each holding one region. K and V are zeroed on the
+    padding (to window multiples), so the sums and the conv on V see exactly a piece's
+    real tokens; the in-window positions (and so the positional encoding) are those of
+    the cyclic shift.
 
     Args:
         kernel_size (int): Kernel of the depth-wise conv on V. Default: 5.
@@ -120,43 +164,72 @@ class WindowLinearAttention(WindowAttentionBase):
         self.positional_encoding = nn.Parameter(torch.zeros(1, window_size * window_size, embed_dims))
         self.value_conv = ValueDWConv(embed_dims // num_heads, kernel_size)
 
-    def forward(self, x, region=None, valid=None, num_regions=1):
-        """x: (B*nW, N, C); region/valid: (nW, N) with region ids < num_regions, or None
-        (all tokens see each other)."""
-        q, k, v = self.qkv(x).chunk(3, dim=-1)
-        q, k = F.relu(q), F.relu(k + self.positional_encoding)
-        q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))    # (B*nW, h, N, d)
-        ws = (self.window_size, self.window_size)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            q, k, v32 = at_least_fp32(q, k, v)
-            if region is None:
-                out = normalised_linear_attention(q, k, v32)
-            else:
-                # One-hot region membership; padding belongs to no region.
-                groups = (F.one_hot(region, num_regions) * valid[..., None]).to(q.dtype)  # (nW, N, R)
-                nw = groups.shape[0]
-                shape = (-1, nw) + q.shape[1:]
-                out = grouped_normalised_linear_attention(q.view(shape), k.view(shape), v32.view(shape), groups,
-                                                    SLA_EPS).flatten(0, 1)
-        out = out.to(v.dtype)
-        if region is None:
-            out = out + self.value_conv(v, ws)
+    def forward(self, x, shift=0):
+        """x: (B, H, W, C) -> (B, H, W, C); windows shifted by ``shift``."""
+        b, h, w, c = x.shape
+        qkv = self.qkv(x.reshape(-1, c)).view(b, h, w, 3 * c)          # on the real tokens only
+        if torch.jit.is_tracing():
+            out = self._attend_traced(qkv, h, w, shift)
         else:
-            # The conv sees each region on its own (zeros elsewhere), so nothing leaks
-            # across a region border or out of the padding.
-            nw = groups.shape[0]
-            v_windows = v.view((-1, nw) + v.shape[1:])
-            for r in range(groups.shape[-1]):
-                member = groups[:, None, :, r, None].to(v.dtype)              # (nW, 1, N, 1)
-                conv = self.value_conv((v_windows * member).flatten(0, 1), ws)
-                out = out + (conv.view_as(v_windows) * member).flatten(0, 1)
-        return self.proj_drop(self.proj(merge_heads(out)))
+            out = self._attend_in_bands(qkv, h, w, shift)
+        return self.proj_drop(self.proj(out.reshape(-1, c)).view(b, h, w, c))
+
+    def _attend_in_bands(self, qkv, h, w, shift):
+        """SLA of the shifted windows, band by band; masks only in bands that hold padding."""
+        ws = self.window_size
+        qkv, _ = pad_to_multiple(qkv, ws)
+        hp, wp = qkv.shape[1], qkv.shape[2]
+        rows = []
+        for r0, r1, wh, i0 in shifted_window_bands(hp, ws, shift):
+            band = []
+            for c0, c1, wc, j0 in shifted_window_bands(wp, ws, shift):
+                real = None
+                if r1 > h or c1 > w:
+                    real = ((torch.arange(r0, r1, device=qkv.device) < h)[:, None]
+                            & (torch.arange(c0, c1, device=qkv.device) < w)[None, :])
+                band.append(self._attend(qkv[:, r0:r1, c0:c1], (wh, wc), (i0, j0), real))
+            rows.append(torch.cat(band, dim=2) if len(band) > 1 else band[0])
+        out = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
+        return out[:, :h, :w, :]
+
+    def _attend_traced(self, qkv, h, w, shift):
+        """The same for ONNX, in one window grid whatever the size (the number of bands
+        depends on it): the map padded by ``ws - shift`` at the top/left, whose regular
+        windows are the shifted windows; always masked."""
+        ws = self.window_size
+        offset = ws - shift if shift else 0
+        qkv = F.pad(qkv, (0, 0, offset, 0, offset, 0))
+        qkv, _ = pad_to_multiple(qkv, ws)
+        rows, cols = (torch.arange(n, device=qkv.device) for n in (qkv.shape[1], qkv.shape[2]))
+        real = ((rows >= offset) & (rows < offset + h))[:, None] & ((cols >= offset) & (cols < offset + w))[None]
+        return self._attend(qkv, (ws, ws), (0, 0), real)[:, offset:offset + h, offset:offset + w, :]
+
+    def _attend(self, qkv, window, first, real=None):
+        """SLA in the (wh, ww) windows tiling ``qkv`` (B, R, S, 3C), whose positions start at
+        ``first`` inside Swin's window; ``real`` (R, S) is False on padding. -> (B, R, S, C)."""
+        b, r, s, c3 = qkv.shape
+        (wh, ww), heads, c = window, self.num_heads, c3 // 3
+        d = c // heads
+        # One copy to windows and heads: q, k, v (B*nW, heads, wh*ww, d), contiguous.
+        q, k, v = qkv.reshape(b, r // wh, wh, s // ww, ww, 3, heads, d).permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(
+            3, -1, heads, wh * ww, d).unbind(0)
+        ws = self.window_size
+        pos = self.positional_encoding.view(ws, ws, heads, d)[first[0]:first[0] + wh, first[1]:first[1] + ww]
+        q, k = F.relu(q), F.relu(k + pos.reshape(wh * ww, heads, d).transpose(0, 1))
+        if real is not None:
+            real = real.reshape(r // wh, wh, s // ww, ww).transpose(1, 2).reshape(1, -1, 1, wh * ww, 1).to(k.dtype)
+            k, v = ((t.view((b, -1) + t.shape[1:]) * real).flatten(0, 1) for t in (k, v))
+        with torch.autocast(device_type=qkv.device.type, enabled=False):
+            out = normalised_linear_attention(*at_least_fp32(q, k, v))
+        out = out.to(v.dtype) + self.value_conv(v, (wh, ww))                # (B*nW, heads, N, d)
+        out = out.view(b, r // wh, s // ww, heads, wh, ww, d).permute(0, 1, 4, 2, 5, 3, 6)
+        return out.reshape(b, r, s, c)
 
 
 class ShiftedWindowAttention(BaseModule):
-    """Pads to window multiples, cyclically shifts, partitions into windows, runs the
-    inner window attention with the masks that keep padding and wrapped tokens out,
-    and undoes all of it.
+    """Window attention on a token sequence laid out on a grid, regular or shifted
+    (Swin's alternating blocks); the inner attention pads and keeps padding and
+    wrapped tokens out.
 
     Args:
         window_attn (WindowAttentionBase): The attention inside each window.
@@ -181,19 +254,5 @@ class ShiftedWindowAttention(BaseModule):
     def forward(self, x, hw_shape):
         b, n, c = x.shape
         h, w = hw_shape
-        ws = self.window_size
-        x, (pad_h, pad_w) = pad_to_multiple(x.view(b, h, w, c), ws)
-        hp, wp = x.shape[1], x.shape[2]
-        shift = self.shift_size if (hp > ws or wp > ws) else 0
-        if shift:
-            x = torch.roll(x, shifts=(-shift, -shift), dims=(1, 2))
-        # Traced for ONNX, always the masked path: it is exact for any size, while the
-        # unmasked one would be baked in for every size if the example needed no mask.
-        if shift or pad_h or pad_w or torch.jit.is_tracing():
-            region, valid, num_regions = window_regions((h, w), (hp, wp), ws, shift, x.device)
-        else:
-            region, valid, num_regions = None, None, 1
-        out = window_reverse(self.window_attn(window_partition(x, ws), region, valid, num_regions), ws, hp, wp)
-        if shift:
-            out = torch.roll(out, shifts=(shift, shift), dims=(1, 2))
-        return out[:, :h, :w, :].reshape(b, n, c)
+        shift = self.shift_size if (h > self.window_size or w > self.window_size) else 0
+        return self.window_attn(x.view(b, h, w, c), shift).reshape(b, n, c)
