@@ -99,6 +99,9 @@ VARIANTS.update({
     # ln_route_*.py as they are now (converter alpha 0, out_norm_cfg alpha_init 0).
     'lnr_prepbn_alpha_init0': [f'load_from={LN_CONVERTED}', 'custom_hooks.1.alpha_init=0.0'],
     'lnr_slab_alpha_init0': [f'load_from={LN_CONVERTED}', 'custom_hooks.1.alpha_init=0.0'],
+    # The converted SLAB-PVT-T at the bar's other batch settings: 4 images, 2 processes x 2 images.
+    'lnr_slab_b4': [f'load_from={LN_CONVERTED}', 'train_dataloader.batch_size=4'],
+    'lnr_slab_p2b2': [f'load_from={LN_CONVERTED}'],
 })
 CONFIGS.update({
     'ln_base': osp.join(ROOT, 'configs', 'mini', 'mask_rcnn_pvt_t.py'),
@@ -111,9 +114,11 @@ CONFIGS.update({
     'lnr_slab_out_alpha1': osp.join(HERE, 'ln_route_slab.py'),
     'lnr_slab_alpha1': osp.join(HERE, 'ln_route_slab.py'),
     'lnr_slab_alpha_init0': osp.join(HERE, 'ln_route_slab.py'),
+    'lnr_slab_b4': osp.join(HERE, 'ln_route_slab.py'),
+    'lnr_slab_p2b2': osp.join(HERE, 'ln_route_slab.py'),
 })
 # Variants trained by 2 processes (gloo, one thread each): 2 x the batch size of one process.
-NPROC = {'p2b2': 2, 'p2b2_fix': 2}
+NPROC = {'p2b2': 2, 'p2b2_fix': 2, 'lnr_slab_p2b2': 2}
 
 
 def scalars(work_dir):
