@@ -6,6 +6,7 @@ with its config's optimizer; the PRepBN models sit at g = 0.5, where both branch
 backward + optimizer step; the models are interleaved iteration by iteration.
 
     python benchmarks/train_step_time.py --threads 2 --iters 6 --warmup 1
+    python benchmarks/train_step_time.py --family Swin     # the Swin pair only
 """
 import argparse
 import copy
@@ -24,6 +25,10 @@ MODELS = [
     ('mmdet Swin-T (LN)', 'configs/mini/mask_rcnn_swin_t.py'),
     ('SLAB-Swin-T (g = 0.5)', 'configs/mini/mask_rcnn_slab_swin_t.py'),
 ]
+
+
+def family(name):
+    return 'Swin' if 'Swin' in name else 'PVT'
 
 
 def build(config, data_root):
@@ -66,6 +71,7 @@ def main(argv=None):
     parser.add_argument('--iters', type=int, default=6)
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--data-root', default=osp.join(REPO, 'data', 'mini_coco'))
+    parser.add_argument('--family', choices=['PVT', 'Swin'], help='time only this family (its LN baseline first)')
     parser.add_argument('--out', default=osp.join(REPO, 'work_dirs', 'benchmarks', 'train_step_time.json'))
     args = parser.parse_args(argv)
     sys.path.insert(0, REPO)
@@ -74,7 +80,8 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    runs = [(name, *build(config, args.data_root)) for name, config in MODELS]
+    chosen = [(name, config) for name, config in MODELS if args.family in (None, family(name))]
+    runs = [(name, *build(config, args.data_root)) for name, config in chosen]
     times = {name: [] for name, *_ in runs}
     for i in range(args.warmup + args.iters):
         for name, model, optim, batch in runs:
@@ -86,10 +93,13 @@ def main(argv=None):
     first = statistics.median(times[runs[0][0]])
     rows = [dict(model=name, median_s=statistics.median(v), mean_s=statistics.mean(v),
                  ratio_to_first=statistics.median(v) / first) for name, v in times.items()]
-    ref_by_family = {'PVT': rows[0]['median_s'], 'Swin': rows[3]['median_s']}
+    # Each family's LayerNorm baseline is its first model.
+    ref_by_family = {}
+    for r in rows:
+        ref_by_family.setdefault(family(r['model']), r['median_s'])
     print('| model | median s/iter | mean s/iter | vs its LN baseline |\n| --- | --- | --- | --- |')
     for r in rows:
-        base = ref_by_family['Swin' if 'Swin' in r['model'] else 'PVT']
+        base = ref_by_family[family(r['model'])]
         print(f"| {r['model']} | {r['median_s']:.2f} | {r['mean_s']:.2f} | {r['median_s'] / base:.2f}x |")
     os.makedirs(osp.dirname(args.out), exist_ok=True)
     with open(args.out, 'w') as f:

@@ -72,10 +72,11 @@ def pad_to_multiple(x, multiple, channels_last=True):
     pad_h, pad_w = (-h) % mh, (-w) % mw
     # Traced for ONNX, the sizes are symbolic: always pad (by 0 where nothing is needed), so
     # that the graph does not keep the example input's branch.
-    if torch.jit.is_tracing():
+    if torch.jit.is_tracing() or (x.requires_grad and (pad_h or pad_w)):
         return F.pad(x, (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h)), (pad_h, pad_w)
     if pad_h or pad_w:
-        # F.pad fills the whole output before copying x in; write each element once instead.
+        # F.pad fills the whole output before copying x in; write each element once instead
+        # (not under autograd, where each in-place write would copy the whole gradient).
         hd, wd = (1, 2) if channels_last else (2, 3)
         shape = list(x.shape)
         shape[hd], shape[wd] = h + pad_h, w + pad_w

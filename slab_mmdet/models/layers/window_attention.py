@@ -179,15 +179,17 @@ class WindowLinearAttention(WindowAttentionBase):
         ws = self.window_size
         qkv, _ = pad_to_multiple(qkv, ws)
         hp, wp = qkv.shape[1], qkv.shape[2]
+        row_bands, col_bands = shifted_window_bands(hp, ws, shift), shifted_window_bands(wp, ws, shift)
         rows = []
-        for r0, r1, wh, i0 in shifted_window_bands(hp, ws, shift):
+        # split, not slicing: the backward of a slice zero-fills the whole input's gradient.
+        for (r0, r1, wh, i0), row in zip(row_bands, qkv.split([r1 - r0 for r0, r1, _, _ in row_bands], dim=1)):
             band = []
-            for c0, c1, wc, j0 in shifted_window_bands(wp, ws, shift):
+            for (c0, c1, wc, j0), part in zip(col_bands, row.split([c1 - c0 for c0, c1, _, _ in col_bands], dim=2)):
                 real = None
                 if r1 > h or c1 > w:
                     real = ((torch.arange(r0, r1, device=qkv.device) < h)[:, None]
                             & (torch.arange(c0, c1, device=qkv.device) < w)[None, :])
-                band.append(self._attend(qkv[:, r0:r1, c0:c1], (wh, wc), (i0, j0), real))
+                band.append(self._attend(part, (wh, wc), (i0, j0), real))
             rows.append(torch.cat(band, dim=2) if len(band) > 1 else band[0])
         out = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
         return out[:, :h, :w, :]
