@@ -7,9 +7,14 @@
 3. fuse the norms (``fuse_checkpoint``: checks fused = unfused on an image, writes the
    deploy config and the fused checkpoint) and evaluate the fused model on the val
    split again, through the deploy config, as mmdet's own test loop would;
-4. benchmark fused vs unfused vs the LayerNorm PVT-T baseline at batch 1;
-5. write ``report.md`` with PNGs of the loss and g curves and the latency bars.
+4. benchmark at batch 1: first the backbones at COCO test resolution (images resized to
+   1333x800): the trained SLAB-PVT-T fused vs the LayerNorm PVT-T and mmdet's PVTv2-b1,
+   the speed a user of COCO-sized inputs sees; then the whole detectors at mini-COCO
+   size, fused vs unfused vs the LayerNorm PVT-T;
+5. write ``report.md`` (leading with the COCO-resolution comparison) with PNGs of the loss
+   and g curves and the latency bars.
 """
+import copy
 import json
 import os
 import os.path as osp
@@ -19,6 +24,8 @@ import time
 REPO_ROOT = osp.dirname(osp.dirname(osp.realpath(__file__)))
 DEFAULT_CONFIG = osp.join(REPO_ROOT, 'configs', 'mini', 'mask_rcnn_slab_pvt_t.py')
 DEFAULT_BASELINE = osp.join(REPO_ROOT, 'configs', 'mini', 'mask_rcnn_pvt_t.py')
+DEFAULT_PEER = osp.join(REPO_ROOT, 'configs', 'mini', 'mask_rcnn_pvtv2_b1.py')
+COCO_TEST_SCALE = (1333, 800)   # mmdet's COCO test Resize (keep ratio)
 TARGET_BBOX_MAP = 0.3
 
 
@@ -132,12 +139,51 @@ def benchmark(checkpoint, config, options, baseline, data_root, out_dir, num_ima
     return summary, write_report(summary, out_dir, stem='latency')
 
 
+def test_scale_options(config, scale):
+    """cfg_options that make ``config``'s test pipeline resize to ``scale`` (keep ratio)."""
+    from mmengine.config import Config
+    from mmdet.utils import get_test_pipeline_cfg
+    pipeline = copy.deepcopy(get_test_pipeline_cfg(Config.fromfile(config)))
+    resizes = [step for step in pipeline if step['type'] == 'Resize']
+    if len(resizes) != 1:
+        raise ValueError(f'{config}: its test pipeline has {len(resizes)} Resize steps; the COCO-resolution '
+                         'timing needs exactly one to set to 1333x800')
+    resizes[0]['scale'] = COCO_TEST_SCALE
+    return {'test_dataloader.dataset.pipeline': pipeline}
+
+
+def benchmark_coco_size_backbones(checkpoint, config, options, others, data_root, out_dir, num_images, warmup,
+                                  threads):
+    """The trained model's fused backbone vs the backbones of ``others`` [(config, label)] (random
+    weights), on mini COCO val images resized as COCO test images are, interleaved, batch 1."""
+    import torch
+    from .benchmark import benchmark_backbones, load_models
+    from .benchmark.images import list_mini_coco_val, select_images
+    from .benchmark.report import machine_facts, summarize_result, write_report
+    if threads:
+        torch.set_num_threads(threads)
+    models = load_models([config], [checkpoint], fuse='yes',
+                         cfg_options={**options, **test_scale_options(config, COCO_TEST_SCALE)})
+    for other, label in others:
+        models += load_models([other], cfg_options=test_scale_options(other, COCO_TEST_SCALE))
+        models[-1].name += f' ({label})'
+    images = select_images(list_mini_coco_val(data_root), num_images, f'{data_root} val')
+    input_hw = tuple(models[0].prepare(images.paths[0])['inputs'].shape[-2:])   # the first image's, padded
+    summary = summarize_result(benchmark_backbones(models, images, warmup=warmup),
+                               machine_facts('cpu', 'make demo'))
+    summary['settings']['input_hw'] = input_hw
+    return summary, write_report(summary, out_dir, stem='backbones_coco_size')
+
+
 def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAULT_CONFIG, baseline=DEFAULT_BASELINE,
-             num_images=20, warmup=2, threads=None, cfg_options=None, mini_coco_size=(200, 50), log=print):
+             num_images=20, warmup=2, threads=None, cfg_options=None, mini_coco_size=(200, 50), log=print,
+             peer=DEFAULT_PEER, coco_size_images=5):
     """Run every step; returns the report's data (also written to ``<out_dir>/report.json``).
 
     ``cfg_options`` (a dict as from ``--cfg-options``) overrides the trained config, e.g. a
-    shorter schedule; ``mini_coco_size`` is the (train, val) image count of mini COCO.
+    shorter schedule; ``mini_coco_size`` is the (train, val) image count of mini COCO;
+    ``num_images`` and ``coco_size_images`` are the images timed per model at mini-COCO size
+    and at COCO test resolution (``warmup`` rounds before each).
     """
     from .datasets import ensure_mini_coco
     from .deploy import fuse_checkpoint
@@ -161,7 +207,10 @@ def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAUL
     fused = fuse_checkpoint(config, checkpoint, osp.join(out_dir, 'deploy'), cfg_options=options, logger=log)
     fused_metrics = evaluate(fused['config'], fused['checkpoint'], options, osp.join(out_dir, 'eval_fused'))
 
-    step('4/5 benchmark fused vs unfused vs the LayerNorm PVT-T baseline (batch 1)')
+    step('4/5 benchmark (batch 1): backbones at COCO test resolution, then detectors at mini-COCO size')
+    backbones, backbone_files = benchmark_coco_size_backbones(
+        checkpoint, config, options, [(baseline, 'LayerNorm PVT-T'), (peer, 'PVTv2-b1')], data_root,
+        osp.join(out_dir, 'benchmark'), coco_size_images, warmup, threads)
     latency, latency_files = benchmark(checkpoint, config, options, baseline, data_root,
                                        osp.join(out_dir, 'benchmark'), num_images, warmup, threads)
 
@@ -173,6 +222,9 @@ def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAUL
                   fusion=dict(removed_norms=fused['report']['removed_norms'],
                               output_norms=fused['report']['output_norms'],
                               features=fused['diff']['features'], detections=fused['diff']['detections']),
+                  backbone_latency=dict(input_hw=backbones['settings']['input_hw'],
+                                        models=[dict(name=m['name'], **m['latency_ms'], ratio=m['ratio_to_first'])
+                                                for m in backbones['models']]),
                   latency=[dict(name=m['name'], **m['latency_ms'], ratio=m['ratio_to_first'])
                            for m in latency['models']],
                   machine=latency['machine'], step_seconds=step.times,
@@ -180,7 +232,7 @@ def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAUL
     with open(osp.join(out_dir, 'report.json'), 'w') as f:
         json.dump(report, f, indent=1, default=str)
     with open(osp.join(out_dir, 'report.md'), 'w') as f:
-        f.write(render_report(report, latency_files))
+        f.write(render_report(report, latency_files, backbone_files))
     log(f'\n[demo] bbox mAP {metrics["bbox_mAP"]:.3f} (target >= {TARGET_BBOX_MAP}), segm mAP '
         f'{metrics["segm_mAP"]:.3f}; fused: bbox {fused_metrics["bbox_mAP"]:.3f}, segm {fused_metrics["segm_mAP"]:.3f}')
     log(f'[demo] report: {osp.join(out_dir, "report.md")} ({report["total_seconds"] / 60:.1f} min in all)')
@@ -208,18 +260,34 @@ def _describe_recipe(recipe):
             f'hooks {", ".join(recipe["hooks"])}.')
 
 
-def render_report(report, latency_files):
-    with open(latency_files['md']) as f:
-        # The latency report's own headings sit under this report's "Latency" section.
-        latency_md = ('\n' + f.read()).replace('\n# ', '\n### ').replace('\n## ', '\n### ').lstrip('\n')
+def _nested_markdown(path):
+    """A benchmark report's Markdown with its headings moved under this report's sections."""
+    with open(path) as f:
+        return ('\n' + f.read()).replace('\n# ', '\n### ').replace('\n## ', '\n### ').lstrip('\n')
+
+
+def render_report(report, latency_files, backbone_files):
+    latency_md = _nested_markdown(latency_files['md'])
+    backbone_md = _nested_markdown(backbone_files['md'])
     m, fm = report['metrics'], report['fused_metrics']
     fusion = report['fusion']
+    backbones = report['backbone_latency']
+    h, w = backbones['input_hw']    # of the first image
     lines = [
         '# slab-mmdet demo: SLAB-PVT-T Mask R-CNN on mini COCO', '',
         f'Config `{report["config"]}`, trained from scratch on the CPU '
         f'({report["machine"].get("cpu", "")}, {report["machine"].get("threads")} threads). '
         f'{report["iterations"]} iterations; PRepBN annealed from g = 1 to g = {report["final_g"]:g}.', '',
         _describe_recipe(report['recipe']), '',
+        '## Backbone speed at COCO test resolution (batch 1)', '',
+        'The trained SLAB-PVT-T, fused, against the LayerNorm PVT-T and mmdet\'s PVTv2-b1 (random weights; '
+        'latency does not depend on the values), on mini COCO val images resized as COCO test images '
+        f'are ({COCO_TEST_SCALE[0]}x{COCO_TEST_SCALE[1]}, keep ratio; the first is {h}x{w} once padded); '
+        'ratios to the first row:', '',
+        '| backbone | mean (ms) | median (ms) | ratio (mean) |', '|---|---:|---:|---:|',
+        *[f'| {b["name"]} | {b["mean"]:.0f} | {b["median"]:.0f} | {b["ratio"]["mean"]:.2f} |'
+          for b in backbones['models']], '',
+        '![backbones at COCO size](benchmark/backbones_coco_size.png)', '', backbone_md, '',
         f'## Validation (mini COCO val, {report["val_images"]} images)', '',
         '| model | bbox mAP | bbox mAP50 | segm mAP | segm mAP50 |', '|---|---:|---:|---:|---:|',
         f'| trained (PRepBN, g = 0) | {m["bbox_mAP"]:.3f} | {m["bbox_mAP_50"]:.3f} | {m["segm_mAP"]:.3f} | '
@@ -232,9 +300,11 @@ def render_report(report, latency_files):
         f'{fusion["removed_norms"]} norm layers removed from the backbone; output norms {fusion["output_norms"]}. '
         f'Fused vs unfused on a val image: largest feature difference {fusion["features"]:.2e} (relative); '
         f'{_describe_detection_diff(fusion["detections"])}.', '',
-        '## Latency (batch 1, interleaved)', '',
+        '## Latency of the whole detectors at mini-COCO size (batch 1, interleaved)', '',
         'The unfused and fused models are the trained ones; the LayerNorm PVT-T baseline has random '
-        'weights (latency does not depend on the values; every model keeps its 100 best detections).', '',
+        'weights (latency does not depend on the values; every model keeps its 100 best detections). '
+        'At this size (320x256) the mini RoI heads are most of the time, which hides the backbones: '
+        'see the COCO-resolution table above for them.', '',
         '![latency](benchmark/latency.png)', '', latency_md, '',
         '## Time per step', '', '| step | seconds |', '|---|---:|',
         *[f'| {name} | {sec:.0f} |' for name, sec in report['step_seconds'].items()],

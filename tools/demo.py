@@ -2,9 +2,11 @@
 
 Makes mini COCO if needed, trains a SLAB-PVT-T Mask R-CNN from scratch on the CPU while
 PRepBN anneals from g = 1 to g = 0, evaluates COCO bbox/segm mAP on the val split, fuses
-the norms (checking fused = unfused) and evaluates the fused model, benchmarks fused vs
-unfused vs the LayerNorm PVT-T baseline at batch 1, and writes report.md (with PNGs of
-the loss/g curves and latency bars) to --out-dir. About 11 minutes on 2 cores.
+the norms (checking fused = unfused) and evaluates the fused model, times at batch 1 the
+backbones at COCO test resolution (the trained SLAB-PVT-T fused vs the LayerNorm PVT-T
+and PVTv2-b1) and the whole detectors at mini-COCO size (fused vs unfused vs the LayerNorm
+PVT-T), and writes report.md (with PNGs of the loss/g curves and latency bars) to
+--out-dir. About 11 minutes on 2 cores.
 
 Example:
     python tools/demo.py --out-dir work_dirs/demo
@@ -25,16 +27,22 @@ def parse_args(argv=None):
                         help='the model to train (default: configs/mini/mask_rcnn_slab_pvt_t.py)')
     parser.add_argument('--baseline', default=osp.join(REPO_ROOT, 'configs/mini/mask_rcnn_pvt_t.py'),
                         help='the LayerNorm baseline of the latency comparison')
-    parser.add_argument('--num-images', type=int, default=20, help='timed images per model (default: 20)')
+    parser.add_argument('--peer', default=osp.join(REPO_ROOT, 'configs/mini/mask_rcnn_pvtv2_b1.py'),
+                        help='the efficient peer of the COCO-resolution backbone timing (default: PVTv2-b1)')
+    parser.add_argument('--num-images', type=int, default=20,
+                        help='timed images per model, detectors at mini-COCO size (default: 20)')
+    parser.add_argument('--coco-size-images', type=int, default=5,
+                        help='timed images per model, backbones at COCO test resolution (default: 5)')
     parser.add_argument('--warmup', type=int, default=2, help='untimed images per model (default: 2)')
     parser.add_argument('--threads', type=int, default=None, help='torch threads for the benchmark')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of --config')
     args = parser.parse_args(argv)
-    for path in (args.config, args.baseline):
+    for path in (args.config, args.baseline, args.peer):
         if not osp.isfile(path):
             parser.error(f'config not found: {path}')
-    if args.num_images < 1 or args.warmup < 0:
-        parser.error(f'--num-images must be >= 1 and --warmup >= 0, got {args.num_images} and {args.warmup}')
+    if args.num_images < 1 or args.coco_size_images < 1 or args.warmup < 0:
+        parser.error(f'--num-images and --coco-size-images must be >= 1 and --warmup >= 0, got '
+                     f'{args.num_images}, {args.coco_size_images} and {args.warmup}')
     return args
 
 
@@ -42,7 +50,7 @@ def main(argv=None):
     args = parse_args(argv)
     from slab_mmdet.demo import run_demo
     run_demo(args.out_dir, args.data_root, args.config, args.baseline, args.num_images, args.warmup, args.threads,
-             args.cfg_options)
+             args.cfg_options, peer=args.peer, coco_size_images=args.coco_size_images)
 
 
 if __name__ == '__main__':
