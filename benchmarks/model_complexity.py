@@ -25,8 +25,7 @@ REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
 HW = (800, 1280)
-PVTV2 = {'b1': dict(type='PyramidVisionTransformerV2', embed_dims=64, num_layers=[2, 2, 2, 2], init_cfg=None),
-         'b2': dict(type='PyramidVisionTransformerV2', embed_dims=64, num_layers=[3, 4, 6, 3], init_cfg=None)}
+from slab_mmdet.benchmark.peers import PVTV2_BACKBONES as PVTV2  # noqa: E402
 # name -> (config, backbone override, neck in_channels override)
 MODELS = {
     'PVT-T': ('configs/mask_rcnn_pvt_t.py', None, None),

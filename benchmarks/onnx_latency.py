@@ -26,8 +26,9 @@ import time
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
 
-PVTV2_B2 = dict(type='PyramidVisionTransformerV2', embed_dims=64, num_layers=[3, 4, 6, 3],
-                init_cfg=None)
+from slab_mmdet.benchmark.peers import PVTV2_BACKBONES  # noqa: E402
+
+PVTV2_B2 = PVTV2_BACKBONES['b2']
 # comparison -> [(name, config, backbone override)]: the first is the reference of the ratios.
 COMPARISONS = {
     'pvt_s': [('PVT-S (mmdet, LN)', 'configs/mask_rcnn_pvt_s.py', None),

@@ -24,7 +24,6 @@ import time
 REPO_ROOT = osp.dirname(osp.dirname(osp.realpath(__file__)))
 DEFAULT_CONFIG = osp.join(REPO_ROOT, 'configs', 'mini', 'mask_rcnn_slab_pvt_t.py')
 DEFAULT_BASELINE = osp.join(REPO_ROOT, 'configs', 'mini', 'mask_rcnn_pvt_t.py')
-DEFAULT_PEER = osp.join(REPO_ROOT, 'configs', 'mini', 'mask_rcnn_pvtv2_b1.py')
 COCO_TEST_SCALE = (1333, 800)   # mmdet's COCO test Resize (keep ratio)
 TARGET_BBOX_MAP = 0.3
 
@@ -152,21 +151,25 @@ def test_scale_options(config, scale):
     return {'test_dataloader.dataset.pipeline': pipeline}
 
 
-def benchmark_coco_size_backbones(checkpoint, config, options, others, data_root, out_dir, num_images, warmup,
+def benchmark_coco_size_backbones(checkpoint, config, options, baseline, data_root, out_dir, num_images, warmup,
                                   threads):
-    """The trained model's fused backbone vs the backbones of ``others`` [(config, label)] (random
-    weights), on mini COCO val images resized as COCO test images are, interleaved, batch 1."""
+    """The trained model's fused backbone vs the LayerNorm ``baseline``'s and mmdet's PVTv2-b1
+    (the baseline config with that backbone; random weights), on mini COCO val images resized
+    as COCO test images are, interleaved, batch 1."""
     import torch
     from .benchmark import benchmark_backbones, load_models
     from .benchmark.images import list_mini_coco_val, select_images
+    from .benchmark.peers import pvtv2_options
     from .benchmark.report import machine_facts, summarize_result, write_report
     if threads:
         torch.set_num_threads(threads)
     models = load_models([config], [checkpoint], fuse='yes',
                          cfg_options={**options, **test_scale_options(config, COCO_TEST_SCALE)})
-    for other, label in others:
-        models += load_models([other], cfg_options=test_scale_options(other, COCO_TEST_SCALE))
-        models[-1].name += f' ({label})'
+    at_coco_size = test_scale_options(baseline, COCO_TEST_SCALE)
+    models += load_models([baseline], cfg_options=at_coco_size)
+    models[-1].name += ' (LayerNorm baseline)'
+    models += load_models([baseline], cfg_options={**at_coco_size, **pvtv2_options('b1')})
+    models[-1].name = 'PVTv2-b1 (mmdet)'
     images = select_images(list_mini_coco_val(data_root), num_images, f'{data_root} val')
     input_hw = tuple(models[0].prepare(images.paths[0])['inputs'].shape[-2:])   # the first image's, padded
     summary = summarize_result(benchmark_backbones(models, images, warmup=warmup),
@@ -177,7 +180,7 @@ def benchmark_coco_size_backbones(checkpoint, config, options, others, data_root
 
 def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAULT_CONFIG, baseline=DEFAULT_BASELINE,
              num_images=20, warmup=2, threads=None, cfg_options=None, mini_coco_size=(200, 50), log=print,
-             peer=DEFAULT_PEER, coco_size_images=5):
+             coco_size_images=5):
     """Run every step; returns the report's data (also written to ``<out_dir>/report.json``).
 
     ``cfg_options`` (a dict as from ``--cfg-options``) overrides the trained config, e.g. a
@@ -209,8 +212,8 @@ def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAUL
 
     step('4/5 benchmark (batch 1): backbones at COCO test resolution, then detectors at mini-COCO size')
     backbones, backbone_files = benchmark_coco_size_backbones(
-        checkpoint, config, options, [(baseline, 'LayerNorm PVT-T'), (peer, 'PVTv2-b1')], data_root,
-        osp.join(out_dir, 'benchmark'), coco_size_images, warmup, threads)
+        checkpoint, config, options, baseline, data_root, osp.join(out_dir, 'benchmark'), coco_size_images, warmup,
+        threads)
     latency, latency_files = benchmark(checkpoint, config, options, baseline, data_root,
                                        osp.join(out_dir, 'benchmark'), num_images, warmup, threads)
 

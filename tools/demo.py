@@ -26,9 +26,8 @@ def parse_args(argv=None):
     parser.add_argument('--config', default=osp.join(REPO_ROOT, 'configs/mini/mask_rcnn_slab_pvt_t.py'),
                         help='the model to train (default: configs/mini/mask_rcnn_slab_pvt_t.py)')
     parser.add_argument('--baseline', default=osp.join(REPO_ROOT, 'configs/mini/mask_rcnn_pvt_t.py'),
-                        help='the LayerNorm baseline of the latency comparison')
-    parser.add_argument('--peer', default=osp.join(REPO_ROOT, 'configs/mini/mask_rcnn_pvtv2_b1.py'),
-                        help='the efficient peer of the COCO-resolution backbone timing (default: PVTv2-b1)')
+                        help='the LayerNorm baseline of the latency comparisons (with its backbone replaced by '
+                             "mmdet's PVTv2-b1, also the efficient peer of the COCO-resolution one)")
     parser.add_argument('--num-images', type=int, default=20,
                         help='timed images per model, detectors at mini-COCO size (default: 20)')
     parser.add_argument('--coco-size-images', type=int, default=5,
@@ -37,7 +36,7 @@ def parse_args(argv=None):
     parser.add_argument('--threads', type=int, default=None, help='torch threads for the benchmark')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of --config')
     args = parser.parse_args(argv)
-    for path in (args.config, args.baseline, args.peer):
+    for path in (args.config, args.baseline):
         if not osp.isfile(path):
             parser.error(f'config not found: {path}')
     if args.num_images < 1 or args.coco_size_images < 1 or args.warmup < 0:
@@ -50,7 +49,7 @@ def main(argv=None):
     args = parse_args(argv)
     from slab_mmdet.demo import run_demo
     run_demo(args.out_dir, args.data_root, args.config, args.baseline, args.num_images, args.warmup, args.threads,
-             args.cfg_options, peer=args.peer, coco_size_images=args.coco_size_images)
+             args.cfg_options, coco_size_images=args.coco_size_images)
 
 
 if __name__ == '__main__':

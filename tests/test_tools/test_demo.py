@@ -29,7 +29,7 @@ def test_demo_chain_writes_a_consistent_report(mini_coco, tmp_path):
     h, w = backbones['input_hw']
     assert 768 <= min(h, w) <= 800 and 1000 <= max(h, w) <= 1344, (h, w)
     assert [b['name'] for b in backbones['models']] == [
-        'mask_rcnn_slab_pvt_t (fused)', 'mask_rcnn_pvt_t (LayerNorm PVT-T)', 'mask_rcnn_pvtv2_b1 (PVTv2-b1)']
+        'mask_rcnn_slab_pvt_t (fused)', 'mask_rcnn_pvt_t (LayerNorm baseline)', 'PVTv2-b1 (mmdet)']
     assert json.loads((out / 'report.json').read_text())['metrics'] == report['metrics']
     text = (out / 'report.md').read_text()
     assert 'Recipe: 2 images per batch' in text
