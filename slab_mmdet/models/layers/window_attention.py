@@ -5,10 +5,10 @@ position bias, and simplified linear attention (SLA) inside windows.
 and hands the (B, H, W, C) map to the inner attention, which lays out its windows.
 Padded tokens and tokens wrapped around by the shift never contribute to a real
 token's output. Softmax attention does it as Swin does: pad, cyclic shift, and an
-additive mask between regions and on padding. SLA needs no mask: its shifted windows
-are the regular windows of the map padded by ``window - shift`` at the top/left, so
-each window holds one region, and zeroing K and V on the padding keeps it out of the
-sums and of the depth-wise conv on V.
+additive mask between regions and on padding. SLA needs no region mask: within bands of
+rows and columns (:func:`shifted_window_bands`) Swin's shifted windows are regular
+windows that each hold one region, so SLA runs band by band, and zeroing K and V on the
+padding keeps it out of the sums and of the depth-wise conv on V.
 """
 import torch
 import torch.nn as nn
