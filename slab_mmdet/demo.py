@@ -138,16 +138,16 @@ def benchmark(checkpoint, config, options, baseline, data_root, out_dir, num_ima
     return summary, write_report(summary, out_dir, stem='latency')
 
 
-def test_scale_options(config, scale):
+def resized_test_pipeline_options(config, scale):
     """cfg_options that make ``config``'s test pipeline resize to ``scale`` (keep ratio)."""
     from mmengine.config import Config
     from mmdet.utils import get_test_pipeline_cfg
     pipeline = copy.deepcopy(get_test_pipeline_cfg(Config.fromfile(config)))
     resizes = [step for step in pipeline if step['type'] == 'Resize']
     if len(resizes) != 1:
-        raise ValueError(f'{config}: its test pipeline has {len(resizes)} Resize steps; the COCO-resolution '
-                         'timing needs exactly one to set to 1333x800')
-    resizes[0]['scale'] = COCO_TEST_SCALE
+        raise ValueError(f'{config}: its test pipeline has {len(resizes)} Resize steps; resizing to '
+                         f'{scale[0]}x{scale[1]} needs exactly one')
+    resizes[0]['scale'] = scale
     return {'test_dataloader.dataset.pipeline': pipeline}
 
 
@@ -164,8 +164,8 @@ def benchmark_coco_size_backbones(checkpoint, config, options, baseline, data_ro
     if threads:
         torch.set_num_threads(threads)
     models = load_models([config], [checkpoint], fuse='yes',
-                         cfg_options={**options, **test_scale_options(config, COCO_TEST_SCALE)})
-    at_coco_size = test_scale_options(baseline, COCO_TEST_SCALE)
+                         cfg_options={**options, **resized_test_pipeline_options(config, COCO_TEST_SCALE)})
+    at_coco_size = resized_test_pipeline_options(baseline, COCO_TEST_SCALE)
     models += load_models([baseline], cfg_options=at_coco_size)
     models[-1].name += ' (LayerNorm baseline)'
     models += load_models([baseline], cfg_options={**at_coco_size, **pvtv2_options('b1')})

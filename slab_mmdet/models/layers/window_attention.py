@@ -139,6 +139,14 @@ def shifted_window_bands(size, ws, shift):
     return [band for band in bands if band[1] > band[0]]
 
 
+def real_tokens(rows, cols, hw_shape, offset, device):
+    """(R, S) bool: which positions of rows ``[r0, r1)`` and columns ``[c0, c1)`` of a padded
+    layout hold the (H, W) map placed at (``offset``, ``offset``); False on padding."""
+    (h, w), (r0, r1), (c0, c1) = hw_shape, rows, cols
+    r, c = torch.arange(r0, r1, device=device), torch.arange(c0, c1, device=device)
+    return ((r >= offset) & (r < offset + h))[:, None] & ((c >= offset) & (c < offset + w))[None, :]
+
+
 class WindowLinearAttention(WindowAttentionBase):
     """SLA inside windows (``'L'``): ReLU linear attention, a learned positional
     encoding on the keys (one vector per in-window position, added after the qkv
@@ -185,10 +193,7 @@ class WindowLinearAttention(WindowAttentionBase):
         for (r0, r1, wh, i0), row in zip(row_bands, qkv.split([r1 - r0 for r0, r1, _, _ in row_bands], dim=1)):
             band = []
             for (c0, c1, wc, j0), part in zip(col_bands, row.split([c1 - c0 for c0, c1, _, _ in col_bands], dim=2)):
-                real = None
-                if r1 > h or c1 > w:
-                    real = ((torch.arange(r0, r1, device=qkv.device) < h)[:, None]
-                            & (torch.arange(c0, c1, device=qkv.device) < w)[None, :])
+                real = real_tokens((r0, r1), (c0, c1), (h, w), 0, qkv.device) if r1 > h or c1 > w else None
                 band.append(self._attend(part, (wh, wc), (i0, j0), real))
             rows.append(torch.cat(band, dim=2) if len(band) > 1 else band[0])
         out = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
@@ -202,8 +207,7 @@ class WindowLinearAttention(WindowAttentionBase):
         offset = ws - shift if shift else 0
         qkv = F.pad(qkv, (0, 0, offset, 0, offset, 0))
         qkv, _ = pad_to_multiple(qkv, ws)
-        rows, cols = (torch.arange(n, device=qkv.device) for n in (qkv.shape[1], qkv.shape[2]))
-        real = ((rows >= offset) & (rows < offset + h))[:, None] & ((cols >= offset) & (cols < offset + w))[None]
+        real = real_tokens((0, qkv.shape[1]), (0, qkv.shape[2]), (h, w), offset, qkv.device)
         return self._attend(qkv, (ws, ws), (0, 0), real)[:, offset:offset + h, offset:offset + w, :]
 
     def _attend(self, qkv, window, first, real=None):
