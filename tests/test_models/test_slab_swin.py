@@ -196,6 +196,23 @@ def test_window_sla_is_sla_on_each_region_alone(shift, hw):
                                    rtol=1e-10, atol=1e-10)
 
 
+@pytest.mark.parametrize('hw', [(10, 12), (19, 20), (30, 8)], ids=lambda s: f'{s[0]}x{s[1]}')
+@pytest.mark.parametrize('shift', [0, 3])
+def test_window_sla_assembles_the_same_output_with_and_without_autograd(shift, hw):
+    """Under autograd the bands' outputs are concatenated, in inference written in place
+    (10x12: a whole band of rows is padding and skipped); both give the same map, and
+    the gradient reaches every real input token."""
+    attn = make_window_attention('L', shift).double()
+    torch.manual_seed(3)
+    x = torch.randn(2, *hw, 16, dtype=torch.float64, requires_grad=True)
+    trained = attn.window_attn(x, shift)
+    with torch.no_grad():
+        inferred = attn.window_attn(x, shift)
+    torch.testing.assert_close(trained, inferred, rtol=1e-12, atol=1e-12)
+    trained.square().sum().backward()
+    assert torch.isfinite(x.grad).all() and (x.grad.abs().sum(-1) > 0).all()
+
+
 @pytest.mark.parametrize('hw', [(7, 7), (5, 6), (1, 2)], ids=lambda s: f'{s[0]}x{s[1]}')
 @pytest.mark.parametrize('kind', ['L', 'S'])
 def test_no_shift_when_one_window_covers_the_map(kind, hw):

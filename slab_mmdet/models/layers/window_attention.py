@@ -185,19 +185,34 @@ class WindowLinearAttention(WindowAttentionBase):
     def _attend_in_bands(self, qkv, h, w, shift):
         """SLA of the shifted windows, band by band; masks only in bands that hold padding."""
         ws = self.window_size
+        b, c = qkv.shape[0], qkv.shape[-1] // 3
         qkv, _ = pad_to_multiple(qkv, ws)
         hp, wp = qkv.shape[1], qkv.shape[2]
         row_bands, col_bands = shifted_window_bands(hp, ws, shift), shifted_window_bands(wp, ws, shift)
+        # Under autograd the bands' outputs are concatenated: an in-place write into one
+        # output would copy the whole gradient in its backward, once per band. In inference
+        # each band writes its real part straight into the output.
+        out = None if qkv.requires_grad else qkv.new_empty(b, h, w, c)
         rows = []
         # split, not slicing: the backward of a slice zero-fills the whole input's gradient.
         for (r0, r1, wh, i0), row in zip(row_bands, qkv.split([r1 - r0 for r0, r1, _, _ in row_bands], dim=1)):
             band = []
             for (c0, c1, wc, j0), part in zip(col_bands, row.split([c1 - c0 for c0, c1, _, _ in col_bands], dim=2)):
+                if r0 >= h or c0 >= w:
+                    continue    # padding only
                 real = real_tokens((r0, r1), (c0, c1), (h, w), 0, qkv.device) if r1 > h or c1 > w else None
-                band.append(self._attend(part, (wh, wc), (i0, j0), real))
-            rows.append(torch.cat(band, dim=2) if len(band) > 1 else band[0])
-        out = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
-        return out[:, :h, :w, :]
+                windows = self._attend(part, (wh, wc), (i0, j0), real)    # a view, 7-D
+                if out is None:
+                    band.append(windows.reshape(b, r1 - r0, c1 - c0, c)[:, :h - r0, :w - c0])
+                elif real is None:
+                    out[:, r0:r1, c0:c1].view(windows.shape).copy_(windows)
+                else:
+                    out[:, r0:min(r1, h), c0:min(c1, w)] = windows.reshape(b, r1 - r0, c1 - c0, c)[:, :h - r0, :w - c0]
+            if band:
+                rows.append(torch.cat(band, dim=2) if len(band) > 1 else band[0])
+        if out is None:
+            out = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
+        return out
 
     def _attend_traced(self, qkv, h, w, shift):
         """The same for ONNX, in one window grid whatever the size (the number of bands
@@ -207,12 +222,18 @@ class WindowLinearAttention(WindowAttentionBase):
         offset = ws - shift if shift else 0
         qkv = F.pad(qkv, (0, 0, offset, 0, offset, 0))
         qkv, _ = pad_to_multiple(qkv, ws)
-        real = real_tokens((0, qkv.shape[1]), (0, qkv.shape[2]), (h, w), offset, qkv.device)
-        return self._attend(qkv, (ws, ws), (0, 0), real)[:, offset:offset + h, offset:offset + w, :]
+        b, r, s, c3 = qkv.shape
+        real = real_tokens((0, r), (0, s), (h, w), offset, qkv.device)
+        out = self._attend(qkv, (ws, ws), (0, 0), real).reshape(b, r, s, c3 // 3)
+        return out[:, offset:offset + h, offset:offset + w, :]
 
     def _attend(self, qkv, window, first, real=None):
         """SLA in the (wh, ww) windows tiling ``qkv`` (B, R, S, 3C), whose positions start at
-        ``first`` inside Swin's window; ``real`` (R, S) is False on padding. -> (B, R, S, C)."""
+        ``first`` inside Swin's window; ``real`` (R, S) is False on padding.
+
+        Returns (B, R / wh, wh, S / ww, ww, heads, d): the output in the layout of ``qkv``, as a
+        view of the attention's window-major result (the caller copies it where it goes).
+        """
         b, r, s, c3 = qkv.shape
         (wh, ww), heads, c = window, self.num_heads, c3 // 3
         d = c // heads
@@ -221,7 +242,9 @@ class WindowLinearAttention(WindowAttentionBase):
             3, -1, heads, wh * ww, d).unbind(0)
         ws = self.window_size
         pos = self.positional_encoding.view(ws, ws, heads, d)[first[0]:first[0] + wh, first[1]:first[1] + ww]
-        q, k = F.relu(q), F.relu(k + pos.reshape(wh * ww, heads, d).transpose(0, 1))
+        # In place where autograd allows it (q is a view of a multi-output unbind).
+        q = F.relu(q, inplace=not q.requires_grad)
+        k = F.relu(k + pos.reshape(wh * ww, heads, d).transpose(0, 1), inplace=True)
         if real is not None:
             real = real.reshape(r // wh, wh, s // ww, ww).transpose(1, 2).reshape(1, -1, 1, wh * ww, 1).to(k.dtype)
             k, v = ((t.view((b, -1) + t.shape[1:]) * real).flatten(0, 1) for t in (k, v))
@@ -229,7 +252,7 @@ class WindowLinearAttention(WindowAttentionBase):
             out = normalised_linear_attention(*at_least_fp32(q, k, v))
         out = out.to(v.dtype) + self.value_conv(v, (wh, ww))                # (B*nW, heads, N, d)
         out = out.view(b, r // wh, s // ww, heads, wh, ww, d).permute(0, 1, 4, 2, 5, 3, 6)
-        return out.reshape(b, r, s, c)
+        return out
 
 
 class ShiftedWindowAttention(BaseModule):
