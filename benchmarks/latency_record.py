@@ -7,8 +7,9 @@ rotated per image), on the mini COCO val images through each config's COCO test 
 at g = 0, the state training ends in); so that every detector does the same head work,
 the RoI head keeps its 100 best detections whatever their scores (score_thr = 0).
 Besides the configs themselves, a comparison can hold generated variants of a config
-(VARIANTS): its norm layers deleted (the floor fusion can reach) or its PRepBN replaced
-by LayerNorm (the same code as a LayerNorm model).
+(VARIANTS): its norm layers deleted (the floor fusion can reach), its PRepBN replaced
+by LayerNorm (the same code as a LayerNorm model), or its backbone replaced by mmdet's
+PVTv2-b1/b2 (the efficient peers, in the pvt_*_peers comparisons).
 
     python benchmarks/latency_record.py --device cpu --threads 2 --num-images 5 --warmup 1
     python benchmarks/latency_record.py --device cpu --threads 2 --num-images 15 --warmup 2 \
@@ -23,6 +24,9 @@ import os.path as osp
 import sys
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+sys.path.insert(0, REPO)
+from slab_mmdet.benchmark.peers import PVTV2_BACKBONES  # noqa: E402 (after the checkout is importable)
+
 
 def baseline_vs_slab(baseline, slab):
     """[(config, fuse mode)]: the LayerNorm baseline (the reference of the ratios), the SLAB
@@ -35,6 +39,12 @@ def fusion_vs_floor(slab):
     return [(slab, 'both'), (f'floor:{slab}', 'none')]
 
 
+def pvt_peers(pvt, slab, pvtv2):
+    """[(config, fuse mode)]: mmdet's PVT (the reference), the SLAB model fused, mmdet's PVTv2."""
+    return [(pvt, 'none'), (slab, 'yes'), (f'{pvtv2}:{pvt}', 'none')]
+
+
+PVT_T, SLAB_PVT_T = 'configs/mask_rcnn_pvt_t.py', 'configs/mask_rcnn_slab_pvt_t.py'
 PVT_S, SLAB_PVT_S = 'configs/mask_rcnn_pvt_s.py', 'configs/mask_rcnn_slab_pvt_s.py'
 PVT_S_PREPBN = 'configs/mask_rcnn_pvt_s_prepbn.py'
 SWIN_T, SLAB_SWIN_T = 'configs/mask_rcnn_swin_t.py', 'configs/mask_rcnn_slab_swin_t.py'
@@ -52,29 +62,38 @@ COMPARISONS = {
     'slab_pvt_s_fusion_backbone': ('backbone', fusion_vs_floor(SLAB_PVT_S)),
     'slab_swin_t_fusion_backbone': ('backbone', fusion_vs_floor(SLAB_SWIN_T)),
     'swin_t_mask_rcnn': ('detector', baseline_vs_slab(SWIN_T, SLAB_SWIN_T)),
+    # The efficient peers: PVTv2-b1 beside the tiny models, PVTv2-b2 beside the small ones.
+    'pvt_t_peers_backbone': ('backbone', pvt_peers(PVT_T, SLAB_PVT_T, 'pvtv2_b1')),
+    'pvt_t_peers_mask_rcnn': ('detector', pvt_peers(PVT_T, SLAB_PVT_T, 'pvtv2_b1')),
+    'pvt_s_peers_backbone': ('backbone', pvt_peers(PVT_S, SLAB_PVT_S, 'pvtv2_b2')),
+    'pvt_s_peers_mask_rcnn': ('detector', pvt_peers(PVT_S, SLAB_PVT_S, 'pvtv2_b2')),
 }
 
 
-# Child configs of a comparison entry 'kind:config': suffix of the model name, backbone overrides.
+# Child configs of a comparison entry 'kind:config': file suffix, display name ({model}: the
+# config's), backbone settings merged into the config's.
 VARIANTS = {
     # The norm layers deleted (deploy=True builds nn.Identity in place of every norm, the
     # output norms included): the floor that fusion can reach.
-    'floor': ('norms_deleted', 'deploy=True, out_norms_folded=True'),
+    'floor': ('norms_deleted', '{model} (norms deleted)', dict(deploy=True, out_norms_folded=True, init_cfg=None)),
     # Every PRepBN replaced by LayerNorm (eps as the PVT models): the LayerNorm model.
-    'ln': ('layernorm', "norm_cfg=dict(type='LN', eps=1e-6)"),
+    'ln': ('layernorm', '{model} (layernorm)', dict(norm_cfg=dict(type='LN', eps=1e-6), init_cfg=None)),
+    # mmdet's PVTv2 in place of the backbone (same output channels): the efficient peers.
+    **{f'pvtv2_{v}': (f'pvtv2_{v}', f'PVTv2-{v} (mmdet)', dict(_delete_=True, **PVTV2_BACKBONES[v]))
+       for v in PVTV2_BACKBONES},
 }
 
 
 def variant_config(kind, config, out_dir):
-    """Write the child config of ``config`` for variant ``kind``; returns (path, name suffix)."""
-    suffix, overrides = VARIANTS[kind]
+    """Write the child config of ``config`` for variant ``kind``; returns (path, display name)."""
+    suffix, name, backbone = VARIANTS[kind]
     stem = osp.splitext(osp.basename(config))[0]
     path = osp.join(out_dir, f'{stem}_{suffix}.py')
     with open(path, 'w') as f:
         f.write(f"_base_ = '{osp.join(REPO, config)}'\n"
-                f"model = dict(backbone=dict({overrides}, init_cfg=None))\n"
+                f"model = dict(backbone={backbone!r})\n"
                 "custom_hooks = []\n")
-    return path, suffix
+    return path, name.format(model=stem)
 
 
 def main(argv=None):
@@ -88,10 +107,9 @@ def main(argv=None):
     parser.add_argument('--only', nargs='+', choices=sorted(COMPARISONS), help='run only these comparisons')
     parser.add_argument('--out-dir', default=osp.join(REPO, 'work_dirs', 'benchmarks', 'latency'))
     args = parser.parse_args(argv)
-    sys.path.insert(0, REPO)
     import torch
-    from slab_mmdet.benchmark import (FIXED_DETECTIONS, benchmark_backbones, benchmark_detectors, load_models,
-                                      resolve_images)
+    from slab_mmdet.benchmark import (FIXED_DETECTIONS, FUSED_SUFFIX, benchmark_backbones, benchmark_detectors,
+                                      load_models, resolve_images)
     from slab_mmdet.benchmark.report import machine_facts, render_markdown, summarize_result, write_report
     from mmengine.config import Config
 
@@ -106,13 +124,10 @@ def main(argv=None):
         models = []
         for config, fuse in entries:
             kind, _, config = config.rpartition(':')
-            if kind:
-                path, suffix = variant_config(kind, config, args.out_dir)
-            else:
-                path, suffix = osp.join(REPO, config), None
+            path, name = variant_config(kind, config, args.out_dir) if kind else (osp.join(REPO, config), None)
             loaded = load_models([path], fuse=fuse, device=args.device, cfg_options=FIXED_DETECTIONS)
-            for m in loaded if suffix else ():
-                m.name = m.name.replace(f'_{suffix}', '') + f" ({suffix.replace('_', ' ')})"
+            for m in loaded if name else ():
+                m.name = name + (FUSED_SUFFIX if m.fused else '')
             models += loaded
         reference = osp.join(REPO, entries[0][0].rpartition(':')[2])
         images = resolve_images(Config.fromfile(reference), args.num_images, images_dir=args.images)

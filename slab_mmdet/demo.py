@@ -14,7 +14,6 @@
 5. write ``report.md`` (leading with the COCO-resolution comparison) with PNGs of the loss
    and g curves and the latency bars.
 """
-import copy
 import json
 import os
 import os.path as osp
@@ -24,7 +23,6 @@ import time
 REPO_ROOT = osp.dirname(osp.dirname(osp.realpath(__file__)))
 DEFAULT_CONFIG = osp.join(REPO_ROOT, 'configs', 'mini', 'mask_rcnn_slab_pvt_t.py')
 DEFAULT_BASELINE = osp.join(REPO_ROOT, 'configs', 'mini', 'mask_rcnn_pvt_t.py')
-COCO_TEST_SCALE = (1333, 800)   # mmdet's COCO test Resize (keep ratio)
 TARGET_BBOX_MAP = 0.3
 
 
@@ -138,26 +136,13 @@ def benchmark(checkpoint, config, options, baseline, data_root, out_dir, num_ima
     return summary, write_report(summary, out_dir, stem='latency')
 
 
-def resized_test_pipeline_options(config, scale):
-    """cfg_options that make ``config``'s test pipeline resize to ``scale`` (keep ratio)."""
-    from mmengine.config import Config
-    from mmdet.utils import get_test_pipeline_cfg
-    pipeline = copy.deepcopy(get_test_pipeline_cfg(Config.fromfile(config)))
-    resizes = [step for step in pipeline if step['type'] == 'Resize']
-    if len(resizes) != 1:
-        raise ValueError(f'{config}: its test pipeline has {len(resizes)} Resize steps; resizing to '
-                         f'{scale[0]}x{scale[1]} needs exactly one')
-    resizes[0]['scale'] = scale
-    return {'test_dataloader.dataset.pipeline': pipeline}
-
-
 def benchmark_coco_size_backbones(checkpoint, config, options, baseline, data_root, out_dir, num_images, warmup,
                                   threads):
     """The trained model's fused backbone vs the LayerNorm ``baseline``'s and mmdet's PVTv2-b1
     (the baseline config with that backbone; random weights), on mini COCO val images resized
     as COCO test images are, interleaved, batch 1."""
     import torch
-    from .benchmark import benchmark_backbones, load_models
+    from .benchmark import COCO_TEST_SCALE, benchmark_backbones, load_models, resized_test_pipeline_options
     from .benchmark.images import list_mini_coco_val, select_images
     from .benchmark.peers import pvtv2_options
     from .benchmark.report import machine_facts, summarize_result, write_report
@@ -270,6 +255,7 @@ def _nested_markdown(path):
 
 
 def render_report(report, latency_files, backbone_files):
+    from .benchmark import COCO_TEST_SCALE
     latency_md = _nested_markdown(latency_files['md'])
     backbone_md = _nested_markdown(backbone_files['md'])
     m, fm = report['metrics'], report['fused_metrics']

@@ -23,6 +23,7 @@ FUSED_SUFFIX = ' (fused)'
 # scores, so that models compared with random (or differently trained) weights do the same
 # RoI/mask-head work.
 FIXED_DETECTIONS = dict(model=dict(test_cfg=dict(rcnn=dict(score_thr=0.0, max_per_img=100))))
+COCO_TEST_SCALE = (1333, 800)   # mmdet's COCO test Resize (keep ratio)
 
 
 @dataclass
@@ -83,6 +84,19 @@ def inference_pipeline(cfg):
     from mmdet.utils import get_test_pipeline_cfg
     steps = [t for t in copy.deepcopy(get_test_pipeline_cfg(cfg)) if not _type_name(t).endswith('Annotations')]
     return Compose(steps)
+
+
+def resized_test_pipeline_options(config, scale):
+    """cfg_options that make ``config``'s test pipeline resize to ``scale`` = (long, short)
+    edge bound (keep ratio, as mmdet's Resize); (10000, 512) fixes the short side at 512."""
+    from mmdet.utils import get_test_pipeline_cfg
+    pipeline = copy.deepcopy(get_test_pipeline_cfg(load_config(config)))
+    resizes = [step for step in pipeline if _type_name(step) == 'Resize']
+    if len(resizes) != 1:
+        raise BenchmarkError(f'{config}: its test pipeline has {len(resizes)} Resize steps; resizing to '
+                             f'{scale[0]}x{scale[1]} needs exactly one')
+    resizes[0]['scale'] = tuple(scale)
+    return {'test_dataloader.dataset.pipeline': pipeline}
 
 
 def build_detector(cfg, device='cpu', checkpoint=None):
