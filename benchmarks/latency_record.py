@@ -124,10 +124,10 @@ def main(argv=None):
         models = []
         for config, fuse in entries:
             kind, _, config = config.rpartition(':')
-            path, name = variant_config(kind, config, args.out_dir) if kind else (osp.join(REPO, config), None)
+            path, display = variant_config(kind, config, args.out_dir) if kind else (osp.join(REPO, config), None)
             loaded = load_models([path], fuse=fuse, device=args.device, cfg_options=FIXED_DETECTIONS)
-            for m in loaded if name else ():
-                m.name = name + (FUSED_SUFFIX if m.fused else '')
+            for m in loaded if display else ():
+                m.name = display + (FUSED_SUFFIX if m.fused else '')
             models += loaded
         reference = osp.join(REPO, entries[0][0].rpartition(':')[2])
         images = resolve_images(Config.fromfile(reference), args.num_images, images_dir=args.images)
