@@ -66,7 +66,9 @@ def load_config(config, cfg_options=None):
     """Load a config (path or ``package::path``) and apply `cfg_options` (a dict as from --cfg-options)."""
     cfg = Config.fromfile(resolve_config_path(config))
     if cfg_options:
-        cfg.merge_from_dict(cfg_options)
+        # A copy: given {'model': {...}, 'model.backbone': ...}, merge_from_dict writes the
+        # dotted key into the caller's 'model' dict (e.g. FIXED_DETECTIONS) for good.
+        cfg.merge_from_dict(copy.deepcopy(cfg_options))
     return cfg
 
 
