@@ -164,8 +164,8 @@ def benchmark_coco_size_backbones(checkpoint, config, options, baseline, data_ro
 
 
 def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAULT_CONFIG, baseline=DEFAULT_BASELINE,
-             num_images=20, warmup=2, threads=None, cfg_options=None, mini_coco_size=(200, 50), log=print,
-             coco_size_images=5):
+             num_images=10, warmup=1, threads=None, cfg_options=None, mini_coco_size=(200, 50), log=print,
+             coco_size_images=3):
     """Run every step; returns the report's data (also written to ``<out_dir>/report.json``).
 
     ``cfg_options`` (a dict as from ``--cfg-options``) overrides the trained config, e.g. a

@@ -6,7 +6,7 @@ the norms (checking fused = unfused) and evaluates the fused model, times at bat
 backbones at COCO test resolution (the trained SLAB-PVT-T fused vs the LayerNorm PVT-T
 and PVTv2-b1) and the whole detectors at mini-COCO size (fused vs unfused vs the LayerNorm
 PVT-T), and writes report.md (with PNGs of the loss/g curves and latency bars) to
---out-dir. About 11 minutes on 2 cores.
+--out-dir. About 12 minutes on 2 cores.
 
 Example:
     python tools/demo.py --out-dir work_dirs/demo
@@ -28,11 +28,12 @@ def parse_args(argv=None):
     parser.add_argument('--baseline', default=osp.join(REPO_ROOT, 'configs/mini/mask_rcnn_pvt_t.py'),
                         help='the LayerNorm baseline of the latency comparisons (with its backbone replaced by '
                              "mmdet's PVTv2-b1, also the efficient peer of the COCO-resolution one)")
-    parser.add_argument('--num-images', type=int, default=20,
-                        help='timed images per model, detectors at mini-COCO size (default: 20)')
-    parser.add_argument('--coco-size-images', type=int, default=5,
-                        help='timed images per model, backbones at COCO test resolution (default: 5)')
-    parser.add_argument('--warmup', type=int, default=2, help='untimed images per model (default: 2)')
+    # Defaults sized so that `make demo` stays under 12 minutes on 2 cores.
+    parser.add_argument('--num-images', type=int, default=10,
+                        help='timed images per model, detectors at mini-COCO size (default: 10)')
+    parser.add_argument('--coco-size-images', type=int, default=3,
+                        help='timed images per model, backbones at COCO test resolution (default: 3)')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed images per model (default: 1)')
     parser.add_argument('--threads', type=int, default=None, help='torch threads for the benchmark')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of --config')
     args = parser.parse_args(argv)
