@@ -129,15 +129,15 @@ def main(argv=None):
         set_input_size(models.values(), short_side)
         order = list(models.values())
         summary = summarize_result(benchmark_backbones(order, images, warmup=args.warmup))
-        means = {m['name']: m for m in summary['models']}
+        by_name = {m['name']: m for m in summary['models']}
         input_hw = tuple(order[0].prepare(images.paths[0])['inputs'].shape[-2:])
         for family in FAMILIES.values():
-            reference = means[family[0][0]]['latency_ms']['mean']
+            reference = by_name[family[0][0]]['latency_ms']['mean']
             for name, *_ in family:
-                stats = means[name]['latency_ms']
+                stats = by_name[name]['latency_ms']
                 record['rows'].append(dict(short_side=short_side, input_hw=input_hw, model=name,
                                            mean_ms=stats['mean'], median_ms=stats['median'],
-                                           ratio=stats['mean'] / reference, raw_ms=means[name]['raw']['total_ms']))
+                                           ratio=stats['mean'] / reference, raw_ms=by_name[name]['raw']['total_ms']))
         print(render_table(dict(rows=record['rows'][-len(models):])), flush=True)
     with open(osp.join(args.out_dir, 'latency_vs_size.json'), 'w') as f:
         json.dump(record, f, indent=1)

@@ -202,12 +202,14 @@ class WindowLinearAttention(WindowAttentionBase):
                     continue    # padding only
                 real = real_tokens((r0, r1), (c0, c1), (h, w), 0, qkv.device) if r1 > h or c1 > w else None
                 windows = self._attend(part, (wh, wc), (i0, j0), real)    # a view, 7-D
-                if out is None:
-                    band.append(windows.reshape(b, r1 - r0, c1 - c0, c)[:, :h - r0, :w - c0])
-                elif real is None:
+                if out is not None and real is None:    # no padding: one strided copy
                     out[:, r0:r1, c0:c1].view(windows.shape).copy_(windows)
+                    continue
+                piece = windows.reshape(b, r1 - r0, c1 - c0, c)[:, :h - r0, :w - c0]   # its real tokens
+                if out is None:
+                    band.append(piece)
                 else:
-                    out[:, r0:min(r1, h), c0:min(c1, w)] = windows.reshape(b, r1 - r0, c1 - c0, c)[:, :h - r0, :w - c0]
+                    out[:, r0:r1, c0:c1] = piece    # the slice stops at the map's edge, as piece does
             if band:
                 rows.append(torch.cat(band, dim=2) if len(band) > 1 else band[0])
         if out is None:
