@@ -5,10 +5,13 @@ position bias, and simplified linear attention (SLA) inside windows.
 and hands the (B, H, W, C) map to the inner attention, which lays out its windows.
 Padded tokens and tokens wrapped around by the shift never contribute to a real
 token's output. Softmax attention does it as Swin does: pad, cyclic shift, and an
-additive mask between regions and on padding. SLA needs no region mask: within bands of
-rows and columns (:func:`shifted_window_bands`) Swin's shifted windows are regular
-windows that each hold one region, so SLA runs band by band, and zeroing K and V on the
-padding keeps it out of the sums and of the depth-wise conv on V.
+additive mask between regions and on padding. SLA needs neither mask nor padding:
+within bands of rows and columns (:func:`shifted_window_bands`) Swin's shifted windows,
+cut at the map's edge, are regular windows that each hold one region, so SLA runs band
+by band on the real tokens. (A window cut at the edge is Swin's padded window without
+its padding: zero K and V there would add nothing to SLA's sums, and the conv on V pads
+with zeros.) Traced for ONNX, where the bands would depend on the input size, SLA pads
+and zeros K and V on the padding instead.
 """
 import torch
 import torch.nn as nn
@@ -121,30 +124,36 @@ class WindowSoftmaxAttention(WindowAttentionBase):
         return self.proj_drop(self.proj(out[:, :h, :w, :]))
 
 
-def shifted_window_bands(size, ws, shift):
-    """The bands of one axis of a padded map (``size`` a multiple of ``ws``) in which
-    Swin's shifted windows are regular: ``[(start, stop, window, first_position)]``.
+def shifted_window_bands(length, ws, shift):
+    """The bands of one axis of the map (``length`` positions) in which Swin's windows,
+    shifted by ``shift`` and cut at the map's edge, are regular:
+    ``[(start, stop, window, first_position)]``, tiling ``[0, length)``.
 
-    Shifted windows are cut at ``shift + k * ws``: the first ``shift`` rows are the end of
-    a window that the cyclic shift fills with the last ``ws - shift`` rows, which are a
-    band of their own; between them, whole windows. ``first_position`` is where a band's
-    windows start inside Swin's (rolled) window, which fixes their positional encoding.
+    Shifted windows are cut at ``shift + k * ws`` (``k * ws`` unshifted): the first
+    ``shift`` positions are the end of a window that the cyclic shift fills with wrapped
+    positions, a region of their own; then whole windows; the last window stops at the
+    map's edge (beyond it Swin has only padding, which no real token sees).
+    ``first_position`` is where a band's windows start inside Swin's (rolled) window,
+    which fixes their positional encoding.
     """
-    if not shift:
-        # The last row of windows apart: the only one that can hold padding.
-        bands = [(0, size - ws, ws, 0), (size - ws, size, ws, 0)]
-    else:
-        bands = [(0, shift, shift, ws - shift), (shift, size - ws + shift, ws, 0),
-                 (size - ws + shift, size, ws - shift, 0)]
-    return [band for band in bands if band[1] > band[0]]
+    bands, start = [], 0
+    if shift:
+        start = min(shift, length)
+        bands.append((0, start, start, ws - shift))
+    whole = start + (length - start) // ws * ws
+    if whole > start:
+        bands.append((start, whole, ws, 0))
+    if length > whole:
+        bands.append((whole, length, length - whole, 0))
+    return bands
 
 
-def real_tokens(rows, cols, hw_shape, offset, device):
-    """(R, S) bool: which positions of rows ``[r0, r1)`` and columns ``[c0, c1)`` of a padded
-    layout hold the (H, W) map placed at (``offset``, ``offset``); False on padding."""
-    (h, w), (r0, r1), (c0, c1) = hw_shape, rows, cols
-    r, c = torch.arange(r0, r1, device=device), torch.arange(c0, c1, device=device)
-    return ((r >= offset) & (r < offset + h))[:, None] & ((c >= offset) & (c < offset + w))[None, :]
+def real_tokens(padded_hw, hw_shape, offset, device):
+    """(R, S) bool: which positions of a padded (R, S) layout hold the (H, W) map placed
+    at (``offset``, ``offset``); False on padding."""
+    (r, s), (h, w) = padded_hw, hw_shape
+    rows, cols = torch.arange(r, device=device), torch.arange(s, device=device)
+    return ((rows >= offset) & (rows < offset + h))[:, None] & ((cols >= offset) & (cols < offset + w))[None, :]
 
 
 class WindowLinearAttention(WindowAttentionBase):
@@ -156,11 +165,10 @@ class WindowLinearAttention(WindowAttentionBase):
     Shifted windows need no region mask here: Swin's shifted windows (cyclic shift by
     ``s``, the wrapped parts kept apart) are the pieces of the map cut at rows and
     columns ``s + k * ws``; in each band of rows (and of columns) between two kinds of
-    cut they are regular windows (:func:`shifted_window_bands`), and SLA runs on each
-    band's windows as they are, each holding one region. K and V are zeroed on the
-    padding (to window multiples), so the sums and the conv on V see exactly a piece's
-    real tokens; the in-window positions (and so the positional encoding) are those of
-    the cyclic shift.
+    cut (and the map's edge) they are regular windows (:func:`shifted_window_bands`),
+    and SLA runs on each band's windows as they are, each holding one region, on the
+    real tokens only: the sums and the conv on V see exactly a piece's tokens. The
+    in-window positions (and so the positional encoding) are those of the cyclic shift.
 
     Args:
         kernel_size (int): Kernel of the depth-wise conv on V. Default: 5.
@@ -183,34 +191,25 @@ class WindowLinearAttention(WindowAttentionBase):
         return self.proj_drop(self.proj(out.reshape(-1, c)).view(b, h, w, c))
 
     def _attend_in_bands(self, qkv, h, w, shift):
-        """SLA of the shifted windows, band by band; masks only in bands that hold padding."""
+        """SLA of the shifted windows, band by band, on the real tokens only (no padding)."""
         ws = self.window_size
         b, c = qkv.shape[0], qkv.shape[-1] // 3
-        qkv, _ = pad_to_multiple(qkv, ws)
-        hp, wp = qkv.shape[1], qkv.shape[2]
-        row_bands, col_bands = shifted_window_bands(hp, ws, shift), shifted_window_bands(wp, ws, shift)
+        row_bands, col_bands = shifted_window_bands(h, ws, shift), shifted_window_bands(w, ws, shift)
         # Under autograd the bands' outputs are concatenated: an in-place write into one
         # output would copy the whole gradient in its backward, once per band. In inference
-        # each band writes its real part straight into the output.
+        # each band is written straight into the output, one strided copy.
         out = None if qkv.requires_grad else qkv.new_empty(b, h, w, c)
         rows = []
         # split, not slicing: the backward of a slice zero-fills the whole input's gradient.
         for (r0, r1, wh, i0), row in zip(row_bands, qkv.split([r1 - r0 for r0, r1, _, _ in row_bands], dim=1)):
             band = []
             for (c0, c1, wc, j0), part in zip(col_bands, row.split([c1 - c0 for c0, c1, _, _ in col_bands], dim=2)):
-                if r0 >= h or c0 >= w:
-                    continue    # padding only
-                real = real_tokens((r0, r1), (c0, c1), (h, w), 0, qkv.device) if r1 > h or c1 > w else None
-                windows = self._attend(part, (wh, wc), (i0, j0), real)    # a view, 7-D
-                if out is not None and real is None:    # no padding: one strided copy
-                    out[:, r0:r1, c0:c1].view(windows.shape).copy_(windows)
-                    continue
-                piece = windows.reshape(b, r1 - r0, c1 - c0, c)[:, :h - r0, :w - c0]   # its real tokens
+                windows = self._attend(part, (wh, wc), (i0, j0))    # a view, 7-D
                 if out is None:
-                    band.append(piece)
+                    band.append(windows.reshape(b, r1 - r0, c1 - c0, c))
                 else:
-                    out[:, r0:r1, c0:c1] = piece    # the slice stops at the map's edge, as piece does
-            if band:
+                    out[:, r0:r1, c0:c1].view(windows.shape).copy_(windows)
+            if out is None:
                 rows.append(torch.cat(band, dim=2) if len(band) > 1 else band[0])
         if out is None:
             out = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
@@ -219,13 +218,13 @@ class WindowLinearAttention(WindowAttentionBase):
     def _attend_traced(self, qkv, h, w, shift):
         """The same for ONNX, in one window grid whatever the size (the number of bands
         depends on it): the map padded by ``ws - shift`` at the top/left, whose regular
-        windows are the shifted windows; always masked."""
+        windows are the shifted windows; K and V always zeroed on the padding."""
         ws = self.window_size
         offset = ws - shift if shift else 0
         qkv = F.pad(qkv, (0, 0, offset, 0, offset, 0))
         qkv, _ = pad_to_multiple(qkv, ws)
         b, r, s, c3 = qkv.shape
-        real = real_tokens((0, r), (0, s), (h, w), offset, qkv.device)
+        real = real_tokens((r, s), (h, w), offset, qkv.device)
         out = self._attend(qkv, (ws, ws), (0, 0), real).reshape(b, r, s, c3 // 3)
         return out[:, offset:offset + h, offset:offset + w, :]
 
