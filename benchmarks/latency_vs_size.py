@@ -54,8 +54,9 @@ def set_input_size(models, short_side):
     """Point every model's test pipeline at ``short_side`` (the models themselves do not change)."""
     from slab_mmdet.benchmark import inference_pipeline, load_config, resized_test_pipeline_options
     for m in models:
-        m.pipeline = inference_pipeline(load_config(m.config, resized_test_pipeline_options(
-            m.config, resize_bound(short_side))))
+        cfg = load_config(m.config)
+        cfg.merge_from_dict(resized_test_pipeline_options(cfg, resize_bound(short_side)))
+        m.pipeline = inference_pipeline(cfg)
 
 
 def render_table(record):
@@ -108,7 +109,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     bad = [s for s in args.short_sides if s < 32]
     if bad:
-        parser.error(f'--short-sides {bad}: a short side must be at least 32 pixels (the backbones stride)')
+        parser.error(f'--short-sides {bad}: a short side must be at least 32 pixels (the backbones' stride)')
     sys.path.insert(0, REPO)
     import torch
     from mmengine.config import Config
@@ -130,7 +131,7 @@ def main(argv=None):
         order = list(models.values())
         summary = summarize_result(benchmark_backbones(order, images, warmup=args.warmup))
         by_name = {m['name']: m for m in summary['models']}
-        input_hw = tuple(order[0].prepare(images.paths[0])['inputs'].shape[-2:])
+        input_hw = order[0].padded_input_hw(images.paths[0])
         for family in FAMILIES.values():
             reference = by_name[family[0][0]]['latency_ms']['mean']
             for name, *_ in family:

@@ -156,7 +156,7 @@ def benchmark_coco_size_backbones(checkpoint, config, options, baseline, data_ro
     models += load_models([baseline], cfg_options={**at_coco_size, **pvtv2_options('b1')})
     models[-1].name = 'PVTv2-b1 (mmdet)'
     images = select_images(list_mini_coco_val(data_root), num_images, f'{data_root} val')
-    input_hw = tuple(models[0].prepare(images.paths[0])['inputs'].shape[-2:])   # the first image's, padded
+    input_hw = models[0].padded_input_hw(images.paths[0])   # the first image's
     summary = summarize_result(benchmark_backbones(models, images, warmup=warmup),
                                machine_facts('cpu', 'make demo'))
     summary['settings']['input_hw'] = input_hw

@@ -47,6 +47,10 @@ class BenchModel:
         with torch.inference_mode():
             return self.model.data_preprocessor(pseudo_collate([data]), False)
 
+    def padded_input_hw(self, img_path):
+        """(H, W) of the batch-1 input this model sees for ``img_path``, padded as its data preprocessor pads."""
+        return tuple(self.prepare(img_path)['inputs'].shape[-2:])
+
 
 def resolve_config_path(config):
     """The file of `config`: a path, or a package config such as ``mmdet::retinanet/x.py``."""
@@ -89,13 +93,15 @@ def inference_pipeline(cfg):
 
 
 def resized_test_pipeline_options(config, scale):
-    """cfg_options that make ``config``'s test pipeline resize to ``scale`` = (long, short)
-    edge bound (keep ratio, as mmdet's Resize); (10000, 512) fixes the short side at 512."""
+    """cfg_options that make ``config``'s (a path or a loaded Config) test pipeline resize to
+    ``scale`` = (long, short) edge bound (keep ratio, as mmdet's Resize); (10000, 512) fixes
+    the short side at 512."""
     from mmdet.utils import get_test_pipeline_cfg
-    pipeline = copy.deepcopy(get_test_pipeline_cfg(load_config(config)))
+    cfg = config if isinstance(config, Config) else load_config(config)
+    pipeline = copy.deepcopy(get_test_pipeline_cfg(cfg))
     resizes = [step for step in pipeline if _type_name(step) == 'Resize']
     if len(resizes) != 1:
-        raise BenchmarkError(f'{config}: its test pipeline has {len(resizes)} Resize steps; resizing to '
+        raise BenchmarkError(f'{cfg.filename}: its test pipeline has {len(resizes)} Resize steps; resizing to '
                              f'{scale[0]}x{scale[1]} needs exactly one')
     resizes[0]['scale'] = tuple(scale)
     return {'test_dataloader.dataset.pipeline': pipeline}

@@ -38,3 +38,26 @@ def test_loading_a_peer_leaves_the_shared_options_untouched():
     assert FIXED_DETECTIONS == before
     swin = load_config(f'{REPO_ROOT}/configs/mini/mask_rcnn_swin_t.py', FIXED_DETECTIONS)
     assert swin.model.backbone.type.endswith('SwinTransformer')
+
+
+def test_resized_test_pipeline_sets_the_resize_bound_from_a_path_or_a_loaded_config():
+    from slab_mmdet.benchmark import load_config, resized_test_pipeline_options
+    from mmdet.utils import get_test_pipeline_cfg
+    path = f'{REPO_ROOT}/configs/mask_rcnn_swin_t.py'
+    for config in (path, load_config(path)):
+        cfg = load_config(path, resized_test_pipeline_options(config, (853, 512)))
+        resizes = [step for step in get_test_pipeline_cfg(cfg) if step['type'] == 'Resize']
+        assert [tuple(step['scale']) for step in resizes] == [(853, 512)]
+    assert tuple(next(s for s in get_test_pipeline_cfg(load_config(path)) if s['type'] == 'Resize')['scale']) \
+        == (1333, 800)  # the options are a copy: the config file's pipeline is untouched
+
+
+def test_resizing_a_pipeline_without_exactly_one_resize_is_refused():
+    from slab_mmdet.benchmark import BenchmarkError, load_config, resized_test_pipeline_options
+    from mmdet.utils import get_test_pipeline_cfg
+    cfg = load_config(f'{REPO_ROOT}/configs/mask_rcnn_swin_t.py')
+    pipeline = get_test_pipeline_cfg(cfg)
+    pipeline.insert(1, dict(pipeline[1]))
+    with pytest.raises(BenchmarkError, match=r'mask_rcnn_swin_t\.py: its test pipeline has 2 Resize steps; '
+                                             r'resizing to 853x512 needs exactly one'):
+        resized_test_pipeline_options(cfg, (853, 512))
