@@ -152,3 +152,25 @@ def test_outputs_are_contiguous_nchw_at_every_batch_size(backbone, deploy):
         with torch.no_grad():
             outs = model(torch.randn(batch, 3, *backbone['size']))
         assert all(o.is_contiguous() for o in outs), [o.stride() for o in outs]
+
+
+@pytest.mark.parametrize('deploy', [False, True], ids=['unfused', 'fused'])
+def test_every_linear_reads_contiguous_tokens(backbone, deploy):
+    """Fused models have no norm between the patch embedding (or a spatial reduction) and
+    the next linear: their tokens must still be stored (B, N, C) row by row, or every linear
+    and residual add of the stage runs on strided memory (a matmul plus a copy instead of one
+    addmm)."""
+    import torch
+    model = build_backbone(dict(backbone['cfg'], deploy=deploy)).eval()
+    strided = []
+
+    def check(module, args):
+        if not args[0].is_contiguous():
+            strided.append((names[module], tuple(args[0].shape), args[0].stride()))
+
+    names = {m: n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+    for m in names:
+        m.register_forward_pre_hook(check)
+    with torch.no_grad():
+        model(torch.randn(2, 3, *backbone['size']))
+    assert strided == []

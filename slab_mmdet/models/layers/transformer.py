@@ -44,7 +44,10 @@ def nlc_to_nchw(x, hw_shape):
 
 
 def nchw_to_nlc(x):
-    return x.flatten(2).transpose(1, 2)
+    """(B, C, H, W) -> (B, H*W, C), contiguous: a transposed view would make every linear
+    reading the tokens (fused models have no norm in between to copy them) and every
+    residual add after it run on strided memory."""
+    return x.flatten(2).transpose(1, 2).contiguous()
 
 
 def resize_pos_table(table, src_hw, dst_hw, mode='bilinear'):
