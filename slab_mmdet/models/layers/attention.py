@@ -22,7 +22,9 @@ def normalised_linear_attention(q, k, v, eps=SLA_EPS):
     ``q (k^T v) / (q . sum_j k_j + eps)`` for non-negative q (..., N, d), k (..., M, d), v (..., M, e)."""
     kv = k.transpose(-2, -1) @ v                                   # (..., d, e)
     normaliser = q @ k.sum(dim=-2).unsqueeze(-1)                    # (..., N, 1)
-    return (q @ kv) / (normaliser + eps)
+    if any(t.requires_grad for t in (q, k, v)):
+        return (q @ kv) / (normaliser + eps)
+    return (q @ kv).div_(normaliser.add_(eps))    # inference: no (N, e) temporaries
 
 
 def at_least_fp32(*tensors):
@@ -38,9 +40,10 @@ def split_heads(x, num_heads):
 
 
 def merge_heads(x):
-    """(B, h, N, d) -> (B, N, h*d)."""
+    """(B, h, N, d) -> (B, N, h*d), contiguous (for one head the reshape alone can stay a
+    transposed view, which the output projection would read strided)."""
     b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
+    return x.transpose(1, 2).reshape(b, n, h * d).contiguous()
 
 
 class ValueDWConv(nn.Module):
@@ -147,5 +150,6 @@ class SpatialReductionLinearAttention(SpatialReductionAttentionBase):
             b, h, m, d = v.shape
             v = F.interpolate(v.reshape(b * h, m, d).transpose(1, 2), size=hw_shape[0] * hw_shape[1],
                               mode='linear', align_corners=False).transpose(1, 2).reshape(b, h, -1, d)
-        out = out.to(v.dtype) + self.value_conv(v, hw_shape)
+        conv = self.value_conv(v, hw_shape)
+        out = out.to(v.dtype) + conv if v.requires_grad else conv.add_(out)
         return self.proj_drop(self.proj(merge_heads(out)))

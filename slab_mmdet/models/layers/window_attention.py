@@ -252,7 +252,8 @@ class WindowLinearAttention(WindowAttentionBase):
             k, v = ((t.view((b, -1) + t.shape[1:]) * real).flatten(0, 1) for t in (k, v))
         with torch.autocast(device_type=qkv.device.type, enabled=False):
             out = normalised_linear_attention(*at_least_fp32(q, k, v))
-        out = out.to(v.dtype) + self.value_conv(v, (wh, ww))                # (B*nW, heads, N, d)
+        conv = self.value_conv(v, (wh, ww))                                  # (B*nW, heads, N, d)
+        out = out.to(v.dtype) + conv if v.requires_grad else conv.add_(out)
         out = out.view(b, r // wh, s // ww, heads, wh, ww, d).permute(0, 1, 4, 2, 5, 3, 6)
         return out
 
