@@ -109,7 +109,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     bad = [s for s in args.short_sides if s < 32]
     if bad:
-        parser.error(f'--short-sides {bad}: a short side must be at least 32 pixels (the backbones' stride)')
+        parser.error(f"--short-sides {bad}: a short side must be at least 32 pixels (the backbones' stride)")
     sys.path.insert(0, REPO)
     import torch
     from mmengine.config import Config
