@@ -97,20 +97,29 @@ class NoisyPadding:
         return padded, pad
 
 
+def take_the_traced_path(monkeypatch):
+    """Run the attentions' ONNX path (pad and mask: the bands would depend on the size) in eager mode."""
+    monkeypatch.setattr(torch.jit, 'is_tracing', lambda: True)
+
+
 @pytest.mark.parametrize('hw', [(10, 12), (19, 20), (5, 9), (3, 4)], ids=lambda s: f'{s[0]}x{s[1]}')
 @pytest.mark.parametrize('shift', [0, 3])
 @pytest.mark.parametrize('kind', ['L', 'S'])
-def test_padded_tokens_never_reach_real_tokens(kind, shift, hw, monkeypatch):
+@pytest.mark.parametrize('path', ['bands', 'traced'])
+def test_padded_tokens_never_reach_real_tokens(path, kind, shift, hw, monkeypatch):
     """A real token's output does not change when the padded region's values are
-    perturbed inside the block (softmax); SLA (its sums and its conv on V) runs on the
-    real tokens only and pads nothing at all."""
+    perturbed inside the block (SLA, its conv on V, and softmax alike) on the traced
+    path, which pads; band by band (PyTorch) both attentions pad nothing at all, and
+    the two paths agree."""
     attn = make_window_attention(kind, shift)
     x = torch.randn(2, *hw, 16)
     want = run_on_grid(attn, x)
     noisy = NoisyPadding()
     monkeypatch.setattr(window_attention, 'pad_to_multiple', noisy)
+    if path == 'traced':
+        take_the_traced_path(monkeypatch)
     got = run_on_grid(attn, x)
-    assert noisy.padded_calls == (1 if kind == 'S' else 0)
+    assert noisy.padded_calls == (1 if path == 'traced' else 0)
     torch.testing.assert_close(got, want)
 
 
@@ -139,16 +148,19 @@ def test_wrapped_tokens_never_reach_tokens_they_are_not_next_to(kind, hw):
         assert not torch.allclose(out.narrow(dim, 0, shift), base.narrow(dim, 0, shift))
 
 
-def test_backbone_outputs_ignore_window_padding(monkeypatch):
-    """Through a whole SLAB-Swin (both attentions, padding and shifts at every stage; SLA
-    pads nothing)."""
+@pytest.mark.parametrize('path', ['bands', 'traced'])
+def test_backbone_outputs_ignore_window_padding(path, monkeypatch):
+    """Through a whole SLAB-Swin (both attentions, padding and shifts at every stage; band
+    by band nothing is padded)."""
     model = build_backbone(dict(MINI, attn_types='LSLS', window_sizes=(7, 7, 7, 7)))
     x = torch.randn(1, 3, 300, 452)
     want = eval_outputs(model, x)
     noisy = NoisyPadding()
     monkeypatch.setattr(window_attention, 'pad_to_multiple', noisy)
+    if path == 'traced':
+        take_the_traced_path(monkeypatch)
     got = eval_outputs(model, x)
-    assert noisy.padded_calls == 4  # every softmax block (stages 2 and 4)
+    assert noisy.padded_calls == (8 if path == 'traced' else 0)  # traced: every block of every stage
     for a, b in zip(got, want, strict=True):
         torch.testing.assert_close(a, b)
 
@@ -200,11 +212,12 @@ def test_window_sla_is_sla_on_each_region_alone(shift, hw):
 
 @pytest.mark.parametrize('hw', [(10, 12), (19, 20), (30, 8)], ids=lambda s: f'{s[0]}x{s[1]}')
 @pytest.mark.parametrize('shift', [0, 3])
-def test_window_sla_assembles_the_same_output_with_and_without_autograd(shift, hw):
+@pytest.mark.parametrize('kind', ['L', 'S'])
+def test_window_attention_assembles_the_same_output_with_and_without_autograd(kind, shift, hw):
     """Under autograd the bands' outputs are concatenated, in inference written in place
     (with windows cut at the map's edge in every case); both give the same map, and
     the gradient reaches every input token."""
-    attn = make_window_attention('L', shift).double()
+    attn = make_window_attention(kind, shift).double()
     torch.manual_seed(3)
     x = torch.randn(2, *hw, 16, dtype=torch.float64, requires_grad=True)
     trained = attn.window_attn(x, shift)

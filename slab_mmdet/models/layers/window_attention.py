@@ -4,14 +4,15 @@ position bias, and simplified linear attention (SLA) inside windows.
 :class:`ShiftedWindowAttention` decides the shift (none when one window covers the map)
 and hands the (B, H, W, C) map to the inner attention, which lays out its windows.
 Padded tokens and tokens wrapped around by the shift never contribute to a real
-token's output. Softmax attention does it as Swin does: pad, cyclic shift, and an
-additive mask between regions and on padding. SLA needs neither mask nor padding:
-within bands of rows and columns (:func:`shifted_window_bands`) Swin's shifted windows,
-cut at the map's edge, are regular windows that each hold one region, so SLA runs band
-by band on the real tokens. (A window cut at the edge is Swin's padded window without
-its padding: zero K and V there would add nothing to SLA's sums, and the conv on V pads
-with zeros.) Traced for ONNX, where the bands would depend on the input size, SLA pads
-and zeros K and V on the padding instead.
+token's output. In PyTorch neither attention needs a mask or padding for it: within
+bands of rows and columns (:func:`shifted_window_bands`) Swin's shifted windows, cut at
+the map's edge, are regular windows that each hold one region, so both attend band by
+band on the real tokens. A window cut at the edge is Swin's padded window without its
+padding, the same computation: Swin's mask gives padding zero softmax weight, zero K
+and V would add nothing to SLA's sums, and the conv on V pads with zeros. Traced for
+ONNX, where the bands would depend on the input size, both pad instead: softmax as Swin
+does (pad, cyclic shift, an additive mask between regions and on padding), SLA with K
+and V zeroed on the padding.
 """
 import torch
 import torch.nn as nn
@@ -59,11 +60,31 @@ def window_regions(hw_shape, padded_hw, ws, shift, device):
     return region, valid
 
 
-class WindowAttentionBase(BaseModule):
-    """The projections of a window attention: one qkv linear and an output projection.
+def to_windows(qkv, window, num_heads):
+    """(B, R, S, 3C) tiled by (wh, ww) windows -> q, k, v (B*nW, heads, wh*ww, d), contiguous,
+    in one copy."""
+    b, r, s, c3 = qkv.shape
+    (wh, ww), d = window, c3 // 3 // num_heads
+    return qkv.reshape(b, r // wh, wh, s // ww, ww, 3, num_heads, d).permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(
+        3, -1, num_heads, wh * ww, d).unbind(0)
 
-    Subclasses are called as ``attn(x, shift)`` on a (B, H, W, C) map and return the
-    map they attend to, (B, H, W, C); they pad to window multiples themselves.
+
+def from_windows(out, map_shape, window):
+    """(B*nW, heads, wh*ww, d) -> a (B, R / wh, wh, S / ww, ww, heads, d) view: the
+    output in the layout of the (B, R, S, C) map (the caller copies it where it goes)."""
+    (b, r, s), (wh, ww) = map_shape, window
+    heads, d = out.shape[1], out.shape[3]
+    return out.view(b, r // wh, s // ww, heads, wh, ww, d).permute(0, 1, 4, 2, 5, 3, 6)
+
+
+class WindowAttentionBase(BaseModule):
+    """The projections of a window attention (one qkv linear and an output projection) and
+    the shifted windows as bands of regular windows (:func:`shifted_window_bands`).
+
+    Called as ``attn(x, shift)`` on a (B, H, W, C) map, returns the map it attends to,
+    (B, H, W, C). In PyTorch it attends band by band on the real tokens (subclasses give
+    ``_attend``, the attention inside one band's windows); traced for ONNX, where the
+    bands would depend on the input size, subclasses pad and mask (``_forward_traced``).
     """
 
     def __init__(self, embed_dims, num_heads, window_size, qkv_bias=True, proj_drop=0., init_cfg=None):
@@ -78,9 +99,54 @@ class WindowAttentionBase(BaseModule):
     def input_layers(self):
         return [self.qkv]
 
+    def forward(self, x, shift=0):
+        """x: (B, H, W, C) -> (B, H, W, C); windows shifted by ``shift``."""
+        if torch.jit.is_tracing():
+            return self._forward_traced(x, shift)
+        b, h, w, c = x.shape
+        qkv = self.qkv(x.reshape(-1, c)).view(b, h, w, 3 * c)          # on the real tokens only
+        out = self._attend_in_bands(qkv, h, w, shift)
+        return self.proj_drop(self.proj(out.reshape(-1, c)).view(b, h, w, c))
+
+    def _attend_in_bands(self, qkv, h, w, shift):
+        """The attention of the shifted windows, band by band, on the real tokens only (no padding)."""
+        ws = self.window_size
+        b, c = qkv.shape[0], qkv.shape[-1] // 3
+        row_bands, col_bands = shifted_window_bands(h, ws, shift), shifted_window_bands(w, ws, shift)
+        # Under autograd the bands' outputs are concatenated: an in-place write into one
+        # output would copy the whole gradient in its backward, once per band. In inference
+        # each band is written straight into the output, one strided copy.
+        out = None if qkv.requires_grad else qkv.new_empty(b, h, w, c)
+        rows = []
+        # split, not slicing: the backward of a slice zero-fills the whole input's gradient.
+        for (r0, r1, wh, i0), row in zip(row_bands, qkv.split([r1 - r0 for r0, r1, _, _ in row_bands], dim=1)):
+            band = []
+            for (c0, c1, wc, j0), part in zip(col_bands, row.split([c1 - c0 for c0, c1, _, _ in col_bands], dim=2)):
+                windows = from_windows(self._attend(part, (wh, wc), (i0, j0)), (b, r1 - r0, c1 - c0), (wh, wc))
+                if out is None:
+                    band.append(windows.reshape(b, r1 - r0, c1 - c0, c))
+                else:
+                    out[:, r0:r1, c0:c1].view(windows.shape).copy_(windows)
+            if out is None:
+                rows.append(torch.cat(band, dim=2) if len(band) > 1 else band[0])
+        if out is None:
+            out = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
+        return out
+
+    def _attend(self, qkv, window, first):
+        """The attention in the (wh, ww) windows tiling ``qkv`` (B, R, S, 3C), whose positions
+        start at ``first`` inside Swin's window -> (B*nW, heads, wh*ww, d)."""
+        raise NotImplementedError
+
+    def _forward_traced(self, x, shift):
+        raise NotImplementedError
+
 
 class WindowSoftmaxAttention(WindowAttentionBase):
-    """Swin's window attention: softmax with a learned relative position bias (``'S'``)."""
+    """Swin's window attention: softmax with a learned relative position bias (``'S'``).
+
+    Band by band, each window's bias is that of its positions inside Swin's rolled window
+    (a window cut at a region's edge sees the sub-block of the bias between its positions)."""
 
     def __init__(self, embed_dims, num_heads, window_size, qkv_bias=True, attn_drop=0., proj_drop=0.,
                  init_cfg=None):
@@ -94,8 +160,20 @@ class WindowSoftmaxAttention(WindowAttentionBase):
         self.register_buffer('relative_position_index', rel[..., 0] * (2 * ws - 1) + rel[..., 1],
                              persistent=False)
 
-    def forward(self, x, shift=0):
-        """x: (B, H, W, C) -> (B, H, W, C); windows cyclically shifted by ``shift``."""
+    def _attend(self, qkv, window, first):
+        (wh, ww), ws = window, self.window_size
+        q, k, v = to_windows(qkv, window, self.num_heads)
+        # The bias between the band's in-window positions (Swin's rolled window, from ``first``).
+        pos = ((torch.arange(wh, device=qkv.device) + first[0])[:, None] * ws
+               + (torch.arange(ww, device=qkv.device) + first[1])[None, :]).flatten()
+        index = self.relative_position_index[pos][:, pos].flatten()
+        bias = self.relative_position_bias_table[index].view(wh * ww, wh * ww, -1).permute(2, 0, 1)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=bias.unsqueeze(0).to(q.dtype),
+                                              dropout_p=self.attn_drop if self.training else 0.)
+
+    def _forward_traced(self, x, shift):
+        """For ONNX, the same as Swin computes it, in one grid whatever the size: pad, cyclic
+        shift, and an additive mask between regions and on padding."""
         b, h, w, c = x.shape
         ws = self.window_size
         x, (pad_h, pad_w) = pad_to_multiple(x, ws)
@@ -106,16 +184,15 @@ class WindowSoftmaxAttention(WindowAttentionBase):
         bw, n, _ = windows.shape
         q, k, v = (split_heads(t, self.num_heads) for t in self.qkv(windows).chunk(3, dim=-1))
         bias = self.relative_position_bias_table[self.relative_position_index.view(-1)]
-        mask = bias.view(n, n, -1).permute(2, 0, 1).unsqueeze(0)          # (1, h, N, N)
-        # Traced for ONNX, always masked: exact for any size, where the unmasked graph
-        # would be baked in for every size if the example input needed no mask.
-        if shift or pad_h or pad_w or torch.jit.is_tracing():
-            region, valid = window_regions((h, w), (hp, wp), ws, shift, x.device)
-            allowed = (region[:, :, None] == region[:, None, :]) & valid[:, None, :]
-            pair_mask = torch.zeros(allowed.shape, dtype=mask.dtype, device=x.device).masked_fill(~allowed, MASKED)
-            nw = region.shape[0]
-            mask = (mask + pair_mask.unsqueeze(1)).unsqueeze(0).expand(bw // nw, -1, -1, -1, -1)
-            mask = mask.reshape(bw, self.num_heads, n, n)
+        bias = bias.view(n, n, -1).permute(2, 0, 1)                        # (heads, N, N)
+        # Always masked: exact for any size, where the unmasked graph would be baked in for
+        # every size if the example input needed no mask.
+        region, valid = window_regions((h, w), (hp, wp), ws, shift, x.device)
+        allowed = (region[:, :, None] == region[:, None, :]) & valid[:, None, :]
+        pair_mask = torch.zeros(allowed.shape, dtype=bias.dtype, device=x.device).masked_fill(~allowed, MASKED)
+        nw = region.shape[0]
+        mask = (bias + pair_mask.unsqueeze(1)).unsqueeze(0).expand(bw // nw, -1, -1, -1, -1)
+        mask = mask.reshape(bw, self.num_heads, n, n)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask.to(q.dtype),
                                              dropout_p=self.attn_drop if self.training else 0.)
         out = window_reverse(merge_heads(out), ws, hp, wp)
@@ -163,13 +240,9 @@ class WindowLinearAttention(WindowAttentionBase):
     projection and before the ReLU, as in the reference model), and a depth-wise conv
     on V over the window grid.
 
-    Shifted windows need no region mask here: Swin's shifted windows (cyclic shift by
-    ``s``, the wrapped parts kept apart) are the pieces of the map cut at rows and
-    columns ``s + k * ws``; in each band of rows (and of columns) between two kinds of
-    cut (and the map's edge) they are regular windows (:func:`shifted_window_bands`),
-    and SLA runs on each band's windows as they are, each holding one region, on the
-    real tokens only: the sums and the conv on V see exactly a piece's tokens. The
-    in-window positions (and so the positional encoding) are those of the cyclic shift.
+    Band by band (the base class), the sums and the conv on V see exactly the tokens of
+    one region; the in-window positions (and so the positional encoding) are those of
+    the cyclic shift.
 
     Args:
         kernel_size (int): Kernel of the depth-wise conv on V. Default: 5.
@@ -181,40 +254,11 @@ class WindowLinearAttention(WindowAttentionBase):
         self.positional_encoding = nn.Parameter(torch.zeros(1, window_size * window_size, embed_dims))
         self.value_conv = ValueDWConv(embed_dims // num_heads, kernel_size)
 
-    def forward(self, x, shift=0):
-        """x: (B, H, W, C) -> (B, H, W, C); windows shifted by ``shift``."""
+    def _forward_traced(self, x, shift):
         b, h, w, c = x.shape
         qkv = self.qkv(x.reshape(-1, c)).view(b, h, w, 3 * c)          # on the real tokens only
-        if torch.jit.is_tracing():
-            out = self._attend_traced(qkv, h, w, shift)
-        else:
-            out = self._attend_in_bands(qkv, h, w, shift)
+        out = self._attend_traced(qkv, h, w, shift)
         return self.proj_drop(self.proj(out.reshape(-1, c)).view(b, h, w, c))
-
-    def _attend_in_bands(self, qkv, h, w, shift):
-        """SLA of the shifted windows, band by band, on the real tokens only (no padding)."""
-        ws = self.window_size
-        b, c = qkv.shape[0], qkv.shape[-1] // 3
-        row_bands, col_bands = shifted_window_bands(h, ws, shift), shifted_window_bands(w, ws, shift)
-        # Under autograd the bands' outputs are concatenated: an in-place write into one
-        # output would copy the whole gradient in its backward, once per band. In inference
-        # each band is written straight into the output, one strided copy.
-        out = None if qkv.requires_grad else qkv.new_empty(b, h, w, c)
-        rows = []
-        # split, not slicing: the backward of a slice zero-fills the whole input's gradient.
-        for (r0, r1, wh, i0), row in zip(row_bands, qkv.split([r1 - r0 for r0, r1, _, _ in row_bands], dim=1)):
-            band = []
-            for (c0, c1, wc, j0), part in zip(col_bands, row.split([c1 - c0 for c0, c1, _, _ in col_bands], dim=2)):
-                windows = self._attend(part, (wh, wc), (i0, j0))    # a view, 7-D
-                if out is None:
-                    band.append(windows.reshape(b, r1 - r0, c1 - c0, c))
-                else:
-                    out[:, r0:r1, c0:c1].view(windows.shape).copy_(windows)
-            if out is None:
-                rows.append(torch.cat(band, dim=2) if len(band) > 1 else band[0])
-        if out is None:
-            out = torch.cat(rows, dim=1) if len(rows) > 1 else rows[0]
-        return out
 
     def _attend_traced(self, qkv, h, w, shift):
         """The same for ONNX, in one window grid whatever the size (the number of bands
@@ -226,23 +270,17 @@ class WindowLinearAttention(WindowAttentionBase):
         qkv, _ = pad_to_multiple(qkv, ws)
         b, r, s, c3 = qkv.shape
         real = real_tokens((r, s), (h, w), offset, qkv.device)
-        out = self._attend(qkv, (ws, ws), (0, 0), real).reshape(b, r, s, c3 // 3)
+        out = from_windows(self._attend(qkv, (ws, ws), (0, 0), real), (b, r, s), (ws, ws)).reshape(b, r, s, c3 // 3)
         return out[:, offset:offset + h, offset:offset + w, :]
 
     def _attend(self, qkv, window, first, real=None):
         """SLA in the (wh, ww) windows tiling ``qkv`` (B, R, S, 3C), whose positions start at
-        ``first`` inside Swin's window; ``real`` (R, S) is False on padding.
-
-        Returns (B, R / wh, wh, S / ww, ww, heads, d): the output in the layout of ``qkv``, as a
-        view of the attention's window-major result (the caller copies it where it goes).
-        """
-        b, r, s, c3 = qkv.shape
-        (wh, ww), heads, c = window, self.num_heads, c3 // 3
-        d = c // heads
-        # One copy to windows and heads: q, k, v (B*nW, heads, wh*ww, d), contiguous.
-        q, k, v = qkv.reshape(b, r // wh, wh, s // ww, ww, 3, heads, d).permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(
-            3, -1, heads, wh * ww, d).unbind(0)
-        ws = self.window_size
+        ``first`` inside Swin's window; ``real`` (R, S) is False on padding (traced only).
+        Returns (B*nW, heads, wh*ww, d)."""
+        b, r, s, _ = qkv.shape
+        (wh, ww), heads, ws = window, self.num_heads, self.window_size
+        q, k, v = to_windows(qkv, window, heads)
+        d = q.shape[-1]
         pos = self.positional_encoding.view(ws, ws, heads, d)[first[0]:first[0] + wh, first[1]:first[1] + ww]
         # In place where autograd allows it (q is a view of a multi-output unbind).
         q = F.relu(q, inplace=not q.requires_grad)
@@ -253,9 +291,7 @@ class WindowLinearAttention(WindowAttentionBase):
         with torch.autocast(device_type=qkv.device.type, enabled=False):
             out = normalised_linear_attention(*at_least_fp32(q, k, v))
         conv = self.value_conv(v, (wh, ww))                                  # (B*nW, heads, N, d)
-        out = out.to(v.dtype) + conv if v.requires_grad else conv.add_(out)
-        out = out.view(b, r // wh, s // ww, heads, wh, ww, d).permute(0, 1, 4, 2, 5, 3, 6)
-        return out
+        return out.to(v.dtype) + conv if v.requires_grad else conv.add_(out)
 
 
 class ShiftedWindowAttention(BaseModule):
