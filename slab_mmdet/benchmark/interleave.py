@@ -99,11 +99,11 @@ def _as_image_set(images):
     return select_images(images, len(images), 'given image paths')
 
 
-def describe_schedule(num_models, warmup, breakdown, memory_in_timed_pass):
+def describe_schedule(num_models, warmup, breakdown, memory_pass):
     """The order of the forwards in words, e.g. '1 warm-up round(s) (A B), then per image: timed A B'."""
     names = ' '.join(chr(ord('A') + i) if i < 26 else f'#{i + 1}' for i in range(num_models))
     passes = (['timed'] + (['breakdown'] if breakdown == 'extra-pass' else [])
-              + ([] if memory_in_timed_pass else ['memory']))
+              + (['memory'] if memory_pass else []))
     rotation = ' (the timed order rotates by one model per image: A B C, B C A, ...)' if num_models > 1 else ''
     return (f'{warmup} warm-up round(s) ({names}), then per image: ' + ', then '.join(f'{p} {names}' for p in passes)
             + rotation)
@@ -114,7 +114,7 @@ def rotated(n, k):
     return [(k + j) % n for j in range(n)]
 
 
-def _benchmark(models, images, warmup, target, breakdown, clock, progress):
+def _benchmark(models, images, warmup, target, breakdown, clock, progress, memory):
     if not models:
         raise BenchmarkError('no models to benchmark')
     if not isinstance(warmup, int) or warmup < 0:
@@ -123,7 +123,8 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress):
     device = check_device(models_device(models))
     mode = resolve_breakdown(breakdown, device, target)
     sync = synchronizer(device)
-    probe = memory_probe(device)
+    probe = memory_probe(device) if memory else None
+    memory_pass = probe is not None and not probe.in_timed_pass     # the CPU's probe would slow the timing
     forward = _predict if target == 'detector' else _backbone
     timers = [PartTimer(m.model, sync, clock) if mode != 'off' else None for m in models]
     timings = [ModelTimings() for _ in models]
@@ -180,26 +181,27 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress):
             for i in rotated(len(models), k):
                 data = batch[i]
                 elapsed, outputs = timed_run(i, data, 'timed', k, timers[i] if mode == 'same-pass' else None,
-                                             measure_memory=probe.in_timed_pass)
+                                             measure_memory=probe is not None and probe.in_timed_pass)
                 timings[i].total_ms.append(elapsed * 1e3)
                 timings[i].detections.append(_count_detections(outputs) if target == 'detector' else None)
                 del outputs   # not kept alive during the next model's forward
             if mode == 'extra-pass':
                 for i, data in enumerate(batch):
                     timed_run(i, data, 'breakdown', k, timers[i])
-            if not probe.in_timed_pass:
+            if memory_pass:
                 for i, data in enumerate(batch):
                     timed_run(i, data, 'memory', k, measure_memory=True)
             if bar:
                 bar.update()
     if bar:
         bar.file.write('\n')
-    schedule = describe_schedule(len(models), warmup, mode, probe.in_timed_pass)
-    return BenchmarkResult(target, device, list(models), timings, images, warmup, mode, probe.description,
-                           schedule, events)
+    schedule = describe_schedule(len(models), warmup, mode, memory_pass)
+    return BenchmarkResult(target, device, list(models), timings, images, warmup, mode,
+                           probe.description if probe else 'not measured', schedule, events)
 
 
-def benchmark_detectors(models, images, warmup=10, breakdown='auto', clock=time.perf_counter, progress=True):
+def benchmark_detectors(models, images, warmup=10, breakdown='auto', clock=time.perf_counter, progress=True,
+                        memory=True):
     """Batch-1 latency of whole detectors, interleaved image by image.
 
     Args:
@@ -211,11 +213,13 @@ def benchmark_detectors(models, images, warmup=10, breakdown='auto', clock=time.
             ``resolve_breakdown``).
         clock: seconds as a float (``time.perf_counter``; replaceable for tests).
         progress: show a progress bar.
+        memory: measure each forward's peak memory (on the CPU in an extra untimed pass
+            per image; False skips it where only latency is wanted).
     """
-    return _benchmark(models, images, warmup, 'detector', breakdown, clock, progress)
+    return _benchmark(models, images, warmup, 'detector', breakdown, clock, progress, memory)
 
 
-def benchmark_backbones(models, images, warmup=10, clock=time.perf_counter, progress=True):
+def benchmark_backbones(models, images, warmup=10, clock=time.perf_counter, progress=True, memory=True):
     """Batch-1 latency of the detectors' backbones alone: ``model.backbone(inputs)``, where
     inputs is the preprocessed image tensor; otherwise as ``benchmark_detectors``."""
-    return _benchmark(models, images, warmup, 'backbone', 'off', clock, progress)
+    return _benchmark(models, images, warmup, 'backbone', 'off', clock, progress, memory)

@@ -24,7 +24,7 @@ from slab_mmdet.benchmark import (BenchmarkError, PartTimer, benchmark_detectors
 from slab_mmdet.benchmark.images import list_mini_coco_val
 from slab_mmdet.benchmark.measure import RssPeakMemory
 from slab_mmdet.benchmark.candidates import unique_names
-from slab_mmdet.benchmark.report import cpu_model
+from slab_mmdet.benchmark.report import cpu_model, machine_facts, render_markdown
 from testing_utils import REPO_ROOT
 
 MASK_RCNN = 'configs/mini/mask_rcnn_pvt_t.py'
@@ -329,6 +329,21 @@ def test_interleaved_order_untimed_preprocessing_and_breakdown(small_configs, mi
 
 
 @pytest.mark.slow
+def test_latency_only_runs_no_memory_pass_and_says_so(small_configs, mini_coco):
+    """memory=False: no probe and no memory pass; the schedule and the report say memory was
+    not measured instead of showing a number."""
+    models = load_models(small_configs, device='cpu', log=None)
+    images = select_images(list_mini_coco_val(mini_coco), 2, 'mini')
+    result = benchmark_detectors(models, images, warmup=0, breakdown='off', progress=False, memory=False)
+    assert [kind for kind, _, _ in result.events] == ['timed'] * 4
+    assert 'memory' not in result.schedule and result.memory_method == 'not measured'
+    assert all(t.memory_mib == [] and len(t.total_ms) == 2 for t in result.timings)
+    summary = summarize_result(result, machine_facts('cpu', 'test'))
+    assert all(m['memory']['peak_forward_mib'] is None for m in summary['models'])
+    table = render_markdown(summary)
+    assert '- Memory: not measured' in table
+
+
 def test_cli_fuse_both_writes_consistent_report(mini_coco, tmp_path, monkeypatch, keep_torch_threads):
     calls = []
 
