@@ -157,7 +157,7 @@ def benchmark_coco_size_backbones(checkpoint, config, options, baseline, data_ro
     models[-1].name = 'PVTv2-b1 (mmdet)'
     images = select_images(list_mini_coco_val(data_root), num_images, f'{data_root} val')
     input_hw = models[0].padded_input_hw(images.paths[0])   # the first image's
-    # Latency only: the memory pass would add about half again to the demo's slowest timing.
+    # Latency only: the memory pass cost about 20 s of the demo's 12-minute budget.
     summary = summarize_result(benchmark_backbones(models, images, warmup=warmup, memory=False),
                                machine_facts('cpu', 'make demo'))
     summary['settings']['input_hw'] = input_hw

@@ -124,7 +124,9 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
     mode = resolve_breakdown(breakdown, device, target)
     sync = synchronizer(device)
     probe = memory_probe(device) if memory else None
-    memory_pass = probe is not None and not probe.in_timed_pass     # the CPU's probe would slow the timing
+    # CUDA's probe runs in the timed pass; the CPU's would slow it, so it gets a pass of its own.
+    memory_in_timed_pass = probe is not None and probe.in_timed_pass
+    memory_pass = probe is not None and not probe.in_timed_pass
     forward = _predict if target == 'detector' else _backbone
     timers = [PartTimer(m.model, sync, clock) if mode != 'off' else None for m in models]
     timings = [ModelTimings() for _ in models]
@@ -181,7 +183,7 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
             for i in rotated(len(models), k):
                 data = batch[i]
                 elapsed, outputs = timed_run(i, data, 'timed', k, timers[i] if mode == 'same-pass' else None,
-                                             measure_memory=probe is not None and probe.in_timed_pass)
+                                             measure_memory=memory_in_timed_pass)
                 timings[i].total_ms.append(elapsed * 1e3)
                 timings[i].detections.append(_count_detections(outputs) if target == 'detector' else None)
                 del outputs   # not kept alive during the next model's forward

@@ -328,7 +328,6 @@ def test_interleaved_order_untimed_preprocessing_and_breakdown(small_configs, mi
         assert 'slow' == bench_model.model.backbone.forward.__name__
 
 
-@pytest.mark.slow
 def test_latency_only_runs_no_memory_pass_and_says_so(small_configs, mini_coco):
     """memory=False: no probe and no memory pass; the schedule and the report say memory was
     not measured instead of showing a number."""
@@ -344,6 +343,7 @@ def test_latency_only_runs_no_memory_pass_and_says_so(small_configs, mini_coco):
     assert '- Memory: not measured' in table
 
 
+@pytest.mark.slow
 def test_cli_fuse_both_writes_consistent_report(mini_coco, tmp_path, monkeypatch, keep_torch_threads):
     calls = []
 
