@@ -19,7 +19,9 @@ from run_args import add_run_arguments, parse_run_arguments
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('config', help='train config file path')
-    parser.add_argument('--amp', action='store_true', help='automatic mixed precision (needs a GPU)')
+    parser.add_argument('--amp', action='store_true',
+                        help='automatic mixed precision: fp16 with dynamic loss scaling on a GPU (AmpOptimWrapper), '
+                             'bf16 on a machine without one (CPUAmpOptimWrapper)')
     parser.add_argument('--auto-scale-lr', action='store_true',
                         help='scale the learning rate by total batch size / auto_scale_lr.base_batch_size')
     parser.add_argument('--resume', nargs='?', const='auto', metavar='CKPT',
@@ -38,14 +40,22 @@ def main(argv=None):
     from mmdet.utils import setup_cache_size_limit_of_dynamo
 
     import slab_mmdet  # noqa: F401  (registers slab-mmdet's modules)
+    from slab_mmdet.engine import amp_optim_wrapper_type
     from slab_mmdet.engine.run_config import build_runner, load_run_config
 
     setup_cache_size_limit_of_dynamo()
     cfg = load_run_config(args.config, args.cfg_options, args.work_dir, args.launcher)
 
     if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
+        if wrapper not in ('OptimWrapper', 'AmpOptimWrapper', 'CPUAmpOptimWrapper'):
+            raise SystemExit(f'--amp: {args.config} uses optim_wrapper type {wrapper!r}; --amp replaces an '
+                             'OptimWrapper by AmpOptimWrapper (CPUAmpOptimWrapper without a GPU): set the AMP '
+                             'wrapper in the config instead')
+        cfg.optim_wrapper.type = amp_optim_wrapper_type()
         cfg.optim_wrapper.loss_scale = 'dynamic'
+        print(f'[train] --amp: {cfg.optim_wrapper.type}'
+              + (' (bf16 autocast on the CPU, no loss scaling)' if cfg.optim_wrapper.type.startswith('CPU') else ''))
     if args.auto_scale_lr:
         if 'base_batch_size' not in cfg.get('auto_scale_lr', {}):
             raise SystemExit(f'--auto-scale-lr: {args.config} has no auto_scale_lr.base_batch_size; add '

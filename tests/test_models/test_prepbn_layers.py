@@ -342,3 +342,59 @@ def test_alpha_init_is_checked():
     with pytest.raises(ValueError, match=r"alpha_init must be a finite number, got nan"):
         RepBN(C, alpha_init=float('nan'))
     assert float(PRepBN(C, alpha_init=0.0).repbn.alpha) == 0.0 and float(RepBN(C).alpha) == 1.0
+
+
+# --- mixed precision (autocast) -------------------------------------------------------------
+def autocast_forward(module, x, dtype):
+    """``module(linear(x))`` under CPU autocast, as in a backbone: the norm reads a matmul's
+    half-precision output. Returns (input to the norm, output, LayerNorm's output on it)."""
+    linear = nn.Linear(C, C)
+    with torch.no_grad():
+        linear.weight.copy_(torch.eye(C))
+        linear.bias.zero_()
+    with torch.autocast('cpu', dtype=dtype):
+        y = linear(x)
+        out = module(y)
+        ln_dtype = nn.functional.layer_norm(y, (C,), torch.ones(C), torch.zeros(C)).dtype
+    return y, out, ln_dtype
+
+
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize('train', [True, False])
+@pytest.mark.parametrize('g', [1.0, 0.5, 0.0])
+def test_prepbn_runs_under_autocast_in_layernorms_dtype_at_every_g(g, train, dtype):
+    m = PRepBN(C)
+    randomise_prepbn(m, 4)
+    m.set_g(g)
+    m.train(train)
+    x = tokens(5).requires_grad_()
+    y, out, ln_dtype = autocast_forward(m, x, dtype)
+    # The dtype autocast gives a LayerNorm, at every g (the blend used to fail at 0 < g < 1).
+    assert out.dtype == ln_dtype == y.dtype
+    # The same numbers as in float32 on the same (rounded) input, within half precision.
+    reference = PRepBN(C)
+    reference.load_state_dict(m.state_dict())
+    reference.train(train)
+    expected = reference(y.detach().float())
+    torch.testing.assert_close(out.float(), expected, atol=0.05 * float(expected.abs().max()), rtol=0.05)
+    out.float().square().sum().backward()
+    used = [p for p in ((m.ln.weight,) if g > 0 else ()) + ((m.repbn.alpha, m.repbn.bn.weight) if g < 1 else ())]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in used)
+    assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize('stats', ['batch', 'image'])
+def test_repbn_under_autocast_returns_layernorms_dtype(stats):
+    m = RepBN(C, stats=stats)
+    randomise_repbn(m, 6)
+    y, out, ln_dtype = autocast_forward(m, tokens(7), torch.bfloat16)
+    assert out.dtype == ln_dtype
+    assert torch.isfinite(out).all()
+
+
+def test_norms_keep_their_dtype_outside_autocast():
+    """No cast without autocast: a float64 model (the fusion tests) and a bf16 model stay so."""
+    for dtype in (torch.float64, torch.bfloat16):
+        m = PRepBN(C).to(dtype)
+        m.set_g(0.5)
+        assert m(tokens(8).to(dtype)).dtype == dtype

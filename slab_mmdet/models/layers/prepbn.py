@@ -25,6 +25,28 @@ from mmengine.registry import MODELS
 # Over which tokens a RepBN takes its training statistics (see RepBN's docstring).
 BN_STATS = ('batch', 'image')
 
+# (device type, input dtype, weight dtype, autocast dtype) -> the dtype of LayerNorm's output.
+_LAYER_NORM_DTYPES = {}
+
+
+def layer_norm_dtype(x, weight_dtype=torch.float32):
+    """The dtype a LayerNorm with ``weight_dtype`` weights returns for ``x`` here.
+
+    Outside autocast that is ``x``'s dtype. Under autocast it depends on the device's
+    policy for ``layer_norm`` (float32 on CUDA; in torch 2.13 the autocast dtype on the
+    CPU), so it is asked of autocast itself, once per device, dtypes and autocast dtype.
+    RepBN returns this dtype too, so that PRepBN's two branches agree at every g.
+    """
+    device = x.device.type
+    if not torch.is_autocast_enabled(device):
+        return x.dtype
+    key = (device, x.dtype, weight_dtype, torch.get_autocast_dtype(device))
+    if key not in _LAYER_NORM_DTYPES:
+        probe = torch.ones(1, 2, dtype=x.dtype, device=x.device)
+        weight = torch.ones(2, dtype=weight_dtype, device=x.device)
+        _LAYER_NORM_DTYPES[key] = F.layer_norm(probe, (2,), weight, torch.zeros_like(weight)).dtype
+    return _LAYER_NORM_DTYPES[key]
+
 
 @MODELS.register_module()
 class RepBN(nn.Module):
@@ -62,12 +84,17 @@ class RepBN(nn.Module):
         self.bn = nn.BatchNorm1d(num_features, eps=eps, momentum=momentum)
 
     def forward(self, x):
+        # Under autocast: in the dtype a LayerNorm would return (see layer_norm_dtype); the
+        # float32 alpha would otherwise promote a half-precision BN(x) to float32 on one
+        # device and not on another.
+        dtype = layer_norm_dtype(x, self.alpha.dtype)
+        x = x.to(dtype)
         if self.stats == 'image' and self.bn.training and x.dim() == 3:
             normed = self._per_image_bn(x)
         else:
             # BatchNorm1d on (M, C) normalises each channel over all M = batch x tokens rows.
             normed = self.bn(x.reshape(-1, x.shape[-1])).reshape(x.shape)
-        return torch.addcmul(normed, self.alpha, x)    # BN(x) + alpha x in one pass
+        return torch.addcmul(normed.to(dtype), self.alpha.to(dtype), x)    # BN(x) + alpha x in one pass
 
     def _per_image_bn(self, x):
         """Train-mode BN of (B, N, C) tokens with statistics per image (``stats='image'``)."""
