@@ -48,7 +48,7 @@ def main(argv=None):
     try:
         result = fuse_checkpoint(args.config, args.checkpoint, args.out_dir, image=args.image,
                                  cfg_options=args.cfg_options, tolerance=args.tolerance)
-    except (ValueError, TypeError, FileNotFoundError) as e:
+    except (ValueError, FileNotFoundError) as e:   # FusionError, a checkpoint that does not fit, a missing image
         sys.exit(f'fuse_norms: {e}')
     print(f'norm layers removed: {result["report"]["removed_norms"]}')
     print(f'largest difference: features {result["diff"]["features"]:.3e} (relative); '

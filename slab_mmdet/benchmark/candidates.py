@@ -15,6 +15,7 @@ from mmengine.runner import load_checkpoint
 from mmengine.utils import get_installed_path, is_installed
 from torch import nn
 
+from ..models.layers.fusion import FusionError
 from .errors import BenchmarkError, FusionRefused
 
 FUSE_MODES = ('none', 'yes', 'both')
@@ -161,7 +162,7 @@ def fuse_copy(model, config, fuse_detector, device):
     fused = copy.deepcopy(model)
     try:
         info = fuse_detector(fused)
-    except (TypeError, ValueError) as e:   # not a SLAB backbone / not foldable (LayerNorm, still annealing)
+    except FusionError as e:   # not a SLAB backbone / not foldable (LayerNorm, still annealing)
         raise FusionRefused(f'cannot fuse the model of {config}: {e}. Benchmark it without --fuse, or with '
                             f'--fuse both (which measures it unfused)') from e
     if not isinstance(info, dict) or 'removed_norms' not in info:

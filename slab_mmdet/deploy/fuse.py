@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
-from ..models.layers.fusion import NORM_LAYER_TYPES, fold_into_next, norm_affine
+from ..models.layers.fusion import NORM_LAYER_TYPES, FusionError
 
 
 def count_norm_layers(module):
@@ -64,30 +64,24 @@ def fuse_detector(model, fold_output_norms=True):
         ``out_norms_folded`` (bool, the backbone's deploy-config flag).
 
     Raises:
-        TypeError: the backbone cannot be re-parameterised.
-        ValueError: a PRepBN is still annealing (g > 0) or a norm is a LayerNorm; the
-            model is left unchanged.
+        FusionError: the backbone cannot be re-parameterised, a PRepBN is still annealing
+            (g > 0) or a norm is a LayerNorm; the model is left unchanged.
     """
     backbone = getattr(model, 'backbone', None)
     if backbone is None or not hasattr(backbone, 'switch_to_deploy'):
-        raise TypeError(f'fuse_detector: {type(model).__name__}.backbone '
-                        f'({type(backbone).__name__}) has no switch_to_deploy(); only the SLAB backbones '
-                        f'(SLABPyramidVisionTransformer, SLABSwinTransformer) can be fused')
+        raise FusionError(f'fuse_detector: {type(model).__name__}.backbone '
+                          f'({type(backbone).__name__}) has no switch_to_deploy(); only the SLAB backbones '
+                          f'(SLABPyramidVisionTransformer, SLABSwinTransformer) can be fused')
     if getattr(backbone, 'deploy', False):
-        raise ValueError('fuse_detector: the backbone is already fused (deploy=True)')
+        raise FusionError('fuse_detector: the backbone is already fused (deploy=True)')
     before = count_norm_layers(backbone)
     backbone.switch_to_deploy()
-    folded = False
-    foldable_outputs = getattr(backbone, 'out_norms_foldable', True)
+    foldable_outputs = backbone.out_norms_foldable
     convs = _lateral_convs_for_outputs(getattr(model, 'neck', None), len(backbone.out_indices)) \
         if fold_output_norms and foldable_outputs and getattr(model, 'with_neck', False) else None
     if convs is not None:
-        for k, stage in enumerate(backbone.out_indices):
-            affine = getattr(backbone, f'norm{stage}')
-            scale, shift = norm_affine(affine, f'backbone.norm{stage}')
-            fold_into_next(convs[k], scale, shift, f'neck.lateral_convs[{k}]')
-            setattr(backbone, f'norm{stage}', nn.Identity())
-        backbone.out_norms_folded = folded = True
+        backbone.fold_output_norms_into([convs[k] for k in range(len(backbone.out_indices))])
+    folded = backbone.out_norms_folded
     kept = count_norm_layers(backbone)
     if foldable_outputs:
         assert kept == 0, 'a norm layer survived fusion'

@@ -15,6 +15,7 @@ import os.path as osp
 import torch
 import torch.nn as nn
 
+from ..models.layers.fusion import FusionError
 from .fuse import compare_features, fuse_detector, load_detector
 
 # ONNX operators that normalise: a fused SLAB backbone must hold none.
@@ -67,8 +68,8 @@ def fused_detector(config, checkpoint, cfg_options=None, logger=print):
         return model
     try:
         report = fuse_detector(model)
-    except (TypeError, ValueError) as e:
-        raise ValueError(f'cannot export {checkpoint} with {config}: the model cannot be fused ({e}). '
+    except FusionError as e:
+        raise FusionError(f'cannot export {checkpoint} with {config}: the model cannot be fused ({e}). '
                          'Export a model trained until g = 0 (PRepBNHook), or a fused checkpoint with its '
                          'deploy config from tools/fuse_norms.py') from e
     logger(f'[export] fused: removed {report["removed_norms"]} norm layers; output norms {report["output_norms"]}')

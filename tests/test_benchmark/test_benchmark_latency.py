@@ -22,6 +22,7 @@ from slab_mmdet.benchmark import (BenchmarkError, PartTimer, benchmark_detectors
                                   memory_probe,
                                   resolve_images, select_images, summarize_result, summarize_timings)
 from slab_mmdet.benchmark.images import list_mini_coco_val
+from slab_mmdet.models.layers import FusionError
 from slab_mmdet.benchmark.measure import RssPeakMemory
 from slab_mmdet.benchmark.candidates import unique_names
 from slab_mmdet.benchmark.report import cpu_model, machine_facts, render_markdown
@@ -223,7 +224,7 @@ def test_fuse_without_deploy_module_is_a_clear_error(monkeypatch):
 
 def test_fuse_failure_stops_naming_the_config(monkeypatch, capsys, mini_coco):
     def refuse(model):
-        raise ValueError('backbone has LayerNorm, nothing to fold')
+        raise FusionError('backbone has LayerNorm, nothing to fold')   # what fuse_detector raises
     monkeypatch.setitem(sys.modules, 'slab_mmdet.deploy', types.SimpleNamespace(fuse_detector=refuse))
     with pytest.raises(SystemExit):
         _load_cli().main([MASK_RCNN, '--fuse', 'yes', '--mini', mini_coco, '--device', 'cpu'])
@@ -233,7 +234,7 @@ def test_fuse_failure_stops_naming_the_config(monkeypatch, capsys, mini_coco):
 
 def test_fuse_both_keeps_a_model_that_cannot_be_fused_unfused_and_says_so(monkeypatch):
     def refuse(model):
-        raise ValueError('backbone has LayerNorm, nothing to fold')
+        raise FusionError('backbone has LayerNorm, nothing to fold')   # what fuse_detector raises
     monkeypatch.setitem(sys.modules, 'slab_mmdet.deploy', types.SimpleNamespace(fuse_detector=refuse))
     messages = []
     models = load_models([MASK_RCNN], fuse='both', log=messages.append)

@@ -17,7 +17,8 @@ from mmengine.logging import MMLogger
 
 from slab_mmdet.deploy import deploy_config, fuse_detector
 from slab_mmdet.models.layers.fusion import NORM_LAYER_TYPES
-from slab_mmdet.models.layers import ChannelAffine, PRepBN, RepBN, fold_into_next, fold_into_previous, norm_affine
+from slab_mmdet.models.layers import (ChannelAffine, FusionError, PRepBN, RepBN, fold_into_next, fold_into_previous,
+                                      norm_affine)
 from testing_utils.helpers import (REPO_ROOT, anneal_and_randomise_norms, annealed_mask_rcnn, float64_detection_ops,
                                    run_python)
 
@@ -79,7 +80,7 @@ def test_fold_into_next_and_previous_are_exact():
 def test_fold_refuses_a_padded_conv_and_unfoldable_norms():
     with pytest.raises(ValueError, match='zero-pads'):
         fold_into_next(nn.Conv2d(4, 4, 3, padding=1), torch.ones(4), torch.zeros(4))
-    with pytest.raises(TypeError, match='LayerNorm'):
+    with pytest.raises(FusionError, match='LayerNorm'):
         norm_affine(nn.LayerNorm(4), 'stages.0.norm1')
     prepbn = PRepBN(4)
     prepbn.set_g(0.25)

@@ -174,3 +174,48 @@ def test_every_linear_reads_contiguous_tokens(backbone, deploy):
     with torch.no_grad():
         model(torch.randn(2, 3, *backbone['size']))
     assert strided == []
+
+
+def test_the_backbone_folds_its_output_norms_into_the_layers_that_read_them(backbone):
+    """fold_output_norms_into: each output equals the conv of the normalised output, and the
+    backbone records that its output norms are gone (the deploy config's flag)."""
+    import torch
+    import torch.nn as nn
+    from testing_utils.helpers import anneal_and_randomise_norms
+    model = anneal_and_randomise_norms(build_backbone(backbone['cfg'])).eval()
+    model.switch_to_deploy()
+    convs = [nn.Conv2d(c, 5, 1) for c in (model.num_features[i] for i in model.out_indices)]
+    x = torch.randn(1, 3, *backbone['size'])
+    with torch.no_grad():
+        want = [conv(out) for conv, out in zip(convs, model(x))]
+        model.fold_output_norms_into(convs)
+        got = [conv(out) for conv, out in zip(convs, model(x))]
+    assert model.out_norms_folded
+    assert all(isinstance(getattr(model, f'norm{i}'), nn.Identity) for i in model.out_indices)
+    for a, b in zip(got, want):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match='folded already'):
+        model.fold_output_norms_into(convs)
+
+
+def test_folding_output_norms_refuses_what_does_not_fit_and_changes_nothing(backbone):
+    import torch.nn as nn
+    from slab_mmdet.models.layers import FusionError
+    from testing_utils.helpers import anneal_and_randomise_norms
+    model = anneal_and_randomise_norms(build_backbone(backbone['cfg'])).eval()
+    channels = [model.num_features[i] for i in model.out_indices]
+    with pytest.raises(FusionError, match=r'fold the body first \(switch_to_deploy\(\)\)'):
+        model.fold_output_norms_into([nn.Conv2d(c, 5, 1) for c in channels])
+    model.switch_to_deploy()
+    with pytest.raises(FusionError, match=rf'1 layers for {len(channels)} outputs'):
+        model.fold_output_norms_into([nn.Conv2d(channels[0], 5, 1)])
+    with pytest.raises(FusionError, match=rf'layer 1 \(Conv2d\) reads 7 channels, output 1 has {channels[1]}'):
+        model.fold_output_norms_into([nn.Conv2d(c if k != 1 else 7, 5, 1) for k, c in enumerate(channels)])
+    with pytest.raises(FusionError, match='layer 0 zero-pads its input'):
+        model.fold_output_norms_into([nn.Conv2d(c, 5, 3, padding=1) for c in channels])
+    assert not model.out_norms_folded
+    assert not any(isinstance(getattr(model, f'norm{i}'), nn.Identity) for i in model.out_indices)
+    ln_outputs = anneal_and_randomise_norms(build_backbone(dict(backbone['cfg'], out_norm_cfg=dict(type='LN')))).eval()
+    ln_outputs.switch_to_deploy()
+    with pytest.raises(FusionError, match=r'output norms are LN \(out_norm_cfg\), which cannot be folded'):
+        ln_outputs.fold_output_norms_into([nn.Conv2d(c, 5, 1) for c in channels])

@@ -14,7 +14,8 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..layers.fusion import FOLDABLE_NORM_CFG_TYPES, NORM_LAYER_TYPES, ChannelAffine, norm_to_channel_affine
+from ..layers.fusion import (FOLDABLE_NORM_CFG_TYPES, NORM_LAYER_TYPES, ChannelAffine, FusionError, fold_into_next,
+                             norm_affine, norm_to_channel_affine)
 from ..layers.prepbn import PRepBN
 from ..layers.transformer import build_token_norm, check_foldable_norm_cfg, nlc_to_nchw
 
@@ -57,8 +58,9 @@ class SLABBackboneBase(BaseModule):
             no norm layers (they are folded into the neighbouring linear/conv
             layers), so a fused checkpoint loads strictly.
         out_norms_folded (bool): Deploy only: the output norms were folded into the
-            neck (what ``fuse_detector`` does for FPN), so none is built; otherwise each
-            stays as a fixed per-channel :class:`ChannelAffine`.
+            layers that read the outputs (:meth:`fold_output_norms_into`, which
+            ``fuse_detector`` calls with FPN's lateral convs), so none is built;
+            otherwise each stays as a fixed per-channel :class:`ChannelAffine`.
     """
 
     def __init__(self, num_stages, attn_types, out_indices, frozen_stages, norm_eval, norm_cfg, deploy,
@@ -261,13 +263,13 @@ class SLABBackboneBase(BaseModule):
         if self.deploy:
             return
         # Validate everything before changing anything, so a refusal leaves the model intact.
-        check_foldable_norm_cfg(self.norm_cfg, True, f'{type(self).__name__}.switch_to_deploy')
+        check_foldable_norm_cfg(self.norm_cfg, True, f'{type(self).__name__}.switch_to_deploy')   # FusionError
         out_norms = {f'norm{i}' for i in self.out_indices} if not self.out_norms_foldable else set()
         for name, g in ((n, m.g_value) for n, m in self.named_modules() if isinstance(m, PRepBN)):
             if name.split('.')[0] in out_norms:
                 continue
             if g != 0.0:
-                raise ValueError(
+                raise FusionError(
                     f'{type(self).__name__}.switch_to_deploy: {name} is a PRepBN with g = {g:.6g} > 0, '
                     f'i.e. still (partly) a LayerNorm, which cannot be folded. Finish the annealing '
                     f'(PRepBNHook) so that g = 0 everywhere before fusing.')
@@ -276,6 +278,41 @@ class SLABBackboneBase(BaseModule):
             for i in self.out_indices:
                 setattr(self, f'norm{i}', norm_to_channel_affine(getattr(self, f'norm{i}'), f'norm{i}'))
         self.deploy = True
+
+    def fold_output_norms_into(self, layers):
+        """Fold each output norm into the layer that alone reads that output, in place.
+
+        ``layers[k]`` (an ``nn.Conv2d`` without padding, e.g. FPN's lateral 1x1 convs, or an
+        ``nn.Linear``) reads output ``k``, i.e. stage ``out_indices[k]``. Call it after
+        :meth:`switch_to_deploy`; the output norms become ``nn.Identity`` and
+        ``out_norms_folded`` is set (the deploy config's flag). Everything is checked before
+        anything changes; a :class:`FusionError` names what does not fit.
+        """
+        name = f'{type(self).__name__}.fold_output_norms_into'
+        if not self.deploy:
+            raise FusionError(f'{name}: fold the body first (switch_to_deploy()); the output norms are still '
+                              f'trainable norms')
+        if self.out_norms_folded:
+            raise FusionError(f'{name}: the output norms are folded already')
+        if not self.out_norms_foldable:
+            raise FusionError(f"{name}: the output norms are {self.out_norm_cfg.get('type')} (out_norm_cfg), which "
+                              f"cannot be folded (one of {', '.join(FOLDABLE_NORM_CFG_TYPES)} can)")
+        layers = list(layers)
+        if len(layers) != len(self.out_indices):
+            raise FusionError(f'{name}: {len(layers)} layers for {len(self.out_indices)} outputs '
+                              f'(out_indices {self.out_indices}); give one per output, in that order')
+        affines = [norm_affine(getattr(self, f'norm{i}'), f'norm{i}') for i in self.out_indices]
+        for k, (layer, (scale, _)) in enumerate(zip(layers, affines)):
+            in_channels = layer.in_features if isinstance(layer, nn.Linear) else getattr(layer, 'in_channels', None)
+            if in_channels != scale.numel():
+                raise FusionError(f'{name}: layer {k} ({type(layer).__name__}) reads {in_channels} channels, output '
+                                  f'{k} has {scale.numel()}')
+            if isinstance(layer, nn.Conv2d) and any(p != 0 for p in layer.padding):
+                raise FusionError(f'{name}: layer {k} zero-pads its input, so an input shift cannot fold into it')
+        for k, (i, layer, (scale, shift)) in enumerate(zip(self.out_indices, layers, affines)):
+            fold_into_next(layer, scale, shift, f'output {k} -> {type(layer).__name__}')
+            setattr(self, f'norm{i}', nn.Identity())
+        self.out_norms_folded = True
 
     @classmethod
     def _deploy_children(cls, module, prefix, skip=()):

@@ -11,7 +11,8 @@ Every foldable norm is, in eval mode, a fixed per-channel affine ``x * scale + s
 
 A LayerNorm is never folded (its statistics depend on each token), nor a PRepBN
 whose LayerNorm weight ``g`` is still above 0: :func:`norm_affine` refuses both,
-naming the layer.
+naming the layer. Every refusal, here and in the modules that fold their norms, is a
+:class:`FusionError`.
 """
 import torch
 import torch.nn as nn
@@ -19,11 +20,15 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from .prepbn import PRepBN, RepBN, bn_affine, repbn_affine
 
-FOLDABLE_NORMS = (PRepBN, RepBN, _BatchNorm)
 # Every normalisation layer a backbone may hold (what fusion counts and removes).
 NORM_LAYER_TYPES = (PRepBN, RepBN, _BatchNorm, nn.LayerNorm, nn.GroupNorm)
 # The token norms (``norm_cfg`` type names) that fold, i.e. that ``deploy=True`` can build without.
 FOLDABLE_NORM_CFG_TYPES = ('PRepBN', 'RepBN')
+
+
+class FusionError(ValueError):
+    """A norm, layer or model that cannot be fused; the message names the layer and what
+    would make it foldable (the one exception that callers of fusion catch)."""
 
 
 class ChannelAffine(nn.Module):
@@ -42,10 +47,6 @@ class ChannelAffine(nn.Module):
         return torch.addcmul(self.bias, x, self.weight)
 
 
-def is_foldable_norm(module):
-    return isinstance(module, FOLDABLE_NORMS + (ChannelAffine,))
-
-
 @torch.no_grad()
 def norm_affine(norm, name='norm'):
     """The ``(scale, shift)`` that ``norm`` applies in eval mode; refuses what cannot be folded.
@@ -54,9 +55,12 @@ def norm_affine(norm, name='norm'):
         norm (nn.Module): a PRepBN with g == 0, RepBN, BatchNorm or ChannelAffine.
         name (str): the layer's name, for error messages.
     """
+    bn = norm.repbn.bn if isinstance(norm, PRepBN) else norm.bn if isinstance(norm, RepBN) else norm
+    if isinstance(bn, _BatchNorm) and bn.running_mean is None:
+        raise FusionError(f'{name}: its BatchNorm tracks no running statistics, so it has no eval-mode affine to fold')
     if isinstance(norm, PRepBN):
         if norm.g_value != 0.0:
-            raise ValueError(
+            raise FusionError(
                 f'{name}: PRepBN has g = {norm.g_value:.6g} > 0, i.e. its LayerNorm branch is still active; '
                 f'a LayerNorm cannot be folded. Finish the annealing (g = 0, see PRepBNHook) before fusing.')
         return repbn_affine(norm.repbn)
@@ -66,7 +70,7 @@ def norm_affine(norm, name='norm'):
         return bn_affine(norm)
     if isinstance(norm, ChannelAffine):
         return norm.weight.detach().clone(), norm.bias.detach().clone()
-    raise TypeError(
+    raise FusionError(
         f'{name}: cannot fold a {type(norm).__name__} into a neighbouring layer; only PRepBN (g = 0), '
         f'RepBN and BatchNorm are per-channel affine at inference'
         + (' (a LayerNorm normalises each token by its own statistics)' if isinstance(norm, nn.LayerNorm) else ''))
@@ -75,9 +79,9 @@ def norm_affine(norm, name='norm'):
 def _check_layer(layer, name):
     if isinstance(layer, nn.Conv2d):
         if layer.groups != 1:
-            raise TypeError(f'{name}: folding into a grouped conv is not supported')
+            raise FusionError(f'{name}: folding into a grouped conv is not supported')
     elif not isinstance(layer, nn.Linear):
-        raise TypeError(f'{name}: can only fold into nn.Linear or nn.Conv2d, got {type(layer).__name__}')
+        raise FusionError(f'{name}: can only fold into nn.Linear or nn.Conv2d, got {type(layer).__name__}')
 
 
 def _ensure_bias(layer):
@@ -95,7 +99,7 @@ def fold_into_next(layer, scale, shift, name='layer'):
     """
     _check_layer(layer, name)
     if isinstance(layer, nn.Conv2d) and any(p != 0 for p in layer.padding):
-        raise ValueError(f'{name}: cannot fold an input shift into a conv that zero-pads its input')
+        raise FusionError(f'{name}: cannot fold an input shift into a conv that zero-pads its input')
     w = layer.weight
     scale, shift = scale.to(w), shift.to(w)
     _ensure_bias(layer)

@@ -18,7 +18,7 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
-from .fusion import FOLDABLE_NORM_CFG_TYPES, fold_norm
+from .fusion import FOLDABLE_NORM_CFG_TYPES, FusionError, fold_norm
 
 
 def build_token_norm(norm_cfg, num_features, deploy=False):
@@ -31,7 +31,7 @@ def build_token_norm(norm_cfg, num_features, deploy=False):
 def check_foldable_norm_cfg(norm_cfg, deploy, owner):
     """Refuse ``deploy=True`` with a norm that fusion can never remove (e.g. LayerNorm)."""
     if deploy and norm_cfg.get('type') not in FOLDABLE_NORM_CFG_TYPES:
-        raise ValueError(
+        raise FusionError(
             f'{owner}: deploy=True builds the fused structure, which needs a foldable norm '
             f"(one of {', '.join(FOLDABLE_NORM_CFG_TYPES)}); norm_cfg type {norm_cfg.get('type')!r} cannot be folded")
 
