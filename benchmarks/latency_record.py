@@ -111,7 +111,7 @@ def main(argv=None):
     from slab_mmdet.benchmark import (FIXED_DETECTIONS, FUSED_SUFFIX, benchmark_backbones, benchmark_detectors,
                                       load_models, resolve_images)
     from slab_mmdet.benchmark.report import machine_facts, render_markdown, summarize_result, write_report
-    from mmengine.config import Config
+    from slab_mmdet.apis import load_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -130,7 +130,7 @@ def main(argv=None):
                 m.name = display + (FUSED_SUFFIX if m.fused else '')
             models += loaded
         reference = osp.join(REPO, entries[0][0].rpartition(':')[2])
-        images = resolve_images(Config.fromfile(reference), args.num_images, images_dir=args.images)
+        images = resolve_images(load_config(reference), args.num_images, images_dir=args.images)
         bench = benchmark_backbones if target == 'backbone' else benchmark_detectors
         result = bench(models, images, warmup=args.warmup)
         summary = summarize_result(result, machine_facts(args.device, command))

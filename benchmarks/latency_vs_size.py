@@ -112,7 +112,7 @@ def main(argv=None):
         parser.error(f"--short-sides {bad}: a short side must be at least 32 pixels (the backbones' stride)")
     sys.path.insert(0, REPO)
     import torch
-    from mmengine.config import Config
+    from slab_mmdet.apis import load_config
     from slab_mmdet.benchmark import benchmark_backbones, resolve_images
     from slab_mmdet.benchmark.report import machine_facts, summarize_result
 
@@ -121,7 +121,7 @@ def main(argv=None):
     os.makedirs(args.out_dir, exist_ok=True)
     command = 'python ' + ' '.join([osp.relpath(__file__, REPO)] + (argv if argv is not None else sys.argv[1:]))
     models = load_family_models(args.device)
-    images = resolve_images(Config.fromfile(osp.join(REPO, FAMILIES['PVT-S'][0][1])), args.num_images,
+    images = resolve_images(load_config(osp.join(REPO, FAMILIES['PVT-S'][0][1])), args.num_images,
                             images_dir=args.images)
     record = dict(machine=machine_facts(args.device, command), num_images=args.num_images, warmup=args.warmup,
                   rows=[])

@@ -85,14 +85,10 @@ def flops(module, inputs):
 
 
 def build(config, backbone, in_channels):
-    from mmdet.apis import init_detector
-    from mmengine.config import Config
-    cfg = Config.fromfile(osp.join(REPO, config))
-    cfg.model.backbone.init_cfg = None
-    if backbone is not None:
-        cfg.model.backbone = backbone
-        cfg.model.neck.in_channels = in_channels
-    return init_detector(cfg, None, device='cpu').eval()
+    from slab_mmdet.apis import load_detector
+    options = None if backbone is None else {'model.backbone': dict(_delete_=True, **backbone),
+                                             'model.neck.in_channels': in_channels}
+    return load_detector(osp.join(REPO, config), cfg_options=options)
 
 
 def hand_count_sla_block():

@@ -43,19 +43,14 @@ def build(config, backbone=None, seed=0):
     """The detector of ``config`` (backbone replaced by ``backbone`` if given), random
     weights, fused if it is a SLAB model; eval mode, CPU."""
     import torch
-    from mmdet.apis import init_detector
-    from mmengine.config import Config
 
+    from slab_mmdet.apis import load_detector
     from slab_mmdet.benchmark.candidates import finish_random_prepbn
     from slab_mmdet.deploy import fuse_detector
 
-    cfg = Config.fromfile(osp.join(REPO, config))
-    cfg.model.backbone.init_cfg = None
-    if backbone is not None:
-        cfg.model.backbone = backbone
     torch.manual_seed(seed)
-    model = init_detector(cfg, None, device='cpu')
-    model.init_weights()
+    options = None if backbone is None else {'model.backbone': dict(_delete_=True, **backbone)}
+    model = load_detector(osp.join(REPO, config), cfg_options=options, init_weights=True)
     if finish_random_prepbn(model):   # a SLAB model: g = 0, as training leaves it, then fused
         fuse_detector(model.eval())
     return model.eval()

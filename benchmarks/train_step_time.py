@@ -39,15 +39,14 @@ def family(name):
 
 
 def build(config, data_root):
-    from mmengine.config import Config
     from mmengine.dataset import pseudo_collate
     from mmengine.optim import build_optim_wrapper
-    from mmengine.registry import init_default_scope
-    from mmdet.registry import DATASETS, MODELS as DET_MODELS
+    from mmdet.registry import DATASETS
+    from slab_mmdet.apis import load_detector
     from slab_mmdet.models.layers import iter_prepbn
 
-    cfg = Config.fromfile(osp.join(REPO, config))
-    init_default_scope('mmdet')
+    model = load_detector(osp.join(REPO, config), init_weights=True)
+    cfg = model.cfg
     dataset_cfg = cfg.train_dataloader.dataset
     dataset_cfg.data_root = data_root.rstrip('/') + '/'
     dataset_cfg.pipeline = [t for t in dataset_cfg.pipeline if t['type'] != 'RandomFlip']
@@ -56,8 +55,6 @@ def build(config, data_root):
             t.update(scale=(512, 512), keep_ratio=False)
     dataset = DATASETS.build(dataset_cfg)
     batch = pseudo_collate([dataset[0], dataset[1]])
-    model = DET_MODELS.build(cfg.model)
-    model.init_weights()
     for _, m in iter_prepbn(model):
         m.set_g(0.5)
     model.train()

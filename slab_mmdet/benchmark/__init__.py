@@ -17,8 +17,9 @@ from .errors import BenchmarkError, FusionRefused
 from .images import DEFAULT_MINI_ROOT, IMAGE_EXTENSIONS, ImageSet, dataset_signature, resolve_images, select_images
 from .measure import (DETECTOR_PARTS, OTHER_PART, PartTimer, check_device, find_parts, memory_probe,
                       summarize_timings, weights_mib)
+from ..apis import inference_pipeline
 from .candidates import (COCO_TEST_SCALE, FIXED_DETECTIONS, FUSE_MODES, FUSED_SUFFIX, BenchModel, check_inputs,
-                         inference_pipeline, load_config, load_models, resized_test_pipeline_options)
+                         load_config, load_models, resized_test_pipeline_options)
 from .report import machine_facts, plot_summary, render_markdown, summarize_result, write_report
 from .session import run_benchmark
 from .interleave import (BREAKDOWN_MODES, TARGETS, BenchmarkResult, ModelTimings, benchmark_backbones,

@@ -8,13 +8,9 @@ from typing import Optional
 import torch
 from mmcv.transforms import Compose
 from mmengine.config import Config
-from mmengine.dataset import pseudo_collate
-from mmengine.model.utils import revert_sync_batchnorm
-from mmengine.registry import init_default_scope
-from mmengine.runner import load_checkpoint
-from mmengine.utils import get_installed_path, is_installed
 from torch import nn
 
+from .. import apis
 from ..models.layers.fusion import FusionError
 from .errors import BenchmarkError, FusionRefused
 
@@ -39,14 +35,9 @@ class BenchModel:
     fuse_info: Optional[dict] = field(default=None)
 
     def prepare(self, img_path, img_id=0):
-        """The untimed part of one inference: test pipeline, collation and data_preprocessor.
-
-        Returns the ``dict(inputs=..., data_samples=...)`` that ``model(**data, mode='predict')``
-        takes, already on the model's device.
-        """
-        data = self.pipeline(dict(img_path=img_path, img_id=img_id))
-        with torch.inference_mode():
-            return self.model.data_preprocessor(pseudo_collate([data]), False)
+        """The untimed part of one inference: test pipeline, collation and data_preprocessor
+        (:func:`slab_mmdet.apis.detector_inputs`), on the model's device."""
+        return apis.detector_inputs(self.model, self.pipeline, img_path, img_id)
 
     def padded_input_hw(self, img_path):
         """(H, W) of the batch-1 input this model sees for ``img_path``, padded as its data preprocessor pads."""
@@ -54,43 +45,17 @@ class BenchModel:
 
 
 def resolve_config_path(config):
-    """The file of `config`: a path, or a package config such as ``mmdet::retinanet/x.py``."""
-    path = config
-    if '::' in config:
-        package, _, relative = config.partition('::')
-        if not is_installed(package):
-            raise BenchmarkError(f'config {config!r}: package {package!r} is not installed')
-        path = osp.join(get_installed_path(package), '.mim', 'configs', relative)
-    if not osp.isfile(path):
-        raise BenchmarkError(f'config not found: {config!r} (no file {path}); give a config file path '
-                             f'or a package config such as mmdet::retinanet/retinanet_r18_fpn_1x_coco.py')
-    return path
+    """The file of `config` (a path or ``package::path``); BenchmarkError if there is none."""
+    try:
+        return apis.resolve_config_path(config)
+    except FileNotFoundError as e:
+        raise BenchmarkError(str(e)) from None
 
 
 def load_config(config, cfg_options=None):
     """Load a config (path or ``package::path``) and apply `cfg_options` (a dict as from --cfg-options)."""
-    cfg = Config.fromfile(resolve_config_path(config))
-    if cfg_options:
-        # A copy: given {'model': {...}, 'model.backbone': ...}, merge_from_dict writes the
-        # dotted key into the caller's 'model' dict (e.g. FIXED_DETECTIONS) for good.
-        cfg.merge_from_dict(copy.deepcopy(cfg_options))
-    return cfg
-
-
-def _type_name(transform_cfg):
-    t = transform_cfg.get('type', '')
-    return (t if isinstance(t, str) else getattr(t, '__name__', str(t))).split('.')[-1]
-
-
-def inference_pipeline(cfg):
-    """The config's test pipeline without its annotation loaders (prediction does not use them).
-
-    The result takes ``dict(img_path=..., img_id=...)``, as mmdet's inference does, so any
-    image file goes through exactly the resizing and packing of the config's evaluation.
-    """
-    from mmdet.utils import get_test_pipeline_cfg
-    steps = [t for t in copy.deepcopy(get_test_pipeline_cfg(cfg)) if not _type_name(t).endswith('Annotations')]
-    return Compose(steps)
+    resolve_config_path(config)
+    return apis.load_config(config, cfg_options)
 
 
 def resized_test_pipeline_options(config, scale):
@@ -100,29 +65,12 @@ def resized_test_pipeline_options(config, scale):
     from mmdet.utils import get_test_pipeline_cfg
     cfg = config if isinstance(config, Config) else load_config(config)
     pipeline = copy.deepcopy(get_test_pipeline_cfg(cfg))
-    resizes = [step for step in pipeline if _type_name(step) == 'Resize']
+    resizes = [step for step in pipeline if apis.transform_name(step) == 'Resize']
     if len(resizes) != 1:
         raise BenchmarkError(f'{cfg.filename}: its test pipeline has {len(resizes)} Resize steps; resizing to '
                              f'{scale[0]}x{scale[1]} needs exactly one')
     resizes[0]['scale'] = tuple(scale)
     return {'test_dataloader.dataset.pipeline': pipeline}
-
-
-def build_detector(cfg, device='cpu', checkpoint=None):
-    """Build ``cfg.model`` in its default scope, load `checkpoint` (if any), move to `device`, eval mode.
-
-    Without a checkpoint the weights are those of construction (random): ``init_weights`` is
-    not called, so nothing is downloaded.
-    """
-    scope = cfg.get('default_scope', 'mmdet')
-    if scope:
-        init_default_scope(scope)
-    from mmdet.registry import MODELS
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))
-    if checkpoint:
-        load_checkpoint(model, checkpoint, map_location=device)
-    model.cfg = cfg
-    return model.to(device).eval()
 
 
 def finish_random_prepbn(model):
@@ -230,8 +178,8 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
     fuse_detector = _import_fuse_detector() if fuse != 'none' else None
     variants = []
     for config, cfg, ckpt, name in zip(configs, cfgs, checkpoints, unique_names(configs)):
-        model = build_detector(cfg, device, ckpt)
-        pipeline = inference_pipeline(cfg)
+        model = apis.load_detector(cfg, ckpt, device=device, strict=False)
+        pipeline = apis.inference_pipeline(cfg)
         log(f'[benchmark] loaded {name} from {config} ({"weights: " + ckpt if ckpt else "random weights"})')
         if ckpt is None and finish_random_prepbn(model):
             log(f'[benchmark] {name}: random weights, so every PRepBN is set to g = 0, the state training ends '

@@ -24,7 +24,6 @@ and the only weights the checkpoint may lack are output norms the source model d
 not have. A detector checkpoint (``backbone.`` / ``neck.`` / ... keys) has its
 backbone converted and everything else kept, for ``load_from``.
 """
-import os
 import os.path as osp
 import re
 from collections import OrderedDict
@@ -35,6 +34,7 @@ from mmengine.registry import DefaultScope
 
 import slab_mmdet.models  # noqa: F401  (registers the backbones)
 
+from ..apis.checkpoint import save_checkpoint
 from ..models.layers.prepbn import iter_prepbn
 from .errors import FAMILIES, ConversionError
 from .mmdet_pvt import mmdet_pvt
@@ -287,13 +287,6 @@ def convert_checkpoint(src, dst, family='auto', num_heads=None, force=False, log
         report.notes.append(note)
     meta = dict(report.to_meta(), source=osp.abspath(src), converter='slab_mmdet.converters')
     log(f'writing {dst}')
-    os.makedirs(osp.dirname(osp.abspath(dst)), exist_ok=True)
-    tmp = dst + '.tmp'
-    try:
-        torch.save(dict(state_dict=state_dict, meta=meta), tmp)
-        os.replace(tmp, dst)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
+    save_checkpoint(dict(state_dict=state_dict, meta=meta), dst)
     return report
 

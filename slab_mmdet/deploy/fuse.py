@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 from mmengine.config import Config
 
+from .. import apis
 from ..models.layers.fusion import NORM_LAYER_TYPES, FusionError
 
 
@@ -165,50 +166,6 @@ def detections_equivalent(diff, tolerance):
             and all(diff.get(k, 0.0) <= tolerance for k in ('boxes', 'scores', 'masks')))
 
 
-def _first_test_image(cfg):
-    from mmdet.registry import DATASETS
-    dataset_cfg = copy.deepcopy(cfg.test_dataloader.dataset)
-    try:
-        dataset = DATASETS.build(dataset_cfg)
-        return dataset.get_data_info(0)['img_path']
-    except (FileNotFoundError, IndexError) as e:
-        raise FileNotFoundError(
-            f'no test image: the config\'s test dataset could not be read ({e}). Pass an image with --image PATH') \
-            from e
-
-
-def _features(model, pipeline, image):
-    """The detector's features (backbone + neck: where fused output norms end up) for one image."""
-    from mmengine.dataset import pseudo_collate
-    data = model.data_preprocessor(pseudo_collate([pipeline(dict(img_path=image, img_id=0))]), False)
-    return model.extract_feat(data['inputs']), data['inputs'].shape[-2:]
-
-
-def load_detector(config, checkpoint, cfg_options=None):
-    """The detector of ``config`` (a path or Config) with ``checkpoint`` loaded strictly,
-    on the CPU, in eval mode; returns ``(model, cfg, checkpoint dict)``.
-
-    Raises ValueError naming the checkpoint and config when its keys do not fit.
-    """
-    from mmdet.apis import init_detector
-    from mmengine.runner import load_checkpoint
-
-    cfg = Config.fromfile(config) if isinstance(config, str) else copy.deepcopy(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    cfg.model.backbone.init_cfg = None  # the checkpoint has all the weights
-    model = init_detector(cfg, None, device='cpu')
-    try:
-        ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
-    except RuntimeError as e:   # mmengine's strict-loading report: keys that do not fit
-        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        source = config if isinstance(config, str) else 'the config'
-        raise ValueError(f'{checkpoint} does not fit the model of {source} (was it trained with another config?): '
-                         + ' '.join(lines[:3])[:600]) from e
-    model.dataset_meta = ckpt.get('meta', {}).get('dataset_meta', model.dataset_meta)
-    return model.eval(), cfg, ckpt
-
-
 def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, tolerance=1e-4, logger=print):
     """Fuse a trained detector and write the fused checkpoint and its deploy config.
 
@@ -225,22 +182,22 @@ def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, t
     import os.path as osp
 
     import torch
-    from mmcv.transforms import Compose
-    from mmdet.apis import inference_detector, init_detector
-    from mmdet.utils import get_test_pipeline_cfg
-    from mmengine.runner import load_checkpoint
+    from mmdet.apis import inference_detector
 
-    model, cfg, ckpt = load_detector(config, checkpoint, cfg_options)
+    model = apis.load_detector(config, checkpoint, cfg_options, strict=True)
+    cfg, meta = model.cfg, model.checkpoint_meta
     fused = copy.deepcopy(model)
     report = fuse_detector(fused)
     logger(f'[fuse] removed {report["removed_norms"]} norm layers from {type(model.backbone).__name__}; '
            f'output norms {report["output_norms"]}')
 
-    image = image or _first_test_image(cfg)
-    pipeline = Compose(get_test_pipeline_cfg(cfg))
+    image = image or apis.first_test_image(cfg)
+    pipeline = apis.inference_pipeline(cfg)
     with torch.no_grad():
-        (feats_a, shape), (feats_b, _) = (_features(m, pipeline, image) for m in (model, fused))
+        inputs = apis.detector_inputs(model, pipeline, image)['inputs']   # the same for both: fusion leaves
+        feats_a, feats_b = (m.extract_feat(inputs) for m in (model, fused))   # the preprocessor alone
         det_a, det_b = (inference_detector(m, image).pred_instances for m in (model, fused))
+    shape = inputs.shape[-2:]
     diff = dict(features=compare_features(feats_a, feats_b),
                 detections=compare_detections(det_a, det_b, tuple(shape)))
     logger(f'[fuse] checked on {image}: largest difference: features {diff["features"]:.2e} '
@@ -254,16 +211,15 @@ def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, t
     config_path = osp.join(out_dir, f'{stem}_deploy.py')
     deploy_cfg.dump(config_path)
     ckpt_path = osp.join(out_dir, f'{osp.splitext(osp.basename(checkpoint))[0]}_fused.pth')
-    meta = dict(ckpt.get('meta', {}), fused=dict(report, source_checkpoint=osp.abspath(checkpoint),
-                                                  source_config=config if isinstance(config, str) else None))
-    torch.save(dict(meta=meta, state_dict=fused.state_dict()), ckpt_path)
+    meta = dict(meta, fused=dict(report, source_checkpoint=osp.abspath(checkpoint),
+                                 source_config=config if isinstance(config, str) else None))
+    apis.save_checkpoint(dict(meta=meta, state_dict=fused.state_dict()), ckpt_path)
 
     # The fused weights must load strictly into the plain deploy config.
-    deployed = init_detector(Config.fromfile(config_path), None, device='cpu')
-    load_checkpoint(deployed, ckpt_path, map_location='cpu', strict=True)
+    apis.load_detector(config_path, ckpt_path, strict=True)
     logger(f'[fuse] wrote {ckpt_path} and {config_path} (loads strictly)')
     return dict(config=config_path, checkpoint=ckpt_path, report=report, diff=diff, image=image)
 
 
 __all__ = ['compare_detections', 'compare_features', 'count_norm_layers', 'deploy_config', 'fuse_checkpoint',
-           'fuse_detector', 'load_detector']
+           'fuse_detector']

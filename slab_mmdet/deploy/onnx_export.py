@@ -16,7 +16,8 @@ import torch
 import torch.nn as nn
 
 from ..models.layers.fusion import FusionError
-from .fuse import compare_features, fuse_detector, load_detector
+from .. import apis
+from .fuse import compare_features, fuse_detector
 
 # ONNX operators that normalise: a fused SLAB backbone must hold none.
 NORM_OPS = ('LayerNormalization', 'BatchNormalization', 'InstanceNormalization', 'GroupNormalization',
@@ -62,7 +63,7 @@ def fused_detector(config, checkpoint, cfg_options=None, logger=print):
     Raises ValueError when the checkpoint does not fit the config or the model cannot
     be fused (a PRepBN still annealing, g > 0, or a LayerNorm norm_cfg).
     """
-    model, _, _ = load_detector(config, checkpoint, cfg_options)
+    model = apis.load_detector(config, checkpoint, cfg_options, strict=True)
     if getattr(model.backbone, 'deploy', False):
         logger(f'[export] {type(model.backbone).__name__} is already fused (deploy config)')
         return model

@@ -183,10 +183,10 @@ def recalibrate_checkpoint(config, checkpoint, num_iters, out=None, cfg_options=
     Returns:
         tuple[str, list[str]]: The output path and the recalibrated layer names.
     """
-    from mmengine.config import Config
-    from mmengine.registry import MODELS, init_default_scope
-    from mmengine.runner import Runner, load_checkpoint, save_checkpoint
+    from mmengine.runner import Runner
     from mmengine.runner.checkpoint import weights_to_cpu
+
+    from slab_mmdet import apis
 
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file not found: {config}')
@@ -199,19 +199,14 @@ def recalibrate_checkpoint(config, checkpoint, num_iters, out=None, cfg_options=
         out = osp.splitext(base)[0] + '_bn_recalibrated.pth'
     device = device or ('cuda' if torch.cuda.is_available() else 'cpu')
 
-    cfg = Config.fromfile(config)
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
-    if cfg.get('default_scope'):
-        init_default_scope(cfg.default_scope)
-    model = MODELS.build(cfg.model)
+    model = apis.load_detector(config, None, cfg_options, device=device)
     if not bn_layers_to_recalibrate(model):
         raise ValueError(
             f'{type(model).__name__} built from {config} has no BatchNorm layer that training updates, so there '
             f'is nothing to recalibrate. SLAB models get theirs from PRepBN/RepBN norms, e.g. '
             f'--cfg-options model.backbone.norm_cfg.type=PRepBN')
-    model.to(device)
-    ckpt = load_checkpoint(model, checkpoint, map_location='cpu', strict=True)
+    apis.load_weights(model, checkpoint, strict=True, source=config)
+    cfg = model.cfg
     annealing = [(name, m.g_value) for name, m in iter_prepbn(model) if m.g_value > 0]
     if annealing:
         print_log(f'recalibrate_checkpoint: {len(annealing)} PRepBN layer(s) still have g > 0 (largest '
@@ -220,7 +215,7 @@ def recalibrate_checkpoint(config, checkpoint, num_iters, out=None, cfg_options=
                   logger=logger, level=logging.WARNING)
     loader = Runner.build_dataloader(cfg.train_dataloader, seed=seed)
     layers = recalibrate_bn(model, loader, num_iters, logger=logger)
-    meta = dict(ckpt.get('meta') or {})
+    meta = dict(model.checkpoint_meta)
     meta['bn_recalibration'] = dict(iters=num_iters, layers=len(layers), source=checkpoint)
-    save_checkpoint(dict(meta=meta, state_dict=weights_to_cpu(model.state_dict())), out)
+    apis.save_checkpoint(dict(meta=meta, state_dict=weights_to_cpu(model.state_dict())), out)
     return out, layers

@@ -8,9 +8,10 @@ with gloo), which mmengine 0.10.7 does not: see :func:`prepare_cpu_distributed`.
 import os
 import os.path as osp
 
-from mmengine.config import Config
 from mmengine.runner import Runner
 from mmdet.registry import RUNNERS
+
+from slab_mmdet.apis import load_config
 
 
 def load_run_config(config, cfg_options=None, work_dir=None, launcher='none'):
@@ -28,10 +29,8 @@ def load_run_config(config, cfg_options=None, work_dir=None, launcher='none'):
     """
     if not osp.isfile(config):
         raise FileNotFoundError(f'config file not found: {config}')
-    cfg = Config.fromfile(config)
+    cfg = load_config(config, cfg_options)
     cfg.launcher = launcher
-    if cfg_options:
-        cfg.merge_from_dict(cfg_options)
     if work_dir is not None:
         cfg.work_dir = work_dir
     elif cfg.get('work_dir') is None:
