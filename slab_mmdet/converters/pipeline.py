@@ -25,7 +25,6 @@ not have. A detector checkpoint (``backbone.`` / ``neck.`` / ... keys) has its
 backbone converted and everything else kept, for ``load_from``.
 """
 import os.path as osp
-import re
 from collections import OrderedDict
 
 import torch
@@ -35,6 +34,7 @@ from mmengine.registry import DefaultScope
 import slab_mmdet.models  # noqa: F401  (registers the backbones)
 
 from ..apis.checkpoint import save_checkpoint
+from ..models.backbones.checkpoint_fit import OWN_LAYOUTS, layout_of
 from ..models.layers.prepbn import iter_prepbn
 from .errors import FAMILIES, ConversionError
 from .mmdet_pvt import mmdet_pvt
@@ -56,28 +56,21 @@ LAYOUTS = {
 
 def detect_layout(state_dict):
     """``(family, arch)`` of a backbone state dict: family 'reference' or 'mmdet',
-    arch 'pvt' or 'swin'. Raises :class:`ConversionError` for anything else."""
+    arch 'pvt' or 'swin' (by the backbones' table of layout signatures). Raises
+    :class:`ConversionError` for anything else."""
     keys = list(state_dict)
-
-    def has(pattern):
-        return any(re.match(pattern, k) for k in keys)
-
-    if has(r'stages\.\d+\.(pos_embed$|blocks\.\d+\.attn\.window_attn\.)') or \
-            any(k.endswith(('.ln.weight', '.repbn.alpha')) for k in keys):
+    layout = layout_of(keys)
+    if layout in OWN_LAYOUTS or any(k.endswith(('.ln.weight', '.repbn.alpha')) for k in keys):
         raise ConversionError('the checkpoint is already in the layout of slab_mmdet backbones (stages.*, '
                               '*.ln.*, *.repbn.*): nothing to convert; load it directly with init_cfg/load_from')
-    if has(r'(block|patch_embed)\d+\.') or has(r'pos_embed\d+$'):
-        return 'reference', 'pvt'
-    if has(r'layers\.\d+\.blocks\.\d+\.'):
-        return 'reference', 'swin'
-    if has(r'layers\.\d+\.\d+\.'):
-        return 'mmdet', 'pvt'
-    if has(r'stages\.\d+\.blocks\.\d+\.attn\.w_msa\.'):
-        return 'mmdet', 'swin'
-    raise ConversionError(
-        'unrecognised checkpoint: expected the keys of a SLAB reference classification model (PVT: block1.*, '
-        'patch_embed1.*; Swin: layers.0.blocks.*) or of mmdet\'s PyramidVisionTransformer (layers.0.0.projection.*) '
-        f'or SwinTransformer (stages.0.blocks.*.attn.w_msa.*); its first keys are {keys[:5]}')
+    if layout is None:
+        raise ConversionError(
+            'unrecognised checkpoint: expected the keys of a SLAB reference classification model (PVT: block1.*, '
+            'patch_embed1.*; Swin: layers.0.blocks.*) or of mmdet\'s PyramidVisionTransformer '
+            '(layers.0.0.projection.*) or SwinTransformer (stages.0.blocks.*.attn.w_msa.*); its first keys are '
+            f'{keys[:5]}')
+    family, arch = layout.split('_')
+    return family, arch
 
 
 def _build_backbone(cfg):

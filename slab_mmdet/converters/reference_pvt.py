@@ -4,8 +4,11 @@ SLABPyramidVisionTransformer."""
 import math
 
 from ..models.backbones.slab_pvt import SLABPyramidVisionTransformer
-from .rules import (PVT_HEADS, PVT_SR_RATIOS, Skip, depths_of, mlp_ratio, named_arch, pvt_extras, pvt_heads, rename,
-                    stage_list)
+from .rules import Skip, depths_of, mlp_ratio, named_arch, pvt_extras, pvt_heads, rename, stage_list
+
+# PVT's num_heads and spatial reductions, the same in every PVT arch (every released PVT / SLAB-PVT model).
+PVT_HEADS = SLABPyramidVisionTransformer.arch_zoo['tiny']['num_heads']
+PVT_SR_RATIOS = SLABPyramidVisionTransformer.arch_zoo['tiny']['sr_ratios']
 
 
 def _without_class_token(value):

@@ -78,10 +78,6 @@ def square_side(tokens, key):
     return side
 
 
-PVT_HEADS = (1, 2, 5, 8)   # PVT's num_heads: every released PVT / SLAB-PVT model uses them
-PVT_SR_RATIOS = (8, 4, 2, 1)
-
-
 def pvt_heads(stored, num_heads, assumed, why, report):
     """num_heads per stage: given, else as stored in the weights (None where they are
     not), else ``assumed`` (noted in the report)."""

@@ -2,25 +2,20 @@
 frozen stages, ``norm_eval``, weight initialisation / pretrained loading, and the
 switch to the fused deploy structure."""
 import math
-import re
-from collections import OrderedDict
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from mmengine.logging import MMLogger
 from mmengine.model import BaseModule
 from mmengine.model.weight_init import trunc_normal_
 from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..layers.fusion import (FOLDABLE_NORM_CFG_TYPES, NORM_LAYER_TYPES, ChannelAffine, FusionError, fold_into_next,
-                             norm_affine, norm_to_channel_affine)
+from ..layers.fusion import (FOLDABLE_NORM_CFG_TYPES, ChannelAffine, FusionError, fold_into_next, norm_affine,
+                             norm_to_channel_affine)
 from ..layers.prepbn import PRepBN
 from ..layers.transformer import build_token_norm, check_foldable_norm_cfg, nlc_to_nchw
-
-# Learned positional tables laid out on a grid: (1, h*w, C), resized in 2-D on load.
-GRID_TABLES = ('pos_embed', 'positional_encoding')
+from .checkpoint_fit import check_checkpoint_fits, resize_tables_to, strip_to_backbone
 
 
 def check_choice(name, value, valid):
@@ -229,28 +224,14 @@ class SLABBackboneBase(BaseModule):
         if not isinstance(state_dict, dict):
             raise ValueError(f'{type(self).__name__}: {checkpoint} holds a {type(state_dict).__name__}, not a state '
                              f"dict: expected a dict of tensors or a dict with a 'state_dict' or 'model' entry")
-        if any(k.startswith('backbone.') for k in state_dict):
-            state_dict = OrderedDict((k[9:], v) for k, v in state_dict.items() if k.startswith('backbone.'))
-        state_dict = OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state_dict.items())
-        own = self.state_dict()
-        for key, value in list(state_dict.items()):
-            if key in own and own[key].shape != value.shape:
-                leaf = key.rsplit('.', 1)[-1]
-                if leaf in GRID_TABLES:
-                    state_dict[key] = _resize_grid_table(value, own[key].shape[1])
-                elif leaf == 'relative_position_bias_table':
-                    state_dict[key] = _resize_bias_table(value, own[key].shape[0])
-                else:
-                    continue  # load_state_dict reports the mismatch
-                logger.info(f'{type(self).__name__}: resized {key} from {tuple(value.shape)} '
-                            f'to {tuple(own[key].shape)}')
+        state_dict = resize_tables_to(self, strip_to_backbone(state_dict), logger)
         load_state_dict(self, state_dict, strict=False, logger=logger)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # Every way a checkpoint reaches the backbone (load_from, mmdet's test.py, mim test,
         # DetInferencer, init_cfg) comes through here: refuse the pairings that would load
         # without an error and compute something else.
-        check_checkpoint_fits(self, [k[len(prefix):] for k in state_dict if k.startswith(prefix)], prefix)
+        check_checkpoint_fits(self, {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}, prefix)
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     # --- deployment ------------------------------------------------------------------------
@@ -326,11 +307,6 @@ class SLABBackboneBase(BaseModule):
                 cls._deploy_children(child, full + '.')
 
 
-# Keys of the layouts tools/convert_checkpoint.py converts from (the authors' and mmdet's).
-FOREIGN_LAYOUT_KEYS = re.compile(r'(block\d+\.|patch_embed\d+\.|pos_embed\d+$|layers\.\d+\.|'
-                                 r'stages\.\d+\.blocks\.\d+\.(attn\.w_msa|ffn)\.)')
-# The norms a checkpoint's keys may belong to, fused (ChannelAffine) or not.
-CHECKPOINT_NORM_TYPES = NORM_LAYER_TYPES + (ChannelAffine,)
 TOKEN_NORM_CFG_TYPES = ('PRepBN', 'RepBN', 'LN')
 
 
@@ -347,63 +323,3 @@ def check_token_norm_cfg(norm_cfg, owner, what='norm_cfg'):
                          f"use one of {', '.join(TOKEN_NORM_CFG_TYPES)} (PRepBN/RepBN are the BatchNorms that do; "
                          f'for SyncBN, build PRepBN and convert its BatchNorms with '
                          f'torch.nn.SyncBatchNorm.convert_sync_batchnorm)')
-
-
-def check_checkpoint_fits(backbone, keys, prefix=''):
-    """Raise a ValueError naming the fix when the checkpoint keys ``keys`` (relative to
-    the backbone) are of a kind the backbone cannot use: none of its keys, an unconverted
-    released checkpoint, a fused checkpoint for a training model, or an unfused one for
-    a ``deploy=True`` model. Other partial matches (e.g. no output norms) pass."""
-    name = type(backbone).__name__
-    own = backbone.state_dict()
-    present = [k for k in keys if k in own]
-    where = f' under {prefix!r}' if prefix else ''
-    if not present:
-        sample = ', '.join(keys[:3]) if keys else 'none'
-        if keys and sum(bool(FOREIGN_LAYOUT_KEYS.match(k)) for k in keys) > len(keys) // 2:
-            raise ValueError(
-                f'{name}: the checkpoint is in the layout of a released PVT/Swin model (keys{where} such as '
-                f'{sample}), not ours: none of its weights would load. Convert it first: python '
-                f'tools/convert_checkpoint.py SRC.pth DST.pth, and load DST.pth.')
-        raise ValueError(
-            f'{name}: the checkpoint fills none of the backbone\'s {len(own)} weights (its keys{where}: '
-            f'{sample}). A backbone checkpoint goes in init_cfg=dict(type=\'Pretrained\', checkpoint=...), a '
-            f'detector checkpoint in load_from / as the test checkpoint; a released checkpoint needs '
-            f'tools/convert_checkpoint.py first.')
-    norm_prefixes = tuple(f'{n}.' for n, m in backbone.named_modules() if n and isinstance(m, CHECKPOINT_NORM_TYPES))
-    out_norms = tuple(f'norm{i}.' for i in backbone.out_indices)
-    body_norm_keys = [k for k in own if k.startswith(norm_prefixes) and not k.startswith(out_norms)]
-    given = set(keys)
-    if backbone.deploy:
-        unfused = [k for k in keys if k not in own and re.search(r'(^|\.)(ln|repbn)\.|(^|\.)g$', k)]
-        if unfused:
-            raise ValueError(
-                f'{name} is built with deploy=True (norms folded away), but the checkpoint is unfused: it has '
-                f'{len(unfused)} PRepBN weights (e.g. {prefix}{unfused[0]}). Fuse it first: python '
-                f'tools/fuse_norms.py TRAIN_CONFIG CHECKPOINT --out-dir DIR, then use the deploy config and the '
-                f'fused checkpoint it writes.')
-    elif body_norm_keys and not any(k in given for k in body_norm_keys):
-        raise ValueError(
-            f'{name} is built for training (deploy=False, with norm layers), but the checkpoint has no norm '
-            f'weights (e.g. no {prefix}{body_norm_keys[0]}): it is a fused checkpoint. Use it with the deploy '
-            f'config that tools/fuse_norms.py wrote beside it (backbone deploy=True), or load the unfused '
-            f'checkpoint.')
-
-
-def _resize_grid_table(table, num_tokens):
-    """(1, n0, C) on a square grid -> (1, num_tokens, C) on a square grid."""
-    src, dst = math.isqrt(table.shape[1]), math.isqrt(num_tokens)
-    if src * src != table.shape[1] or dst * dst != num_tokens:
-        raise ValueError(f'cannot resize a positional table of {table.shape[1]} tokens to {num_tokens}: '
-                         'only square grids are resized')
-    grid = table.reshape(1, src, src, -1).permute(0, 3, 1, 2)
-    grid = F.interpolate(grid, size=(dst, dst), mode='bicubic', align_corners=False)
-    return grid.flatten(2).transpose(1, 2)
-
-
-def _resize_bias_table(table, length):
-    """Swin relative position bias table ((2w-1)^2, heads) -> (length, heads), bicubic."""
-    src, dst = math.isqrt(table.shape[0]), math.isqrt(length)
-    grid = table.permute(1, 0).reshape(1, -1, src, src)
-    grid = F.interpolate(grid, size=(dst, dst), mode='bicubic', align_corners=False)
-    return grid.reshape(-1, length).permute(1, 0)
