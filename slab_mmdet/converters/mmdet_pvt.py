@@ -1,7 +1,8 @@
 """mmdet's LayerNorm PyramidVisionTransformer (v1) -> SLABPyramidVisionTransformer (softmax stages, g = 1)."""
+from ..models.backbones.checkpoint_fit import depths_of
 from ..models.backbones.slab_pvt import SLABPyramidVisionTransformer
 from .errors import ConversionError
-from .rules import Skip, depths_of, named_arch, pvt_extras, pvt_heads, mlp_ratio, rename, stage_list
+from .rules import Skip, mlp_ratio, named_arch, pvt_extras, pvt_heads, rename, stage_list
 
 
 

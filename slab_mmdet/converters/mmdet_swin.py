@@ -1,6 +1,7 @@
 """mmdet's LayerNorm SwinTransformer -> SLABSwinTransformer (softmax stages, g = 1)."""
+from ..models.backbones.checkpoint_fit import depths_of
 from ..models.backbones.slab_swin import SLABSwinTransformer
-from .rules import Skip, depths_of, named_arch, rename, stage_list, swin_extras, window_from_bias_table
+from .rules import Skip, named_arch, rename, stage_list, swin_extras, window_from_bias_table
 
 
 

@@ -3,8 +3,9 @@ PVT v1 ones they derive from (github whai362/PVT, which mmdet's PVT configs load
 SLABPyramidVisionTransformer."""
 import math
 
+from ..models.backbones.checkpoint_fit import depths_of
 from ..models.backbones.slab_pvt import SLABPyramidVisionTransformer
-from .rules import Skip, depths_of, mlp_ratio, named_arch, pvt_extras, pvt_heads, rename, stage_list
+from .rules import Skip, mlp_ratio, named_arch, pvt_extras, pvt_heads, rename, stage_list
 
 # PVT's num_heads and spatial reductions, the same in every PVT arch (every released PVT / SLAB-PVT model).
 PVT_HEADS = SLABPyramidVisionTransformer.arch_zoo['tiny']['num_heads']

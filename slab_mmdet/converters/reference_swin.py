@@ -1,6 +1,7 @@
 """The SLAB authors' Swin classification models (SLAB-Swin, Swin-PRepBN) -> SLABSwinTransformer."""
+from ..models.backbones.checkpoint_fit import depths_of
 from ..models.backbones.slab_swin import SLABSwinTransformer
-from .rules import Skip, depths_of, named_arch, rename, square_side, stage_list, swin_extras, window_from_bias_table
+from .rules import Skip, named_arch, rename, square_side, stage_list, swin_extras, window_from_bias_table
 
 
 def reference_swin(sd, report, num_heads):

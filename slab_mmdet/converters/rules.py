@@ -1,5 +1,5 @@
 """The key-rule engine that renames source weights, and the architecture read-outs shared by
-the source layouts (stage depths, MLP ratios, grids, PVT heads, PVT/Swin extras), and configs
+the source layouts (MLP ratios, grids, PVT heads, PVT/Swin extras), and configs
 written as Python source."""
 import math
 import re
@@ -42,16 +42,6 @@ def apply_rules(state_dict, rules, report):
         else:
             report.unmapped.append((key, 'not a key of the recognised layout'))
     return out, source
-
-
-def depths_of(keys, pattern):
-    """{stage: number of blocks} from keys matching ``pattern`` (groups: stage, block)."""
-    found = {}
-    for k in keys:
-        m = re.match(pattern, k)
-        if m:
-            found.setdefault(int(m.group(1)), set()).add(int(m.group(2)))
-    return {i: max(js) + 1 for i, js in sorted(found.items())}
 
 
 def stage_list(depths, first, what):

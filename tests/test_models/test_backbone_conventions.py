@@ -219,3 +219,8 @@ def test_folding_output_norms_refuses_what_does_not_fit_and_changes_nothing(back
     ln_outputs.switch_to_deploy()
     with pytest.raises(FusionError, match=r'output norms are LN \(out_norm_cfg\), which cannot be folded'):
         ln_outputs.fold_output_norms_into([nn.Conv2d(c, 5, 1) for c in channels])
+
+
+def test_an_unknown_argument_is_refused_not_ignored(backbone):
+    with pytest.raises(TypeError, match="unexpected keyword argument 'windows_size'"):
+        build_backbone(dict(backbone['cfg'], windows_size=7))

@@ -113,6 +113,7 @@ def test_invalid_arguments_are_refused():
         (dict(MINI, arch=dict(MINI_ARCH, depths=(1, 1, 1))), r'must all have one entry per stage'),
         (dict(MINI, arch={k: v for k, v in MINI_ARCH.items() if k != 'sr_ratios'}), r'exactly the keys'),
         (dict(MINI, arch=dict(MINI_ARCH, num_heads=(3, 2, 3, 4))), r'embed_dims 16 is not divisible by num_heads 3'),
+        (dict(MINI, pretrain_img_size=16), r'pretrain_img_size must be an int >= 32 .*got 16'),
     ]
     for cfg, match in cases:
         assert_invalid(cfg, match)

@@ -316,6 +316,7 @@ def test_invalid_arguments_are_refused():
         (dict(MINI, arch=dict(MINI_ARCH, depths=(2, 2, 2))), r'depths and num_heads of equal length'),
         (dict(MINI, arch=dict(MINI_ARCH, mlp_ratio=4)), r'exactly the keys'),
         (dict(MINI, arch=dict(MINI_ARCH, num_heads=(3, 2, 2, 4))), r'embed_dims 16 is not divisible by num_heads 3'),
+        (dict(MINI, mlp_ratio=0), r'mlp_ratio must be a number > 0, got 0'),
     ]
     for cfg, match in cases:
         assert_invalid(cfg, match)

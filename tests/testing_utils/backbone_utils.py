@@ -294,6 +294,13 @@ def common_invalid_arguments(cfg):
                                                            r"'LN' cannot be folded"),
         (dict(cfg, out_norms_folded=True), r'out_norms_folded=True only makes sense with deploy=True'),
         (dict(cfg, init_cfg=dict(type='Kaiming')), r"init_cfg must be None or dict\(type='Pretrained'"),
+        (dict(cfg, drop_path_rate=1.5), r'drop_path_rate must be a number in \[0, 1\) .*got 1\.5'),
+        (dict(cfg, drop_path_rate=-0.1), r'drop_path_rate must be a number in \[0, 1\) .*got -0\.1'),
+        (dict(cfg, drop_rate=1.0), r'drop_rate must be a probability in \[0, 1\), got 1\.0'),
+        (dict(cfg, attn_drop_rate=-1), r'attn_drop_rate must be a probability in \[0, 1\), got -1'),
+        (dict(cfg, in_channels=0), r'in_channels must be an int >= 1, got 0'),
+        (dict(cfg, patch_size=0), r'patch_size must be an int >= 1, got 0'),
+        (dict(cfg, patch_size=2.5), r'patch_size must be an int >= 1, got 2\.5'),
     ]
 
 

@@ -26,10 +26,31 @@ def check_choice(name, value, valid):
 class SLABBackboneBase(BaseModule):
     """Base class of the SLAB backbones.
 
-    Subclasses build their stages, then call :meth:`_init_outputs`, and implement
-    :meth:`_frozen_modules` (the modules frozen by ``frozen_stages``).
+    Subclasses define ``arch_zoo`` (named archs), ``ARCH_KEYS`` (the keys of an arch dict)
+    and ``ARCH_STAGE_KEYS`` (those with one entry per stage), build their stages in
+    ``self.stages`` from ``self.arch`` (with ``self.block_drop_path``, the rate of each block),
+    then call :meth:`_init_outputs`, and implement :meth:`_stem_modules` (what
+    ``frozen_stages=0`` freezes).
 
-    Args (shared by the subclasses):
+    Args (shared by the subclasses, which take them as keyword arguments):
+        arch (str | dict): A name in the subclass's ``arch_zoo`` or an arch dict; default
+            'tiny' for both backbones.
+        attn_types (str): One letter per stage: 'L' for simplified linear attention,
+            'S' for softmax attention.
+        norm_cfg (dict): The token norm everywhere in the backbone.
+        in_channels (int): Image channels, >= 1. Default 3.
+        patch_size (int): Stride of the first patch embedding, >= 1. Default 4.
+        qkv_bias (bool): Bias in the query/key/value projections. Default True.
+        drop_rate (float): Dropout after the patch embedding / positional embeddings and
+            in MLPs and projections. Default 0.
+        attn_drop_rate (float): Attention dropout ('S' stages only; SLA has no attention
+            matrix to drop). Default 0.
+        drop_path_rate (float): Stochastic depth, in [0, 1), rising linearly over the
+            blocks. Default 0.1.
+        kernel_size (int): Kernel of SLA's depth-wise conv on V (odd). Default 5.
+        act_cfg (dict): MLP activation. Default GELU.
+        with_cp (bool): Activation checkpointing in every block.
+        init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=...)`` or None.
         out_indices (Sequence[int]): Stages whose outputs are returned.
         frozen_stages (int): -1 freezes nothing; 0 the stem (patch embedding);
             k >= 1 the stem and stages 0..k-1 with their output norms (eval mode,
@@ -40,9 +61,6 @@ class SLABBackboneBase(BaseModule):
             (loaded from a checkpoint, or by ``recalibrate_bn``): training a
             BatchNorm branch whose statistics were never estimated is an error naming
             the layer. Output norms follow ``out_norm_cfg``.
-        attn_types (str): One letter per stage: 'L' for simplified linear attention,
-            'S' for softmax attention.
-        norm_cfg (dict): The token norm everywhere in the backbone.
         out_norm_cfg (dict | None): The norms of the stage outputs ``norm{i}``, which
             are new in detection (no ImageNet checkpoint has them). None (default):
             ``norm_cfg``, except with ``norm_eval=True``, where frozen statistics of
@@ -58,10 +76,24 @@ class SLABBackboneBase(BaseModule):
             otherwise each stays as a fixed per-channel :class:`ChannelAffine`.
     """
 
-    def __init__(self, num_stages, attn_types, out_indices, frozen_stages, norm_eval, norm_cfg, deploy,
-                 out_norms_folded, init_cfg=None, out_norm_cfg=None):
+    def __init__(self, arch, attn_types, norm_cfg, in_channels=3, patch_size=4, qkv_bias=True, drop_rate=0.,
+                 attn_drop_rate=0., drop_path_rate=0.1, kernel_size=5, act_cfg=dict(type='GELU'),
+                 out_indices=(0, 1, 2, 3), frozen_stages=-1, norm_eval=False, out_norm_cfg=None, with_cp=False,
+                 deploy=False, out_norms_folded=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         name = type(self).__name__
+        self.arch = self.resolve_arch(arch)
+        num_stages = len(self.arch['depths'])
+        for what, value in (('in_channels', in_channels), ('patch_size', patch_size)):
+            if not _is_int(value) or value < 1:
+                raise ValueError(f'{name}: {what} must be an int >= 1, got {value!r}')
+        for what, value in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate)):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+                raise ValueError(f'{name}: {what} must be a probability in [0, 1), got {value!r}')
+        self.block_drop_path = self.drop_path_rates(drop_path_rate, self.arch['depths'])
+        self.in_channels, self.patch_size, self.qkv_bias = in_channels, patch_size, qkv_bias
+        self.drop_rate, self.attn_drop_rate, self.kernel_size = drop_rate, attn_drop_rate, kernel_size
+        self.act_cfg, self.with_cp = act_cfg, with_cp
         if not isinstance(attn_types, str) or len(attn_types) != num_stages or set(attn_types) - {'L', 'S'}:
             raise ValueError(f"{name}: attn_types needs one letter per stage ({num_stages}), each 'L' (SLA) "
                              f"or 'S' (softmax), got {attn_types!r}")
@@ -120,10 +152,52 @@ class SLABBackboneBase(BaseModule):
         # every image at 2+ images per batch (docs/prepbn.md: what made the anneal diverge).
         return nlc_to_nchw(getattr(self, f'norm{i}')(tokens), hw_shape).contiguous()
 
+    # --- architecture --------------------------------------------------------------------
+    DEFAULT_ARCH = 'tiny'   # the default ``arch`` of both backbones
+    arch_zoo = {}
+    ARCH_KEYS = ()
+    ARCH_STAGE_KEYS = ()
+
+    @classmethod
+    def resolve_arch(cls, arch):
+        """The arch dict of ``arch`` (a name in ``arch_zoo`` or a dict with exactly ``ARCH_KEYS``), checked."""
+        keys, per_stage = tuple(cls.ARCH_KEYS), tuple(cls.ARCH_STAGE_KEYS)
+        if isinstance(arch, str):
+            check_choice('arch', arch, cls.arch_zoo)
+            return cls.arch_zoo[arch]
+        if not isinstance(arch, dict) or set(arch) != set(keys):
+            raise ValueError(f'arch must be one of {sorted(cls.arch_zoo)} or a dict with exactly the keys {keys}, '
+                             f'got {arch!r}')
+        if any(not isinstance(arch[k], (list, tuple)) for k in per_stage) or \
+                len({len(arch[k]) for k in per_stage}) != 1:
+            raise ValueError(f"arch: {', '.join(per_stage)} must all have one entry per stage "
+                             f"({' and '.join(per_stage)} of equal length), got {arch!r}")
+        return {k: tuple(arch[k]) if k in per_stage else int(arch[k]) for k in keys}
+
+    @classmethod
+    def drop_path_rates(cls, drop_path_rate, depths):
+        """Stochastic depth per block, rising linearly from 0 to ``drop_path_rate`` over all blocks."""
+        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) \
+                or not 0 <= drop_path_rate < 1:
+            raise ValueError(f'{cls.__name__}: drop_path_rate must be a number in [0, 1) (the largest probability '
+                             f'of dropping a block), got {drop_path_rate!r}')
+        return [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths))]
+
     # --- training modes --------------------------------------------------------------------
-    def _frozen_modules(self):
-        """The modules that ``frozen_stages`` freezes (subclasses)."""
+    def _stem_modules(self):
+        """The modules before the first stage, frozen from ``frozen_stages=0`` (subclasses)."""
         raise NotImplementedError
+
+    def _frozen_modules(self):
+        """The modules that ``frozen_stages`` freezes: the stem, then stages 0..k-1 with their output norms."""
+        if self.frozen_stages < 0:
+            return []
+        modules = list(self._stem_modules())
+        for i in range(self.frozen_stages):
+            modules.append(self.stages[i])
+            if i in self.out_indices:
+                modules.append(getattr(self, f'norm{i}'))
+        return modules
 
     def _freeze_stages(self):
         for m in self._frozen_modules():

@@ -37,7 +37,8 @@ def layout_of(keys):
     return None
 
 
-def _stage_numbers(keys, pattern):
+def depths_of(keys, pattern):
+    """{stage: number of blocks} from the keys matching ``pattern`` (groups: stage, block)."""
     found = {}
     for k in keys:
         m = re.match(pattern, k)
@@ -53,7 +54,7 @@ def describe_architecture(state):
     layout = layout_of(state)
     if layout not in OWN_LAYOUTS:
         return None
-    depths = _stage_numbers(state, r'stages\.(\d+)\.blocks\.(\d+)\.')
+    depths = depths_of(state, r'stages\.(\d+)\.blocks\.(\d+)\.')
     widths, attention = [], ''
     for i in depths:
         fc1 = state.get(f'stages.{i}.blocks.0.mlp.fc1.weight')

@@ -7,7 +7,7 @@ from mmdet.registry import MODELS
 
 from ..layers.attention import SpatialReductionAttention, SpatialReductionLinearAttention
 from ..layers.transformer import PatchEmbed, PreNormBlock, nlc_to_nchw, resize_pos_table
-from .base import SLABBackboneBase, check_choice
+from .base import SLABBackboneBase
 
 
 class PVTStage(nn.Module):
@@ -41,28 +41,19 @@ class SLABPyramidVisionTransformer(SLABBackboneBase):
     as the reduction conv needs a feature map at least as large as its kernel.
 
     Args:
-        arch (str | dict): 'tiny', 'small', 'medium', or a dict with the keys of
-            ``arch_zoo`` entries (embed_dims, num_heads, mlp_ratios, sr_ratios, depths).
+        arch (str | dict): 'tiny' (default, as for SLAB-Swin), 'small', 'medium', or a dict
+            with the keys of ``arch_zoo`` entries (embed_dims, num_heads, mlp_ratios, sr_ratios,
+            depths).
         attn_types (str): One letter per stage: 'L' (SLA) or 'S' (softmax). Default 'LLLL'.
         la_sr_ratios (Sequence[int]): Spatial reduction of keys/values in 'L' stages.
             The released SLAB-PVT weights use none: (1, 1, 1, 1) (default).
-        in_channels (int): Image channels. Default 3.
         pretrain_img_size (int): Input size of the pre-training; sets the grids of the
             positional tables. Default 224.
-        patch_size (int): Stride of the first patch embedding. Default 4.
-        qkv_bias (bool): Bias in the q/kv projections. Default True.
-        drop_rate (float): Dropout after positional embeddings and in MLPs/projections.
-        attn_drop_rate (float): Attention dropout ('S' stages only; SLA has no
-            attention matrix to drop).
-        drop_path_rate (float): Stochastic depth, increasing linearly over blocks.
-        kernel_size (int): Kernel of SLA's depth-wise conv on V. Default 5.
-        act_cfg (dict): MLP activation.
         norm_cfg (dict): Norm everywhere. Default ``dict(type='PRepBN', eps=1e-6)``
             (LayerNorm eps of the reference SLAB-PVT models).
-        out_indices, frozen_stages, norm_eval, out_norm_cfg, deploy, out_norms_folded: see
-            :class:`SLABBackboneBase`.
-        with_cp (bool): Activation checkpointing in every block.
-        init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=...)`` or None.
+        in_channels, patch_size, qkv_bias, drop_rate, attn_drop_rate, drop_path_rate,
+        kernel_size, act_cfg, out_indices, frozen_stages, norm_eval, out_norm_cfg, with_cp,
+        deploy, out_norms_folded, init_cfg: see :class:`SLABBackboneBase` (keyword arguments).
     """
     arch_zoo = {
         'tiny': dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
@@ -72,67 +63,47 @@ class SLABPyramidVisionTransformer(SLABBackboneBase):
         'medium': dict(embed_dims=(64, 128, 320, 512), num_heads=(1, 2, 5, 8), mlp_ratios=(8, 8, 4, 4),
                        sr_ratios=(8, 4, 2, 1), depths=(3, 4, 18, 3)),
     }
+    ARCH_KEYS = ('embed_dims', 'num_heads', 'mlp_ratios', 'sr_ratios', 'depths')
+    ARCH_STAGE_KEYS = ARCH_KEYS
     MIN_INPUT_SIZE = 32
 
-    def __init__(self,
-                 arch='small',
-                 attn_types='LLLL',
-                 la_sr_ratios=(1, 1, 1, 1),
-                 in_channels=3,
-                 pretrain_img_size=224,
-                 patch_size=4,
-                 qkv_bias=True,
-                 drop_rate=0.,
-                 attn_drop_rate=0.,
-                 drop_path_rate=0.1,
-                 kernel_size=5,
-                 act_cfg=dict(type='GELU'),
-                 norm_cfg=dict(type='PRepBN', eps=1e-6),
-                 out_indices=(0, 1, 2, 3),
-                 frozen_stages=-1,
-                 norm_eval=False,
-                 out_norm_cfg=None,
-                 with_cp=False,
-                 deploy=False,
-                 out_norms_folded=False,
-                 init_cfg=None):
-        arch = self.resolve_arch(arch)
-        num_stages = len(arch['depths'])
-        super().__init__(num_stages, attn_types, out_indices, frozen_stages, norm_eval, norm_cfg, deploy,
-                         out_norms_folded, init_cfg, out_norm_cfg=out_norm_cfg)
-        name = type(self).__name__
+    def __init__(self, arch=SLABBackboneBase.DEFAULT_ARCH, attn_types='LLLL', la_sr_ratios=(1, 1, 1, 1),
+                 pretrain_img_size=224, norm_cfg=dict(type='PRepBN', eps=1e-6), **kwargs):
+        super().__init__(arch, attn_types, norm_cfg, **kwargs)
+        arch, name = self.arch, type(self).__name__
+        depths, num_stages = arch['depths'], len(arch['depths'])
         if len(la_sr_ratios) != num_stages or any(int(r) < 1 for r in la_sr_ratios):
             raise ValueError(f'{name}: la_sr_ratios needs {num_stages} integers >= 1, got {la_sr_ratios}')
-        self.arch = arch
-        self.with_cp = with_cp
-
-        depths = arch['depths']
-        drop_path = [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths))]
+        srs = [int(la_sr_ratios[i]) if attn_types[i] == 'L' else arch['sr_ratios'][i] for i in range(num_stages)]
+        smallest = max(self.patch_size * 2 ** i * sr for i, sr in enumerate(srs))
+        if isinstance(pretrain_img_size, bool) or not isinstance(pretrain_img_size, int) \
+                or pretrain_img_size < smallest:
+            raise ValueError(f'{name}: pretrain_img_size must be an int >= {smallest} (every positional table needs '
+                             f'a grid of at least 1x1 at that size), got {pretrain_img_size!r}')
+        drop_rate, deploy = self.drop_rate, self.deploy
         self.stages = ModuleList()
-        grid = pretrain_img_size // patch_size
-        prev_dims, cur = in_channels, 0
-        self.min_input_size = self.MIN_INPUT_SIZE
+        grid = pretrain_img_size // self.patch_size
+        prev_dims, cur = self.in_channels, 0
+        self.min_input_size = max(self.MIN_INPUT_SIZE, smallest)
         for i in range(num_stages):
-            dims, heads = arch['embed_dims'][i], arch['num_heads'][i]
+            dims, heads, sr = arch['embed_dims'][i], arch['num_heads'][i], srs[i]
             if i > 0:
                 grid //= 2
-            sr = int(la_sr_ratios[i]) if attn_types[i] == 'L' else arch['sr_ratios'][i]
-            self.min_input_size = max(self.min_input_size, patch_size * 2 ** i * sr)
             blocks = ModuleList()
             for j in range(depths[i]):
                 if attn_types[i] == 'L':
                     attn = SpatialReductionLinearAttention(
-                        dims, heads, pos_grid=(grid // sr, grid // sr), sr_ratio=sr, qkv_bias=qkv_bias,
-                        proj_drop=drop_rate, kernel_size=kernel_size, norm_cfg=norm_cfg, deploy=deploy)
+                        dims, heads, pos_grid=(grid // sr, grid // sr), sr_ratio=sr, qkv_bias=self.qkv_bias,
+                        proj_drop=drop_rate, kernel_size=self.kernel_size, norm_cfg=norm_cfg, deploy=deploy)
                 else:
                     attn = SpatialReductionAttention(
-                        dims, heads, sr_ratio=sr, qkv_bias=qkv_bias, attn_drop=attn_drop_rate,
+                        dims, heads, sr_ratio=sr, qkv_bias=self.qkv_bias, attn_drop=self.attn_drop_rate,
                         proj_drop=drop_rate, norm_cfg=norm_cfg, deploy=deploy)
                 blocks.append(PreNormBlock(dims, attn, int(dims * arch['mlp_ratios'][i]), norm_cfg, drop=drop_rate,
-                                           drop_path=drop_path[cur + j], act_cfg=act_cfg, with_cp=with_cp,
-                                           deploy=deploy))
+                                           drop_path=self.block_drop_path[cur + j], act_cfg=self.act_cfg,
+                                           with_cp=self.with_cp, deploy=deploy))
             cur += depths[i]
-            patch_embed = PatchEmbed(prev_dims, dims, patch_size if i == 0 else 2, norm_cfg, deploy)
+            patch_embed = PatchEmbed(prev_dims, dims, self.patch_size if i == 0 else 2, norm_cfg, deploy)
             self.stages.append(PVTStage(patch_embed, (grid, grid), dims, blocks, drop_rate))
             prev_dims = dims
         self._init_outputs(arch['embed_dims'])
@@ -142,30 +113,8 @@ class SLABPyramidVisionTransformer(SLABBackboneBase):
         """The output channels of each stage of ``arch`` (a name or an arch dict)."""
         return list(cls.resolve_arch(arch)['embed_dims'])
 
-    @classmethod
-    def resolve_arch(cls, arch):
-        """The arch dict of ``arch`` (a name in ``arch_zoo`` or a dict), checked."""
-        keys = ('embed_dims', 'num_heads', 'mlp_ratios', 'sr_ratios', 'depths')
-        if isinstance(arch, str):
-            check_choice('arch', arch, cls.arch_zoo)
-            return cls.arch_zoo[arch]
-        if not isinstance(arch, dict) or set(arch) != set(keys):
-            raise ValueError(f'arch must be one of {sorted(cls.arch_zoo)} or a dict with exactly the keys {keys}, '
-                             f'got {arch!r}')
-        lengths = {len(arch[k]) for k in keys}
-        if len(lengths) != 1:
-            raise ValueError(f'arch: {keys} must all have one entry per stage, got {arch!r}')
-        return {k: tuple(arch[k]) for k in keys}
-
-    def _frozen_modules(self):
-        if self.frozen_stages < 0:
-            return []
-        modules = [self.stages[0].patch_embed]
-        for i in range(self.frozen_stages):
-            modules.append(self.stages[i])
-            if i in self.out_indices:
-                modules.append(getattr(self, f'norm{i}'))
-        return modules
+    def _stem_modules(self):
+        return [self.stages[0].patch_embed]
 
     def forward(self, x):
         self._check_forward(x)

@@ -8,7 +8,7 @@ from mmdet.registry import MODELS
 from ..layers.fusion import fold_norm
 from ..layers.transformer import PatchEmbed, PreNormBlock, build_token_norm, pad_to_multiple
 from ..layers.window_attention import ShiftedWindowAttention, WindowLinearAttention, WindowSoftmaxAttention
-from .base import SLABBackboneBase, check_choice
+from .base import SLABBackboneBase
 
 
 class PatchMerging(BaseModule):
@@ -62,68 +62,40 @@ class SLABSwinTransformer(SLABBackboneBase):
     in softmax attention (see :class:`ShiftedWindowAttention`).
 
     Args:
-        arch (str | dict): 'tiny' (embed 96, depths 2-2-6-2, heads 3-6-12-24), 'small'
+        arch (str | dict): 'tiny' (default; embed 96, depths 2-2-6-2, heads 3-6-12-24), 'small'
             (depths 2-2-18-2), or a dict with keys embed_dims, depths, num_heads.
         attn_types (str): One letter per stage, 'L' or 'S'. Default 'LLSS'.
         window_sizes (Sequence[int]): Window size per stage. Default (56, 28, 7, 7).
-        in_channels (int): Image channels. Default 3.
-        patch_size (int): Stride of the patch embedding. Default 4.
-        mlp_ratio (float): MLP hidden / embed dims. Default 4.
-        qkv_bias (bool): Bias in the qkv projections. Default True.
-        drop_rate (float): Dropout after the patch embedding and in MLPs/projections.
-        attn_drop_rate (float): Attention dropout ('S' stages only).
-        drop_path_rate (float): Stochastic depth, increasing linearly over blocks.
-        kernel_size (int): Kernel of SLA's depth-wise conv on V. Default 5.
-        act_cfg (dict): MLP activation.
+        mlp_ratio (float): MLP hidden / embed dims, > 0. Default 4.
         norm_cfg (dict): Norm everywhere (patch embedding, blocks, patch merging,
             outputs). Default ``dict(type='PRepBN', eps=1e-5)`` (LayerNorm eps of the
             reference SLAB-Swin models).
-        out_indices, frozen_stages, norm_eval, out_norm_cfg, deploy, out_norms_folded: see
-            :class:`SLABBackboneBase`.
-        with_cp (bool): Activation checkpointing in every block.
-        init_cfg (dict | None): ``dict(type='Pretrained', checkpoint=...)`` or None.
+        in_channels, patch_size, qkv_bias, drop_rate, attn_drop_rate, drop_path_rate,
+        kernel_size, act_cfg, out_indices, frozen_stages, norm_eval, out_norm_cfg, with_cp,
+        deploy, out_norms_folded, init_cfg: see :class:`SLABBackboneBase` (keyword arguments).
     """
     arch_zoo = {
         'tiny': dict(embed_dims=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24)),
         'small': dict(embed_dims=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24)),
     }
 
-    def __init__(self,
-                 arch='tiny',
-                 attn_types='LLSS',
-                 window_sizes=(56, 28, 7, 7),
-                 in_channels=3,
-                 patch_size=4,
-                 mlp_ratio=4,
-                 qkv_bias=True,
-                 drop_rate=0.,
-                 attn_drop_rate=0.,
-                 drop_path_rate=0.1,
-                 kernel_size=5,
-                 act_cfg=dict(type='GELU'),
-                 norm_cfg=dict(type='PRepBN', eps=1e-5),
-                 out_indices=(0, 1, 2, 3),
-                 frozen_stages=-1,
-                 norm_eval=False,
-                 out_norm_cfg=None,
-                 with_cp=False,
-                 deploy=False,
-                 out_norms_folded=False,
-                 init_cfg=None):
-        arch = self.resolve_arch(arch)
-        num_stages = len(arch['depths'])
-        super().__init__(num_stages, attn_types, out_indices, frozen_stages, norm_eval, norm_cfg, deploy,
-                         out_norms_folded, init_cfg, out_norm_cfg=out_norm_cfg)
-        name = type(self).__name__
+    ARCH_KEYS = ('embed_dims', 'depths', 'num_heads')
+    ARCH_STAGE_KEYS = ('depths', 'num_heads')
+
+    def __init__(self, arch=SLABBackboneBase.DEFAULT_ARCH, attn_types='LLSS', window_sizes=(56, 28, 7, 7),
+                 mlp_ratio=4, norm_cfg=dict(type='PRepBN', eps=1e-5), **kwargs):
+        super().__init__(arch, attn_types, norm_cfg, **kwargs)
+        arch, name = self.arch, type(self).__name__
+        depths, num_stages = arch['depths'], len(arch['depths'])
         if len(window_sizes) != num_stages or any(int(w) < 1 for w in window_sizes):
             raise ValueError(f'{name}: window_sizes needs {num_stages} positive integers, got {window_sizes}')
-        self.arch = arch
+        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
+            raise ValueError(f'{name}: mlp_ratio must be a number > 0, got {mlp_ratio!r}')
         self.window_sizes = tuple(int(w) for w in window_sizes)
+        drop_rate, deploy = self.drop_rate, self.deploy
 
-        self.patch_embed = PatchEmbed(in_channels, arch['embed_dims'], patch_size, norm_cfg, deploy)
+        self.patch_embed = PatchEmbed(self.in_channels, arch['embed_dims'], self.patch_size, norm_cfg, deploy)
         self.drop_after_pos = nn.Dropout(drop_rate)
-        depths = arch['depths']
-        drop_path = [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths))]
         channels = self.stage_channels(arch)
         self.stages = ModuleList()
         cur = 0
@@ -132,13 +104,14 @@ class SLABSwinTransformer(SLABBackboneBase):
             blocks = ModuleList()
             for j in range(depths[i]):
                 if attn_types[i] == 'L':
-                    window_attn = WindowLinearAttention(dims, heads, ws, qkv_bias, drop_rate, kernel_size)
+                    window_attn = WindowLinearAttention(dims, heads, ws, self.qkv_bias, drop_rate, self.kernel_size)
                 else:
-                    window_attn = WindowSoftmaxAttention(dims, heads, ws, qkv_bias, attn_drop_rate, drop_rate)
+                    window_attn = WindowSoftmaxAttention(dims, heads, ws, self.qkv_bias, self.attn_drop_rate,
+                                                         drop_rate)
                 attn = ShiftedWindowAttention(window_attn, shift_size=ws // 2 if j % 2 else 0)
                 blocks.append(PreNormBlock(dims, attn, int(dims * mlp_ratio), norm_cfg, drop=drop_rate,
-                                           drop_path=drop_path[cur + j], act_cfg=act_cfg, with_cp=with_cp,
-                                           deploy=deploy))
+                                           drop_path=self.block_drop_path[cur + j], act_cfg=self.act_cfg,
+                                           with_cp=self.with_cp, deploy=deploy))
             cur += depths[i]
             downsample = PatchMerging(dims, norm_cfg, deploy) if i < num_stages - 1 else None
             self.stages.append(SwinStage(blocks, downsample))
@@ -150,28 +123,8 @@ class SLABSwinTransformer(SLABBackboneBase):
         arch = cls.resolve_arch(arch)
         return [arch['embed_dims'] * 2 ** i for i in range(len(arch['depths']))]
 
-    @classmethod
-    def resolve_arch(cls, arch):
-        """The arch dict of ``arch`` (a name in ``arch_zoo`` or a dict), checked."""
-        keys = ('embed_dims', 'depths', 'num_heads')
-        if isinstance(arch, str):
-            check_choice('arch', arch, cls.arch_zoo)
-            return cls.arch_zoo[arch]
-        if not isinstance(arch, dict) or set(arch) != set(keys) or len(arch['depths']) != len(arch['num_heads']):
-            raise ValueError(f'arch must be one of {sorted(cls.arch_zoo)} or a dict with exactly the keys {keys} '
-                             f'(depths and num_heads of equal length), got {arch!r}')
-        return dict(embed_dims=int(arch['embed_dims']), depths=tuple(arch['depths']),
-                    num_heads=tuple(arch['num_heads']))
-
-    def _frozen_modules(self):
-        if self.frozen_stages < 0:
-            return []
-        modules = [self.patch_embed, self.drop_after_pos]
-        for i in range(self.frozen_stages):
-            modules.append(self.stages[i])
-            if i in self.out_indices:
-                modules.append(getattr(self, f'norm{i}'))
-        return modules
+    def _stem_modules(self):
+        return [self.patch_embed, self.drop_after_pos]
 
     def forward(self, x):
         self._check_forward(x)
