@@ -27,7 +27,7 @@ sys.path.insert(0, REPO)
 HW = (800, 1280)
 from slab_mmdet.benchmark.peers import PVTV2_BACKBONES as PVTV2  # noqa: E402
 # name -> (config, backbone override, neck in_channels override)
-MODELS = {
+COMPLEXITY_MODELS = {
     'PVT-T': ('configs/mask_rcnn_pvt_t.py', None, None),
     'PVT-T-PRepBN': ('configs/mask_rcnn_pvt_t_prepbn.py', None, None),
     'SLAB-PVT-T': ('configs/mask_rcnn_slab_pvt_t.py', None, None),
@@ -139,14 +139,14 @@ def hand_count_sla_block():
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--out-dir', default=osp.join(REPO, 'work_dirs', 'complexity'))
-    parser.add_argument('--only', nargs='+', choices=sorted(MODELS))
+    parser.add_argument('--only', nargs='+', choices=sorted(COMPLEXITY_MODELS))
     args = parser.parse_args(argv)
     import slab_mmdet  # noqa: F401
     torch.set_grad_enabled(False)
     os.makedirs(args.out_dir, exist_ok=True)
     rows = []
-    for name in args.only or MODELS:
-        config, backbone, in_channels = MODELS[name]
+    for name in args.only or COMPLEXITY_MODELS:
+        config, backbone, in_channels = COMPLEXITY_MODELS[name]
         model = build(config, backbone, in_channels)
         x = torch.zeros(1, 3, *HW)
         plain, fixed, uncounted = flops(Features(model), (x,))

@@ -135,17 +135,10 @@ def run(args):
     return rows
 
 
-def parse_size(text):
-    try:
-        h, w = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected HEIGHTxWIDTH such as 800x1088, got {text!r}') from None
-    return h, w
-
-
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument('--size', type=parse_size, default=(800, 1088), metavar='HxW')
+    from slab_mmdet.utils import parse_hw
+    parser.add_argument('--size', type=parse_hw, default=(800, 1088), metavar='HxW')
     parser.add_argument('--threads', type=int, default=2)
     parser.add_argument('--rounds', type=int, default=10)
     parser.add_argument('--warmup', type=int, default=2)

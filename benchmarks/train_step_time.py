@@ -25,7 +25,7 @@ import sys
 import time
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-MODELS = [
+TIMED_MODELS = [
     ('mmdet PVT-S (LN)', 'configs/mini/mask_rcnn_pvt_s.py'),
     ('SLAB-PVT-S (g = 0.5)', 'configs/mini/mask_rcnn_slab_pvt_s.py'),
     ('PVT-S-PRepBN (g = 0.5)', 'configs/mini/mask_rcnn_pvt_s_prepbn.py'),
@@ -88,7 +88,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    chosen = [(name, config) for name, config in MODELS if args.family in (None, family(name))]
+    chosen = [(name, config) for name, config in TIMED_MODELS if args.family in (None, family(name))]
     runs = [(name, *build(config, args.data_root)) for name, config in chosen]
     times = {name: [] for name, *_ in runs}
     for i in range(args.warmup + args.iters):

@@ -6,7 +6,7 @@ allow-lists the types that mmengine writes into checkpoints, so that they load w
 ``torch.load(weights_only=True)``.
 """
 from .version import __version__
-from .converters import mmengine_allowlist  # noqa: F401  (allow-lists mmengine's checkpoint types)
+from .apis import mmengine_allowlist  # noqa: F401  (allow-lists mmengine's checkpoint types)
 from . import datasets, engine, models  # noqa: F401  (register modules)
 
 __all__ = ['__version__']

@@ -45,3 +45,19 @@ def one_torch_thread():
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@pytest.fixture
+def quiet_mmengine_logger():
+    """mmengine's current logger at ERROR for the test (its INFO lines about loading and building
+    flood the output); a module opts in with ``pytest.mark.usefixtures('quiet_mmengine_logger')``."""
+    import logging
+
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

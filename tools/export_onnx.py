@@ -25,15 +25,7 @@ import sys
 
 from mmengine.config import DictAction
 
-
-def parse_size(text):
-    try:
-        h, w = (int(v) for v in text.lower().split('x'))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f'expected HEIGHTxWIDTH such as 800x1216, got {text!r}') from None
-    if h < 32 or w < 32:
-        raise argparse.ArgumentTypeError(f'height and width must be >= 32, got {text!r}')
-    return h, w
+from slab_mmdet.utils import parse_hw
 
 
 def parse_args(argv=None):
@@ -41,9 +33,9 @@ def parse_args(argv=None):
     parser.add_argument('config', help='training config (with a g = 0 checkpoint) or deploy config (fused)')
     parser.add_argument('checkpoint', help='the trained (g = 0) or fused checkpoint')
     parser.add_argument('--out', required=True, help='the .onnx file to write')
-    parser.add_argument('--shape', type=parse_size, default=(800, 1216), metavar='HxW',
+    parser.add_argument('--shape', type=parse_hw, default=(800, 1216), metavar='HxW',
                         help='example input size the graph is traced at (default: 800x1216)')
-    parser.add_argument('--check', type=parse_size, nargs='*', default=[(608, 800), (736, 1088)], metavar='HxW',
+    parser.add_argument('--check', type=parse_hw, nargs='*', default=[(608, 800), (736, 1088)], metavar='HxW',
                         help='further sizes ONNX Runtime is checked at (default: 608x800 736x1088)')
     parser.add_argument('--tolerance', type=float, default=1e-4,
                         help='largest relative difference from PyTorch accepted (default: 1e-4)')

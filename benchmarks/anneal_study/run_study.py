@@ -2,7 +2,7 @@
 thing each (batch size, BN statistics, output norms, alpha, drop path, ...), several seeds
 each, and summarise per run whether the anneal diverged, at which g, and the loss at the end.
 
-Each run is ``tools/train.py benchmarks/anneal_study/anneal_mini.py`` with the variant's
+Each run is ``tools/train.py benchmarks/anneal_study/configs/anneal_mini.py`` with the variant's
 ``--cfg-options``, one thread, ``--jobs`` at a time; results go to
 ``<out>/<variant>_s<seed>/`` and one line per run to ``<out>/summary.jsonl``.
 
@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 HERE = osp.dirname(osp.abspath(__file__))
 ROOT = osp.dirname(osp.dirname(HERE))
-CONFIG = osp.join(HERE, 'anneal_mini.py')
+CONFIG = osp.join(HERE, 'configs', 'anneal_mini.py')
 
 B2 = ['train_dataloader.batch_size=2']
 # Each variant: its cfg-options. 'b2' is the failing baseline; each b2_* changes one thing.
@@ -75,7 +75,7 @@ VARIANTS.update({
     'ft_b2_image_stats': [FINETUNE, 'model.backbone.norm_cfg.stats=image'],
     'ft_b1_trained_bn': [FINETUNE, 'train_dataloader.batch_size=1'],
 })
-CONFIGS = {name: osp.join(HERE, 'finetune_annealed.py') for name in VARIANTS if name.startswith('ft_')}
+CONFIGS = {name: osp.join(HERE, 'configs', 'finetune_annealed.py') for name in VARIANTS if name.startswith('ft_')}
 # The LayerNorm route (item 4 of the study): an LN PVT-T detector trained on mini COCO (ln_base,
 # configs/mini/mask_rcnn_pvt_t.py, 5 epochs) stands in for ImageNet LN weights; converted with
 #   python tools/convert_checkpoint.py work_dirs/anneal_study/ln_base_s0/epoch_5.pth \
@@ -105,17 +105,17 @@ VARIANTS.update({
 })
 CONFIGS.update({
     'ln_base': osp.join(ROOT, 'configs', 'mini', 'mask_rcnn_pvt_t.py'),
-    'lnr_ln': osp.join(HERE, 'ln_route_ln.py'),
-    'lnr_slab': osp.join(HERE, 'ln_route_slab.py'),
-    'lnr_prepbn': osp.join(HERE, 'ln_route_prepbn.py'),
-    'lnr_prepbn_alpha_init0': osp.join(HERE, 'ln_route_prepbn.py'),
-    'lnr_prepbn_alpha1': osp.join(HERE, 'ln_route_prepbn.py'),
-    'lnr_prepbn_out_alpha1': osp.join(HERE, 'ln_route_prepbn.py'),
-    'lnr_slab_out_alpha1': osp.join(HERE, 'ln_route_slab.py'),
-    'lnr_slab_alpha1': osp.join(HERE, 'ln_route_slab.py'),
-    'lnr_slab_alpha_init0': osp.join(HERE, 'ln_route_slab.py'),
-    'lnr_slab_b4': osp.join(HERE, 'ln_route_slab.py'),
-    'lnr_slab_p2b2': osp.join(HERE, 'ln_route_slab.py'),
+    'lnr_ln': osp.join(HERE, 'configs', 'ln_route_ln.py'),
+    'lnr_slab': osp.join(HERE, 'configs', 'ln_route_slab.py'),
+    'lnr_prepbn': osp.join(HERE, 'configs', 'ln_route_prepbn.py'),
+    'lnr_prepbn_alpha_init0': osp.join(HERE, 'configs', 'ln_route_prepbn.py'),
+    'lnr_prepbn_alpha1': osp.join(HERE, 'configs', 'ln_route_prepbn.py'),
+    'lnr_prepbn_out_alpha1': osp.join(HERE, 'configs', 'ln_route_prepbn.py'),
+    'lnr_slab_out_alpha1': osp.join(HERE, 'configs', 'ln_route_slab.py'),
+    'lnr_slab_alpha1': osp.join(HERE, 'configs', 'ln_route_slab.py'),
+    'lnr_slab_alpha_init0': osp.join(HERE, 'configs', 'ln_route_slab.py'),
+    'lnr_slab_b4': osp.join(HERE, 'configs', 'ln_route_slab.py'),
+    'lnr_slab_p2b2': osp.join(HERE, 'configs', 'ln_route_slab.py'),
 })
 # Variants trained by 2 processes (gloo, one thread each): 2 x the batch size of one process.
 NPROC = {'p2b2': 2, 'p2b2_fix': 2, 'lnr_slab_p2b2': 2}

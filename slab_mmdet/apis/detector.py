@@ -71,6 +71,8 @@ def load_weights(model, checkpoint, strict=True, source=None):
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         raise CheckpointMismatch(f'{checkpoint} does not fit the model of {source or "the config"} (was it trained '
                                  f'with another config?): ' + ' '.join(lines[:3])[:600]) from e
+    except ValueError as e:   # a backbone's refusal (checkpoint_fit), which names both sides and the fix
+        raise CheckpointMismatch(f'{checkpoint} does not fit the model of {source or "the config"}: {e}') from e
     model.checkpoint_meta = dict(ckpt.get('meta') or {}) if isinstance(ckpt, dict) else {}
     if 'dataset_meta' in model.checkpoint_meta:
         model.dataset_meta = model.checkpoint_meta['dataset_meta']

@@ -99,7 +99,7 @@ def _as_image_set(images):
     return select_images(images, len(images), 'given image paths')
 
 
-def describe_schedule(num_models, warmup, breakdown, memory_pass):
+def describe_pass_order(num_models, warmup, breakdown, memory_pass):
     """The order of the forwards in words, e.g. '1 warm-up round(s) (A B), then per image: timed A B'."""
     names = ' '.join(chr(ord('A') + i) if i < 26 else f'#{i + 1}' for i in range(num_models))
     passes = (['timed'] + (['breakdown'] if breakdown == 'extra-pass' else [])
@@ -197,7 +197,7 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
                 bar.update()
     if bar:
         bar.file.write('\n')
-    schedule = describe_schedule(len(models), warmup, mode, memory_pass)
+    schedule = describe_pass_order(len(models), warmup, mode, memory_pass)
     return BenchmarkResult(target, device, list(models), timings, images, warmup, mode,
                            probe.description if probe else 'not measured', schedule, events)
 

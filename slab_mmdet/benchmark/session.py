@@ -3,6 +3,7 @@ import time
 
 import torch
 
+from ..utils import is_int
 from .errors import BenchmarkError
 from .images import dataset_signature, resolve_images
 from .measure import check_device
@@ -26,9 +27,9 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
     log = log or (lambda message: None)
     device = check_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
     for name, value, low in (('num_images', num_images, 1), ('warmup', warmup, 0)):
-        if not isinstance(value, int) or value < low:
+        if not is_int(value) or value < low:
             raise BenchmarkError(f'{name} must be an integer >= {low}, got {value!r}')
-    if threads is not None and (not isinstance(threads, int) or threads < 1):
+    if threads is not None and (not is_int(threads) or threads < 1):
         raise BenchmarkError(f'threads must be an integer >= 1, got {threads!r}')
     if target not in TARGETS:
         raise BenchmarkError(f'target {target!r} is not valid; valid: {", ".join(TARGETS)}')

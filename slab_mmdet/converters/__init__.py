@@ -2,7 +2,7 @@
 of our backbones, loaded safely (no code from a checkpoint runs).
 
 Importing :mod:`slab_mmdet` allow-lists what mmengine writes into its checkpoints
-(:mod:`.mmengine_allowlist`), so that they load with ``weights_only=True``.
+(:mod:`slab_mmdet.apis.mmengine_allowlist`), so that they load with ``weights_only=True``.
 """
 from .errors import FAMILIES, ConversionError
 from .pipeline import (LAYOUTS, convert_checkpoint, convert_mmdet_state_dict, convert_reference_state_dict,

@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import torch
 
-from . import mmengine_allowlist  # noqa: F401  (numpy and mmengine types)
+from ..apis import mmengine_allowlist  # noqa: F401  (numpy and mmengine types)
 from .errors import ConversionError
 
 

@@ -16,6 +16,7 @@ from mmengine.model import is_model_wrapper
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from slab_mmdet.models.layers.prepbn import iter_prepbn
+from slab_mmdet.utils import is_int
 
 
 def unwrap_model(model):
@@ -98,7 +99,7 @@ def recalibrate_bn(model, data_loader, num_iters, logger=None):
     Returns:
         list[str]: Names of the recalibrated BatchNorm layers.
     """
-    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
+    if not is_int(num_iters) or num_iters < 1:
         raise ValueError(f'recalibrate_bn: num_iters must be an int >= 1, got {num_iters!r}')
     net = unwrap_model(model)
     targets = bn_layers_to_recalibrate(net)
@@ -192,7 +193,7 @@ def recalibrate_checkpoint(config, checkpoint, num_iters, out=None, cfg_options=
         raise FileNotFoundError(f'config file not found: {config}')
     if '://' not in checkpoint and not osp.isfile(checkpoint):
         raise FileNotFoundError(f'checkpoint file not found: {checkpoint}')
-    if isinstance(num_iters, bool) or not isinstance(num_iters, int) or num_iters < 1:
+    if not is_int(num_iters) or num_iters < 1:
         raise ValueError(f'number of recalibration batches must be an int >= 1, got {num_iters!r}')
     if out is None:
         base = osp.basename(checkpoint) if '://' in checkpoint else checkpoint

@@ -19,7 +19,7 @@ from timm.models._features import FeatureInfo
 
 from .backbones import SLABPyramidVisionTransformer, SLABSwinTransformer
 
-MODELS = {
+TIMM_VARIANTS = {
     'slab_pvt_tiny': (SLABPyramidVisionTransformer, dict(arch='tiny', attn_types='LLLL')),
     'slab_pvt_small': (SLABPyramidVisionTransformer, dict(arch='small', attn_types='LLLL')),
     'slab_pvt_medium': (SLABPyramidVisionTransformer, dict(arch='medium', attn_types='LLLL')),
@@ -83,7 +83,7 @@ def _create(name, pretrained=False, features_only=False, out_indices=None, num_c
             f'{name}: timm hosts no weights for the SLAB models. Convert the authors\' ImageNet checkpoint with '
             f'tools/convert_checkpoint.py and load it with checkpoint_path=... (features_only=True) or '
             f"backbone init_cfg=dict(type='Pretrained', checkpoint=...)")
-    cls, defaults = MODELS[name]
+    cls, defaults = TIMM_VARIANTS[name]
     cfg = dict(defaults, in_channels=in_chans, **backbone_kwargs)
     if features_only:
         if out_indices is not None:
@@ -107,9 +107,9 @@ def _entrypoint(name):
         return _create(name, pretrained, **kwargs)
     create.__name__ = create.__qualname__ = name
     create.__module__ = __name__
-    create.__doc__ = f'{name}: {MODELS[name][0].__name__}({MODELS[name][1]}) for timm.create_model.'
+    create.__doc__ = f'{name}: {TIMM_VARIANTS[name][0].__name__}({TIMM_VARIANTS[name][1]}) for timm.create_model.'
     return register_model(create)
 
 
-for _name in MODELS:
+for _name in TIMM_VARIANTS:
     globals()[_name] = _entrypoint(_name)

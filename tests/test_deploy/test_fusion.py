@@ -1,160 +1,29 @@
-"""Fusion: every PRepBN/RepBN (g = 0) folds into its neighbour, exactly.
+"""Fusing a whole detector (fuse_detector, deploy_config, tools/fuse_norms.py and mmdet's tools on
+the result): features and detections unchanged, in float64 where exactness is claimed.
 
-Equivalence is checked in float64 (so that "equal" means ~1e-12, not "within float
-noise") and in float32 within the 1e-4 relative the fusion promises, at sizes where
-Swin's windows need padding too (the padded tokens must stay inert after fusion).
+The fold maths are tested in tests/test_models/test_fusion_maths.py and the backbones'
+switch_to_deploy in tests/test_models/test_switch_to_deploy.py.
 """
 import copy
-import logging
 import os.path as osp
 
 import pytest
 import torch
 import torch.nn as nn
-from mmdet.registry import MODELS
 from mmengine.config import Config
-from mmengine.logging import MMLogger
 
 from slab_mmdet.deploy import deploy_config, fuse_detector
 from slab_mmdet.models.layers.fusion import NORM_LAYER_TYPES
-from slab_mmdet.models.layers import (ChannelAffine, FusionError, PRepBN, RepBN, fold_into_next, fold_into_previous,
-                                      norm_affine)
+from slab_mmdet.models.layers import ChannelAffine
 from testing_utils.helpers import (REPO_ROOT, anneal_and_randomise_norms, annealed_mask_rcnn, float64_detection_ops,
                                    run_python)
 
-PVT = dict(type='SLABPyramidVisionTransformer',
-           arch=dict(embed_dims=(16, 32, 40, 64), num_heads=(1, 2, 5, 8), mlp_ratios=(2, 2, 2, 2),
-                     sr_ratios=(8, 4, 2, 1), depths=(1, 1, 1, 1)),
-           attn_types='LSLL', la_sr_ratios=(4, 1, 2, 1), drop_path_rate=0.0)
-# Windows (8, 8, 4, 4): at these sizes every stage pads, and shifted blocks have regions.
-SWIN = dict(type='SLABSwinTransformer', arch=dict(embed_dims=16, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8)),
-            attn_types='LLSS', window_sizes=(8, 8, 4, 4), drop_path_rate=0.0)
-SIZES = [(64, 64), (75, 101), (130, 98)]
 
-
-@pytest.fixture(autouse=True)
-def quiet_logger():
-    logger = MMLogger.get_current_instance()
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    yield
-    logger.setLevel(level)
-
-
-def annealed_backbone(cfg, seed=0, dtype=torch.float64):
-    torch.manual_seed(seed)
-    backbone = MODELS.build(copy.deepcopy(cfg))
-    backbone.init_weights()
-    return anneal_and_randomise_norms(backbone, seed).to(dtype).eval()
+pytestmark = pytest.mark.usefixtures('quiet_mmengine_logger')
 
 
 def max_rel_diff(a, b):
     return max(float((x - y).abs().max() / x.abs().max()) for x, y in zip(a, b))
-
-
-# ------------------------------------------------------------------- fusion maths
-
-
-def test_fold_into_next_and_previous_are_exact():
-    torch.manual_seed(0)
-    scale, shift = torch.rand(6, dtype=torch.float64) + 0.5, torch.randn(6, dtype=torch.float64)
-    x = torch.randn(3, 10, 6, dtype=torch.float64)
-    linear = nn.Linear(6, 4).double()
-    want = linear(x * scale + shift)
-    fold_into_next(linear, scale, shift)
-    torch.testing.assert_close(linear(x), want)
-
-    conv = nn.Conv2d(6, 5, 2, stride=2).double()
-    img = torch.randn(2, 6, 8, 10, dtype=torch.float64)
-    want = conv(img * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1))
-    fold_into_next(conv, scale, shift)
-    torch.testing.assert_close(conv(img), want)
-
-    producer = nn.Conv2d(3, 6, 4, stride=4, bias=False).double()   # bias is created by folding
-    img = torch.randn(1, 3, 16, 16, dtype=torch.float64)
-    want = producer(img) * scale.view(1, -1, 1, 1) + shift.view(1, -1, 1, 1)
-    fold_into_previous(producer, scale, shift)
-    torch.testing.assert_close(producer(img), want)
-
-
-def test_fold_refuses_a_padded_conv_and_unfoldable_norms():
-    with pytest.raises(ValueError, match='zero-pads'):
-        fold_into_next(nn.Conv2d(4, 4, 3, padding=1), torch.ones(4), torch.zeros(4))
-    with pytest.raises(FusionError, match='LayerNorm'):
-        norm_affine(nn.LayerNorm(4), 'stages.0.norm1')
-    prepbn = PRepBN(4)
-    prepbn.set_g(0.25)
-    with pytest.raises(ValueError, match=r'blocks\.3\.norm2: PRepBN has g = 0\.25'):
-        norm_affine(prepbn, 'blocks.3.norm2')
-
-
-def test_norm_affine_matches_each_foldable_norm_in_eval_mode():
-    torch.manual_seed(0)
-    x = torch.randn(2, 7, 5, dtype=torch.float64)
-    prepbn = anneal_and_randomise_norms(PRepBN(5).double()).eval()
-    bn = anneal_and_randomise_norms(nn.ModuleList([RepBN(5)])).double().eval()[0].bn
-    affine = ChannelAffine(5).double()
-    with torch.no_grad():
-        affine.weight.uniform_(0.5, 2)
-        affine.bias.normal_()
-    for norm, run in ((prepbn, prepbn), (prepbn.repbn, prepbn.repbn), (affine, affine),
-                      (bn, lambda t: bn(t.reshape(-1, 5)).reshape(t.shape))):
-        scale, shift = norm_affine(norm)
-        torch.testing.assert_close(x * scale + shift, run(x))
-
-
-# --------------------------------------------------------------------- backbones
-
-
-@pytest.mark.parametrize('cfg', [PVT, SWIN], ids=['pvt', 'swin'])
-def test_switch_to_deploy_is_exact_and_leaves_no_norm(cfg):
-    backbone = annealed_backbone(cfg)
-    fused = copy.deepcopy(backbone)
-    fused.switch_to_deploy()
-    assert fused.deploy
-    assert not any(isinstance(m, NORM_LAYER_TYPES) for m in fused.modules())
-    with torch.no_grad():
-        for hw in SIZES:
-            x = torch.randn(2, 3, *hw, dtype=torch.float64)
-            assert max_rel_diff(backbone(x), fused(x)) < 1e-10, hw
-
-    # deploy=True builds exactly that structure: the fused weights load strictly.
-    deployed = MODELS.build(dict(cfg, deploy=True)).double().eval()
-    deployed.load_state_dict(fused.state_dict(), strict=True)
-    assert all(isinstance(getattr(deployed, f'norm{i}'), ChannelAffine) for i in deployed.out_indices)
-    x = torch.randn(1, 3, *SIZES[1], dtype=torch.float64)
-    with torch.no_grad():
-        assert max_rel_diff(backbone(x), deployed(x)) < 1e-10
-
-
-@pytest.mark.parametrize('cfg', [PVT, SWIN], ids=['pvt', 'swin'])
-def test_float32_fusion_within_1e4_relative(cfg):
-    backbone = annealed_backbone(cfg, dtype=torch.float32)
-    fused = copy.deepcopy(backbone)
-    fused.switch_to_deploy()
-    with torch.no_grad():
-        for hw in SIZES:
-            x = torch.randn(1, 3, *hw)
-            assert max_rel_diff(backbone(x), fused(x)) < 1e-4, hw
-
-
-def test_fusion_refuses_a_model_still_annealing_and_leaves_it_unchanged():
-    backbone = annealed_backbone(SWIN)
-    backbone.stages[1].blocks[1].norm2.set_g(0.125)
-    before = copy.deepcopy(backbone.state_dict())
-    with pytest.raises(ValueError, match=r'stages\.1\.blocks\.1\.norm2 is a PRepBN with g = 0\.125'):
-        backbone.switch_to_deploy()
-    assert not backbone.deploy
-    after = backbone.state_dict()
-    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
-
-
-def test_fusion_refuses_layernorm_backbones():
-    backbone = MODELS.build(dict(PVT, norm_cfg=dict(type='LN', eps=1e-6)))
-    with pytest.raises(ValueError, match="'LN' cannot be folded"):
-        backbone.switch_to_deploy()
-    with pytest.raises(ValueError, match="'LN' cannot be folded"):
-        MODELS.build(dict(PVT, norm_cfg=dict(type='LN'), deploy=True))
 
 
 # ------------------------------------------------------------------ whole detector

@@ -5,9 +5,9 @@ import torch
 from mmdet.registry import MODELS
 
 import slab_mmdet  # noqa: F401  (registers the timm names)
-from slab_mmdet.models.timm_models import MODELS as TIMM_MODELS
+from slab_mmdet.models.timm_models import TIMM_VARIANTS
 
-NAMES = sorted(TIMM_MODELS)
+NAMES = sorted(TIMM_VARIANTS)
 
 
 def test_every_slab_model_is_registered():
@@ -17,7 +17,7 @@ def test_every_slab_model_is_registered():
 @pytest.mark.parametrize('name', NAMES)
 def test_features_only_is_the_mmdet_backbone(name):
     model = timm.create_model(name, features_only=True)
-    cls, defaults = TIMM_MODELS[name]
+    cls, defaults = TIMM_VARIANTS[name]
     assert type(model) is MODELS.get(cls.__name__)   # no second implementation
     mmdet_backbone = MODELS.build(dict(type=cls.__name__, **defaults))
     assert model.state_dict().keys() == mmdet_backbone.state_dict().keys()

@@ -14,66 +14,13 @@ from mmengine.registry import HOOKS
 
 from slab_mmdet.engine.recalibrate import recalibrate_bn, unwrap_model
 from slab_mmdet.models.layers.prepbn import iter_prepbn
+from slab_mmdet.utils import is_int, is_number
 
-# Each schedule's own parameters and their defaults.
-PREPBN_SCHEDULES = {
-    'linear': {},
-    'cosine': {},
-    'step': {'num_steps': 4},
-}
+from .prepbn_schedule import check_schedule, prepbn_schedule
 
 # Where the per-layer start values and the schedule live in a checkpoint (``checkpoint['meta']``).
 START_G_META_KEY = 'prepbn_start_g'
 SCHEDULE_META_KEY = 'prepbn_schedule'
-
-
-def check_schedule(schedule, params):
-    """Validate a schedule name and its parameters; return the parameters with defaults filled in."""
-    if schedule not in PREPBN_SCHEDULES:
-        raise ValueError(f'PRepBN schedule must be one of {sorted(PREPBN_SCHEDULES)}, got {schedule!r}')
-    valid = PREPBN_SCHEDULES[schedule]
-    unknown = sorted(set(params) - set(valid))
-    if unknown:
-        takes = f'takes only {sorted(valid)}' if valid else 'takes no parameters'
-        raise ValueError(f'PRepBN schedule {schedule!r} {takes}; got {unknown}. '
-                         f'Parameters by schedule: {PREPBN_SCHEDULES}')
-    params = {**valid, **params}
-    if schedule == 'step':
-        n = params['num_steps']
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"PRepBN schedule 'step': num_steps must be an int >= 1, got {n!r}")
-    return params
-
-
-def prepbn_schedule(t, T, schedule='linear', **params):
-    """The anneal factor ``s(t)`` in [0, 1] at step ``t`` of an anneal of ``T`` steps.
-
-    ``s(t) = 1`` for ``t < 0`` (warm-up) and ``0`` for ``t >= T``; for ``0 <= t < T``:
-
-    * ``'linear'`` (the paper): ``(T - t) / T``;
-    * ``'cosine'``: ``0.5 * (1 + cos(pi * t / T))``;
-    * ``'step'`` (parameter ``num_steps``, default 4): ``1 - floor(num_steps * t / T) / num_steps``,
-      i.e. drops of ``1 / num_steps`` at evenly spaced points.
-
-    Args:
-        t (int): Steps since the anneal started (negative during warm-up).
-        T (int): Length of the anneal, >= 1.
-        schedule (str): ``'linear'``, ``'cosine'`` or ``'step'``.
-        **params: The schedule's own parameters (``num_steps`` for ``'step'``).
-    """
-    params = check_schedule(schedule, params)
-    if isinstance(T, bool) or not isinstance(T, int) or T < 1:
-        raise ValueError(f'PRepBN anneal length T must be an int >= 1, got {T!r}')
-    if t < 0:
-        return 1.0
-    if t >= T:
-        return 0.0
-    if schedule == 'linear':
-        return (T - t) / T
-    if schedule == 'cosine':
-        return 0.5 * (1.0 + math.cos(math.pi * t / T))
-    n = params['num_steps']
-    return 1.0 - math.floor(n * t / T) / n
 
 
 def check_ddp_find_unused_parameters(model):
@@ -168,20 +115,16 @@ class PRepBNHook(Hook):
         if (anneal_iters is None) == (anneal_ratio is None):
             raise ValueError('PRepBNHook: give exactly one of anneal_iters (int >= 1) or anneal_ratio '
                              f'(float in (0, 1]); got anneal_iters={anneal_iters!r}, anneal_ratio={anneal_ratio!r}')
-        if anneal_iters is not None and (isinstance(anneal_iters, bool) or not isinstance(anneal_iters, int)
-                                         or anneal_iters < 1):
+        if anneal_iters is not None and (not is_int(anneal_iters) or anneal_iters < 1):
             raise ValueError(f'PRepBNHook: anneal_iters must be an int >= 1, got {anneal_iters!r}')
-        if anneal_ratio is not None and (isinstance(anneal_ratio, bool) or not isinstance(anneal_ratio, (int, float))
-                                         or not 0.0 < anneal_ratio <= 1.0):
+        if anneal_ratio is not None and (not is_number(anneal_ratio) or not 0.0 < anneal_ratio <= 1.0):
             raise ValueError(f'PRepBNHook: anneal_ratio must be a float in (0, 1], got {anneal_ratio!r}')
-        if isinstance(warmup_iters, bool) or not isinstance(warmup_iters, int) or warmup_iters < 0:
+        if not is_int(warmup_iters) or warmup_iters < 0:
             raise ValueError(f'PRepBNHook: warmup_iters must be an int >= 0, got {warmup_iters!r}')
         self.schedule_params = check_schedule(schedule, {} if num_steps is None else {'num_steps': num_steps})
-        if start_g != 'model' and (isinstance(start_g, bool) or not isinstance(start_g, (int, float))
-                                   or not 0.0 <= start_g <= 1.0):
+        if start_g != 'model' and (not is_number(start_g) or not 0.0 <= start_g <= 1.0):
             raise ValueError(f"PRepBNHook: start_g must be 'model' or a float in [0, 1], got {start_g!r}")
-        if (isinstance(recalibrate_bn_iters, bool) or not isinstance(recalibrate_bn_iters, int)
-                or recalibrate_bn_iters < 0):
+        if not is_int(recalibrate_bn_iters) or recalibrate_bn_iters < 0:
             raise ValueError(f'PRepBNHook: recalibrate_bn_iters must be an int >= 0 (0: off), '
                              f'got {recalibrate_bn_iters!r}')
         self.anneal_iters = anneal_iters
@@ -388,4 +331,4 @@ class PRepBNHook(Hook):
         self._checkpoint_schedule = meta.get(SCHEDULE_META_KEY)
 
 
-__all__ = ['PRepBNHook', 'PREPBN_SCHEDULES', 'check_schedule', 'prepbn_schedule', 'check_ddp_find_unused_parameters']
+__all__ = ['PRepBNHook', 'check_ddp_find_unused_parameters']

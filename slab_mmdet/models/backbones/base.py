@@ -11,6 +11,7 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...utils import is_int, is_number
 from ..layers.fusion import (FOLDABLE_NORM_CFG_TYPES, ChannelAffine, FusionError, fold_into_next, norm_affine,
                              norm_to_channel_affine)
 from ..layers.prepbn import PRepBN
@@ -85,10 +86,10 @@ class SLABBackboneBase(BaseModule):
         self.arch = self.resolve_arch(arch)
         num_stages = len(self.arch['depths'])
         for what, value in (('in_channels', in_channels), ('patch_size', patch_size)):
-            if not _is_int(value) or value < 1:
+            if not is_int(value) or value < 1:
                 raise ValueError(f'{name}: {what} must be an int >= 1, got {value!r}')
         for what, value in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 1:
+            if not is_number(value) or not 0 <= value < 1:
                 raise ValueError(f'{name}: {what} must be a probability in [0, 1), got {value!r}')
         self.block_drop_path = self.drop_path_rates(drop_path_rate, self.arch['depths'])
         self.in_channels, self.patch_size, self.qkv_bias = in_channels, patch_size, qkv_bias
@@ -98,14 +99,14 @@ class SLABBackboneBase(BaseModule):
             raise ValueError(f"{name}: attn_types needs one letter per stage ({num_stages}), each 'L' (SLA) "
                              f"or 'S' (softmax), got {attn_types!r}")
         out_indices = tuple(out_indices) if not isinstance(out_indices, int) else (out_indices,)
-        if not out_indices or any(not _is_int(i) or not 0 <= i < num_stages for i in out_indices):
+        if not out_indices or any(not is_int(i) or not 0 <= i < num_stages for i in out_indices):
             raise ValueError(f'{name}: out_indices must be stage indices (ints) in [0, {num_stages - 1}], '
                              f'got {out_indices}')
         if list(out_indices) != sorted(set(out_indices)):
             # The neck reads the outputs in this order; fusion pairs output i with lateral conv i.
             raise ValueError(f'{name}: out_indices must be increasing without repeats (the order of the outputs), '
                              f'got {out_indices}; use {tuple(sorted(set(out_indices)))}')
-        if not _is_int(frozen_stages) or not -1 <= frozen_stages <= num_stages:
+        if not is_int(frozen_stages) or not -1 <= frozen_stages <= num_stages:
             raise ValueError(f'{name}: frozen_stages must be an int in [-1, {num_stages}], got {frozen_stages!r}')
         check_token_norm_cfg(norm_cfg, name)
         if out_norms_folded and not deploy:
@@ -177,8 +178,7 @@ class SLABBackboneBase(BaseModule):
     @classmethod
     def drop_path_rates(cls, drop_path_rate, depths):
         """Stochastic depth per block, rising linearly from 0 to ``drop_path_rate`` over all blocks."""
-        if isinstance(drop_path_rate, bool) or not isinstance(drop_path_rate, (int, float)) \
-                or not 0 <= drop_path_rate < 1:
+        if not is_number(drop_path_rate) or not 0 <= drop_path_rate < 1:
             raise ValueError(f'{cls.__name__}: drop_path_rate must be a number in [0, 1) (the largest probability '
                              f'of dropping a block), got {drop_path_rate!r}')
         return [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths))]
@@ -382,10 +382,6 @@ class SLABBackboneBase(BaseModule):
 
 
 TOKEN_NORM_CFG_TYPES = ('PRepBN', 'RepBN', 'LN')
-
-
-def _is_int(value):
-    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def check_token_norm_cfg(norm_cfg, owner, what='norm_cfg'):

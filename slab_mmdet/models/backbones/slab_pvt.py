@@ -7,6 +7,7 @@ from mmdet.registry import MODELS
 
 from ..layers.attention import SpatialReductionAttention, SpatialReductionLinearAttention
 from ..layers.transformer import PatchEmbed, PreNormBlock, nlc_to_nchw, resize_pos_table
+from ...utils import is_int
 from .base import SLABBackboneBase
 
 
@@ -76,8 +77,7 @@ class SLABPyramidVisionTransformer(SLABBackboneBase):
             raise ValueError(f'{name}: la_sr_ratios needs {num_stages} integers >= 1, got {la_sr_ratios}')
         srs = [int(la_sr_ratios[i]) if attn_types[i] == 'L' else arch['sr_ratios'][i] for i in range(num_stages)]
         smallest = max(self.patch_size * 2 ** i * sr for i, sr in enumerate(srs))
-        if isinstance(pretrain_img_size, bool) or not isinstance(pretrain_img_size, int) \
-                or pretrain_img_size < smallest:
+        if not is_int(pretrain_img_size) or pretrain_img_size < smallest:
             raise ValueError(f'{name}: pretrain_img_size must be an int >= {smallest} (every positional table needs '
                              f'a grid of at least 1x1 at that size), got {pretrain_img_size!r}')
         drop_rate, deploy = self.drop_rate, self.deploy

@@ -8,6 +8,7 @@ from mmdet.registry import MODELS
 from ..layers.fusion import fold_norm
 from ..layers.transformer import PatchEmbed, PreNormBlock, build_token_norm, pad_to_multiple
 from ..layers.window_attention import ShiftedWindowAttention, WindowLinearAttention, WindowSoftmaxAttention
+from ...utils import is_number
 from .base import SLABBackboneBase
 
 
@@ -56,10 +57,11 @@ class SLABSwinTransformer(SLABBackboneBase):
     with window 7 everywhere is Swin-PRepBN.
 
     Windows are shifted on odd blocks, except when one window covers the whole
-    feature map (then there is nothing to shift, as in the classification model);
-    feature maps are padded to window multiples. Padded tokens and tokens wrapped
-    around by the cyclic shift never contribute to a real token's output, in SLA as
-    in softmax attention (see :class:`ShiftedWindowAttention`).
+    feature map (then there is nothing to shift, as in the classification model).
+    Any input size works: in PyTorch both attentions run the (shifted) windows band by
+    band on the real tokens only, windows cut at the map's edge; the traced (ONNX)
+    graph pads to window multiples and masks the padded and wrapped tokens, which
+    never contribute to a real token's output (see :class:`ShiftedWindowAttention`).
 
     Args:
         arch (str | dict): 'tiny' (default; embed 96, depths 2-2-6-2, heads 3-6-12-24), 'small'
@@ -89,7 +91,7 @@ class SLABSwinTransformer(SLABBackboneBase):
         depths, num_stages = arch['depths'], len(arch['depths'])
         if len(window_sizes) != num_stages or any(int(w) < 1 for w in window_sizes):
             raise ValueError(f'{name}: window_sizes needs {num_stages} positive integers, got {window_sizes}')
-        if isinstance(mlp_ratio, bool) or not isinstance(mlp_ratio, (int, float)) or not mlp_ratio > 0:
+        if not is_number(mlp_ratio) or not mlp_ratio > 0:
             raise ValueError(f'{name}: mlp_ratio must be a number > 0, got {mlp_ratio!r}')
         self.window_sizes = tuple(int(w) for w in window_sizes)
         drop_rate, deploy = self.drop_rate, self.deploy

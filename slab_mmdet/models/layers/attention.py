@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
+from ...utils import is_int
 from .fusion import fold_norm
 from .transformer import build_token_norm, nchw_to_nlc, nlc_to_nchw, resize_pos_table
 
@@ -51,7 +52,7 @@ class ValueDWConv(nn.Module):
 
     def __init__(self, head_dim, kernel_size=5):
         super().__init__()
-        if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
+        if not is_int(kernel_size) or kernel_size < 1 or kernel_size % 2 == 0:
             # An even kernel with padding k // 2 would grow the map by one row and column.
             raise ValueError(f'SLA depth-wise conv: kernel_size must be an odd int >= 1, got {kernel_size!r}')
         self.dwc = nn.Conv2d(head_dim, head_dim, kernel_size, padding=kernel_size // 2, groups=head_dim)

@@ -14,12 +14,13 @@ transformer backbones); BN statistics are per channel over all other dimensions
 The closed forms of Lemma 4.1 (:func:`repbn_to_bn_params`, :func:`repbn_affine`)
 live here and nowhere else; the fusion code builds on them.
 """
-import math
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.registry import MODELS
+
+from ...utils import is_number
 
 
 # Over which tokens a RepBN takes its training statistics (see RepBN's docstring).
@@ -76,7 +77,7 @@ class RepBN(nn.Module):
         super().__init__()
         if stats not in BN_STATS:
             raise ValueError(f'RepBN: stats must be one of {BN_STATS}, got {stats!r}')
-        if isinstance(alpha_init, bool) or not isinstance(alpha_init, (int, float)) or not math.isfinite(alpha_init):
+        if not is_number(alpha_init):
             raise ValueError(f'RepBN: alpha_init must be a finite number, got {alpha_init!r}')
         self.stats = stats
         # A 1-element tensor, as in the reference (which initialises it to 1).

@@ -1,6 +1,6 @@
 """Checkpoints written by mmengine load with torch.load(weights_only=True), and only they do.
 
-slab_mmdet.converters.mmengine_allowlist allow-lists what mmengine writes beside the weights. These tests
+slab_mmdet.apis.mmengine_allowlist allow-lists what mmengine writes beside the weights. These tests
 resume a real Runner from its own checkpoint (the path `--resume`, `load_from` and
 `mim test` take), and check that the allow-list opens nothing else: arbitrary classes
 and getattr lookups other than HistoryBuffer's statistics methods are still refused.
@@ -20,7 +20,7 @@ from mmengine.runner import Runner
 from torch.utils.data import Dataset
 
 import slab_mmdet  # noqa: F401  (applies the allow-list)
-from slab_mmdet.converters.mmengine_allowlist import HISTORY_BUFFER_METHODS
+from slab_mmdet.apis.mmengine_allowlist import HISTORY_BUFFER_METHODS
 
 MAX_ITERS = 4
 CKPT_INTERVAL = 2

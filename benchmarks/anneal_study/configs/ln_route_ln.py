@@ -1,8 +1,8 @@
 # The LayerNorm route's control: the mini-COCO LN PVT-T detector (configs/mini/mask_rcnn_pvt_t.py,
-# trained 5 epochs by run_ln_route.py: the stand-in for ImageNet LN weights) fine-tuned with the
+# trained 5 epochs by `run_study.py --variants ln_base`: the stand-in for ImageNet LN weights) fine-tuned with the
 # anneal study's budget (300 iterations, constant lr after a 50-iteration warm-up) at 2 images per
 # batch. load_from comes as --cfg-options.
-_base_ = '../../configs/mini/mask_rcnn_pvt_t.py'
+_base_ = '../../../configs/mini/mask_rcnn_pvt_t.py'
 custom_imports = dict(imports=['slab_mmdet', 'anneal_probe'], allow_failed_imports=False)
 train_dataloader = dict(batch_size=2)
 max_iters = 300

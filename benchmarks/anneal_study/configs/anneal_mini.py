@@ -5,7 +5,7 @@
 # Batch size, seed and the one change under study come as --cfg-options.
 # The baseline is the reference layer (RepBN alpha starts at 1) at one image per batch,
 # whatever the configs' defaults are now (alpha_init=0.0, two images per batch).
-_base_ = '../../configs/mini/mask_rcnn_slab_pvt_t.py'
+_base_ = '../../../configs/mini/mask_rcnn_slab_pvt_t.py'
 custom_imports = dict(imports=['slab_mmdet', 'anneal_probe'], allow_failed_imports=False)
 model = dict(backbone=dict(norm_cfg=dict(alpha_init=1.0)))
 train_dataloader = dict(batch_size=1)
