@@ -51,7 +51,10 @@ def main(argv=None):
     runner = build_runner(cfg)
     if args.out is not None:
         runner.test_evaluator.metrics.append(DumpDetResults(out_file_path=args.out))
-    runner.test()
+    try:
+        runner.test()
+    except ValueError as e:   # slab-mmdet's refusals (no checkpoint in the file, another architecture's)
+        raise SystemExit(f'error: {e}')
 
 
 if __name__ == '__main__':

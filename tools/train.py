@@ -66,7 +66,10 @@ def main(argv=None):
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
 
-    build_runner(cfg).train()
+    try:
+        build_runner(cfg).train()
+    except ValueError as e:   # slab-mmdet's refusals (a load_from that does not fit, a bad hook argument)
+        raise SystemExit(f'error: {e}')
 
 
 if __name__ == '__main__':

@@ -1,8 +1,11 @@
-"""Writing checkpoint files atomically (a crash or a full disk never leaves half a file)."""
+"""Checkpoint files: written atomically (a crash or a full disk never leaves half a file), and
+read through mmengine with a clear error for a file that holds no checkpoint."""
 import os
 import os.path as osp
+import pickle
 
 import torch
+from mmengine.runner.checkpoint import CheckpointLoader, load_from_local
 
 
 def save_checkpoint(obj, path):
@@ -19,3 +22,28 @@ def save_checkpoint(obj, path):
         if osp.exists(tmp):
             os.remove(tmp)
     return path
+
+
+def load_checked(filename, map_location=None):
+    """mmengine's local checkpoint loading, refusing by name what is no checkpoint: a file
+    torch.load cannot read (a text file, a truncated download), or one that holds something
+    else than a dict (a tensor, a list, a whole pickled model). Every route reads local
+    checkpoints through it (load_from, init_cfg, mmdet's and our test.py, DetInferencer)."""
+    try:
+        checkpoint = load_from_local(filename, map_location)
+    except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, UnicodeDecodeError, ValueError) as e:
+        if 'Unsupported global' in str(e):
+            raise   # a checkpoint that pickles a class that is not allow-listed: torch's own words say so
+        raise ValueError(f'{filename} is not a checkpoint that torch.save wrote (torch.load: {type(e).__name__}: '
+                         f'{str(e).splitlines()[0][:200] if str(e) else "no message"}); give the .pth that training '
+                         f'or tools/convert_checkpoint.py wrote') from e
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f"{filename} holds a {type(checkpoint).__name__}, not a state dict or a checkpoint: expected "
+                         f"a dict of tensors, or a dict with a 'state_dict' (mmengine, mmdet) or 'model' entry. Save "
+                         f"weights with torch.save(model.state_dict(), path)")
+    return checkpoint
+
+
+# Local paths (the '' scheme) are read by load_checked from the import of slab_mmdet on; other
+# schemes (http, s3, ...) keep mmengine's loaders.
+CheckpointLoader.register_scheme(prefixes='', loader=load_checked, force=True)

@@ -244,6 +244,24 @@ def test_a_changed_schedule_continues_from_the_held_g(tmp_path):
     assert 'from the g it holds, 0.666667, to 0.8' in runner_log_text(resumed)
 
 
+def test_resuming_again_with_the_same_changed_schedule_continues_without_a_warning(tmp_path):
+    """The second resume of the changed schedule continues the anneal the first resume set up
+    (from the held g, linearly to 0 at iteration 10): no warning about another schedule."""
+    ckpt = first_half(tmp_path, dict(type='PRepBNHook', anneal_iters=6), 2, 12)
+    hook = dict(type='PRepBNHook', anneal_iters=10)
+    second = toy_runner(tmp_path / 'second', [hook, StopAt(5)], max_iters=12, load_from=ckpt, resume=True,
+                        checkpoint_interval=5)
+    second.train()
+    third = toy_runner(tmp_path / 'third', [hook], max_iters=12, load_from=str(tmp_path / 'second' / 'iter_5.pth'),
+                       resume=True)
+    third.train()
+    assert_all_layers(second.model.train_g + third.model.train_g,
+                      [2 / 3 * linear(t - 2, 8) for t in range(2, 12)])
+    assert 'another schedule' in runner_log_text(second)
+    assert 'another schedule' not in runner_log_text(third)
+    assert 'continuing the anneal as the checkpoint\'s run adjusted it' in runner_log_text(third)
+
+
 def test_allow_g_increase_follows_the_new_schedule_with_a_warning(tmp_path):
     ckpt = first_half(tmp_path, dict(type='PRepBNHook', anneal_iters=6), 2, 12)
     hook = dict(type='PRepBNHook', anneal_iters=10, allow_g_increase=True)

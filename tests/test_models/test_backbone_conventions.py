@@ -224,3 +224,20 @@ def test_folding_output_norms_refuses_what_does_not_fit_and_changes_nothing(back
 def test_an_unknown_argument_is_refused_not_ignored(backbone):
     with pytest.raises(TypeError, match="unexpected keyword argument 'windows_size'"):
         build_backbone(dict(backbone['cfg'], windows_size=7))
+
+
+def test_training_one_image_too_small_for_batch_statistics_is_refused_with_the_smallest_size(backbone):
+    """A 32x32 image at batch 1 leaves one token at stride 32: BatchNorm has one value per
+    channel. Refused naming the smallest size; 32x64 trains, and so do 2 images of 32x32 or
+    a model still at g = 1 (LayerNorm only)."""
+    import torch
+    from testing_utils.backbone_utils import set_prepbn_g
+    model = build_backbone(backbone['cfg']).train()
+    set_prepbn_g(model, 0.5)
+    with pytest.raises(ValueError, match=r'needs at least 2 values per channel .* a batch of 1 of 32x32 pixels '
+                                         r'leaves 1 token\(s\) at stride 32\. Train on inputs of at least 32x64'):
+        model(torch.randn(1, 3, 32, 32))
+    model(torch.randn(1, 3, 32, 64))
+    model(torch.randn(2, 3, 32, 32))
+    set_prepbn_g(model, 1.0)
+    model(torch.randn(1, 3, 32, 32))

@@ -398,3 +398,23 @@ def test_norms_keep_their_dtype_outside_autocast():
         m = PRepBN(C).to(dtype)
         m.set_g(0.5)
         assert m(tokens(8).to(dtype)).dtype == dtype
+
+
+@pytest.mark.parametrize('build, message', [
+    (lambda: PRepBN(C, eps=-1), r'PRepBN: eps must be a number > 0 .*got -1'),
+    (lambda: PRepBN(C, eps=0.0), r'PRepBN: eps must be a number > 0 .*got 0\.0'),
+    (lambda: PRepBN(C, bn_eps=float('nan')), r'PRepBN: bn_eps must be a number > 0 .*got nan'),
+    (lambda: RepBN(C, eps=-1e-5), r'RepBN: eps must be a number > 0 .*got -1e-05'),
+    (lambda: RepBN(C, momentum=1.5), r'RepBN: momentum must be a number in \(0, 1\] or None .*got 1\.5'),
+    (lambda: PRepBN(0), r'PRepBN: num_features must be an int >= 1, got 0'),
+])
+def test_arguments_that_can_only_be_wrong_are_refused(build, message):
+    with pytest.raises(ValueError, match=message):
+        build()
+    RepBN(C, momentum=None)   # a cumulative average is valid
+
+
+def test_a_norm_cfg_that_is_not_a_dict_is_refused_by_name():
+    from testing_utils.backbone_utils import PVT_MINI, assert_invalid
+    assert_invalid(dict(PVT_MINI, out_norm_cfg='LN'), r"out_norm_cfg must be a dict such as dict\(type='PRepBN'\), "
+                                                      r"got 'LN' \(str\); valid types: PRepBN, RepBN, LN")

@@ -141,6 +141,7 @@ class PRepBNHook(Hook):
         self.max_iters = None
         self.accumulative_counts = 1
         self.start_values = None  # {PRepBN name: g at iteration 0}
+        self._configured = None   # the schedule the config asks for, before any adjustment on resume
         self._layers = []  # [(name, PRepBN)], found in before_train
         self._ema_layers = []  # [{name: PRepBN}] of each EMA model (EMAHook), found in before_train
         self._checkpoint_start_values = None  # from the last loaded checkpoint
@@ -217,8 +218,20 @@ class PRepBNHook(Hook):
                 f"iterations (g = 0 from iteration {spec['warmup_iters'] + spec['T']})")
 
     def schedule_spec(self):
+        """The schedule in effect (warm-up and length after any adjustment on resume), and the
+        one the config asks for (``configured``), as a checkpoint records them."""
         return dict(schedule=self.schedule, params=dict(self.schedule_params), T=self.T,
-                    warmup_iters=self.warmup_iters)
+                    warmup_iters=self.warmup_iters, configured=dict(self._configured))
+
+    def _continue_recorded_adjustment(self, runner):
+        """On resume: the checkpoint's run already moved this same configured schedule forward
+        from the g it held (see :meth:`_keep_annealing_forward`): continue that anneal, silently."""
+        old = self._checkpoint_schedule or {}
+        if old.get('configured') != self._configured or (old['T'], old['warmup_iters']) == (self.T, self.warmup_iters):
+            return
+        self.T, self.warmup_iters = int(old['T']), int(old['warmup_iters'])
+        runner.logger.info(f'PRepBNHook: continuing the anneal as the checkpoint\'s run adjusted it on resume: '
+                           f'{self.describe_schedule()}')
 
     def _keep_annealing_forward(self, runner, layers):
         """On resume: if the schedule would give some layer a g other than the one it holds
@@ -259,8 +272,11 @@ class PRepBNHook(Hook):
         else:
             self.T = max(1, math.floor(self.anneal_ratio * self.max_iters + 0.5))  # rounded half up
         self.accumulative_counts = _accumulative_counts(runner.optim_wrapper)
+        self._configured = dict(schedule=self.schedule, params=dict(self.schedule_params), T=self.T,
+                                warmup_iters=self.warmup_iters)
         self.start_values = self._resolve_start_values(runner, layers)
         if runner.iter > 0:
+            self._continue_recorded_adjustment(runner)
             self._keep_annealing_forward(runner, layers)
         g = self._set_g(runner.iter)
         length = (f'{self.T} iterations' if self.anneal_iters is not None else

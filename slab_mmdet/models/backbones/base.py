@@ -14,7 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from ...utils import is_int, is_number
 from ..layers.fusion import (FOLDABLE_NORM_CFG_TYPES, ChannelAffine, FusionError, fold_into_next, norm_affine,
                              norm_to_channel_affine)
-from ..layers.prepbn import PRepBN
+from ..layers.prepbn import PRepBN, RepBN
 from ..layers.transformer import build_token_norm, check_foldable_norm_cfg, nlc_to_nchw
 from .checkpoint_fit import check_checkpoint_fits, resize_tables_to, strip_to_backbone
 
@@ -226,6 +226,38 @@ class SLABBackboneBase(BaseModule):
                                f'(deploy=False) and fuse it afterwards with tools/fuse_norms.py')
         if self.training and self.norm_eval:
             self._check_frozen_statistics()
+        if self.training and torch.is_grad_enabled() and not self.norm_eval:
+            self._check_batch_statistics(x)
+
+    @property
+    def coarsest_stride(self):
+        """The largest stride at which a norm sees tokens (the last stage; for SLAB-PVT also a
+        large spatial reduction of keys and values)."""
+        return max(int(getattr(self, 'min_input_size', 0)), self.patch_size * 2 ** (len(self.arch['depths']) - 1))
+
+    def _check_batch_statistics(self, x):
+        """Training through a BatchNorm (a RepBN, or a PRepBN with g < 1) needs 2 or more values
+        per channel at every norm; a batch of one small image leaves one token at the coarsest
+        stride. Refuse it naming the smallest input that trains (torch's own error names none)."""
+        stride = self.coarsest_stride
+        b, _, h, w = x.shape
+        per_image = math.ceil(h / stride) * math.ceil(w / stride)
+        if b * per_image >= 2 and (per_image >= 2 or not self._has_per_image_bn()):
+            return
+        inside_prepbn = {id(m.repbn) for m in self.modules() if isinstance(m, PRepBN)}
+        if not any((isinstance(m, PRepBN) and m.g_value < 1) or (isinstance(m, RepBN) and id(m) not in inside_prepbn)
+                   for m in self.modules()):
+            return   # only LayerNorms run (g = 1 everywhere): no batch statistics
+        per_image_stats = self._has_per_image_bn()
+        raise ValueError(
+            f'{type(self).__name__}: training through BatchNorm (RepBN, or PRepBN with g < 1) needs at least 2 '
+            f'values per channel at every norm, but {"each image" if per_image_stats else f"a batch of {b}"} of '
+            f'{h}x{w} pixels leaves {per_image if per_image_stats else b * per_image} token(s) at stride {stride}. '
+            f'Train on inputs of at least {stride}x{2 * stride} (or {2 * stride}x{stride}) pixels'
+            + ('' if per_image_stats else ', or on 2 or more images per batch'))
+
+    def _has_per_image_bn(self):
+        return any(isinstance(m, RepBN) and m.stats == 'image' for m in self.modules())
 
     def _check_frozen_statistics(self):
         """With ``norm_eval``, refuse to train through a BatchNorm whose frozen statistics were
@@ -387,7 +419,10 @@ TOKEN_NORM_CFG_TYPES = ('PRepBN', 'RepBN', 'LN')
 def check_token_norm_cfg(norm_cfg, owner, what='norm_cfg'):
     """Refuse a norm that cannot normalise channel-last (B, N, C) tokens (mmcv's 'BN' is a
     BatchNorm2d, 'GN'/'IN' normalise other dimensions), naming the valid types."""
-    kind = norm_cfg.get('type') if isinstance(norm_cfg, dict) else None
+    if not isinstance(norm_cfg, dict):
+        raise ValueError(f"{owner}: {what} must be a dict such as dict(type='PRepBN'), got {norm_cfg!r} "
+                         f"({type(norm_cfg).__name__}); valid types: {', '.join(TOKEN_NORM_CFG_TYPES)}")
+    kind = norm_cfg.get('type')
     if kind not in TOKEN_NORM_CFG_TYPES:
         raise ValueError(f'{owner}: {what} type {kind!r} cannot normalise the (B, N, C) tokens of a transformer; '
                          f"use one of {', '.join(TOKEN_NORM_CFG_TYPES)} (PRepBN/RepBN are the BatchNorms that do; "

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.registry import MODELS
 
-from ...utils import is_number
+from ...utils import is_int, is_number
 
 
 # Over which tokens a RepBN takes its training statistics (see RepBN's docstring).
@@ -75,6 +75,7 @@ class RepBN(nn.Module):
 
     def __init__(self, num_features, eps=1e-5, momentum=0.1, alpha_init=1.0, stats='batch'):
         super().__init__()
+        check_norm_arguments('RepBN', num_features, eps=eps, momentum=momentum)
         if stats not in BN_STATS:
             raise ValueError(f'RepBN: stats must be one of {BN_STATS}, got {stats!r}')
         if not is_number(alpha_init):
@@ -111,6 +112,20 @@ class RepBN(nn.Module):
         return y.transpose(1, 2)
 
 
+def check_norm_arguments(owner, num_features, momentum=0.1, **epsilons):
+    """Refuse what can only be wrong: a channel count below 1, an epsilon that is not > 0 (a
+    negative one gives NaN for channels of small variance), a momentum outside (0, 1]."""
+    if not is_int(num_features) or num_features < 1:
+        raise ValueError(f'{owner}: num_features must be an int >= 1, got {num_features!r}')
+    for name, value in epsilons.items():
+        if not is_number(value) or not value > 0:
+            raise ValueError(f'{owner}: {name} must be a number > 0 (it keeps the normaliser away from 0), '
+                             f'got {value!r}')
+    if momentum is not None and (not is_number(momentum) or not 0 < momentum <= 1):
+        raise ValueError(f'{owner}: momentum must be a number in (0, 1] or None (cumulative average), '
+                         f'got {momentum!r}')
+
+
 def check_g(g, what):
     """``g`` as a float, if it is a finite number in [0, 1]; else a ValueError naming ``what``."""
     value = float(g)
@@ -145,6 +160,7 @@ class PRepBN(nn.Module):
 
     def __init__(self, num_features, eps=1e-6, bn_eps=1e-5, momentum=0.1, alpha_init=1.0, stats='batch'):
         super().__init__()
+        check_norm_arguments('PRepBN', num_features, eps=eps, bn_eps=bn_eps)
         self.ln = nn.LayerNorm(num_features, eps=eps)
         self.repbn = RepBN(num_features, eps=bn_eps, momentum=momentum, alpha_init=alpha_init, stats=stats)
         # The one place g lives: a buffer, so checkpoints, EMA models and parameter swaps
