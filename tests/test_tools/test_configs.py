@@ -22,7 +22,7 @@ FULL_CONFIGS = sorted(osp.relpath(p, REPO_ROOT) for p in glob.glob(osp.join(REPO
 MINI_CONFIGS = sorted(osp.relpath(p, REPO_ROOT) for p in glob.glob(osp.join(REPO_ROOT, 'configs', 'mini', '*.py')))
 ALL_CONFIGS = FULL_CONFIGS + MINI_CONFIGS
 NAME = re.compile(r'mask_rcnn_(?P<slab>slab_)?(?P<family>pvt|swin)_(?P<size>[tsm])(?P<prepbn>_prepbn)?'
-                  r'(?P<frozen_bn>_frozen_bn)?')
+                  r'(?P<frozen_bn>_frozen_bn)?(?P<twin>_twin)?')
 # The authors' recipe needs annealed weights with estimated statistics, which a from-scratch
 # mini run has not: it has no mini variant.
 FROZEN_BN = {c for c in FULL_CONFIGS if c.endswith('_frozen_bn.py')}
@@ -39,7 +39,7 @@ def is_mini(config):
 
 def name_parts(config):
     match = NAME.fullmatch(osp.splitext(osp.basename(config))[0])
-    assert match, f'{config}: expected mask_rcnn_[slab_](pvt|swin)_(t|s|m)[_prepbn].py'
+    assert match, f'{config}: expected mask_rcnn_[slab_](pvt|swin)_(t|s|m)[_prepbn|_frozen_bn|_twin].py'
     return match.groupdict()
 
 
@@ -85,6 +85,14 @@ def test_config_declares_plugin_data_and_the_backbone_its_name_says(config):
             assert len(hooks) == 1
             HOOKS.build(hooks[0])  # valid arguments
         assert cfg.find_unused_parameters is True
+        channels = slab_type(arch=arch).num_features
+    elif parts['twin']:   # the LayerNorm + softmax twins: this code's backbone, no PRepBN
+        slab_type = SLABPyramidVisionTransformer if parts['family'] == 'pvt' else SLABSwinTransformer
+        assert backbone.type == slab_type.__name__ and backbone.arch == arch
+        assert backbone.attn_types == 'SSSS' and backbone.norm_cfg.type == 'LN'
+        if parts['family'] == 'swin':
+            assert tuple(backbone.window_sizes) == (7, 7, 7, 7)
+        assert 'PRepBNHook' not in [h.type for h in cfg.get('custom_hooks', [])]
         channels = slab_type(arch=arch).num_features
     else:  # the LayerNorm baselines: mmdet's own backbones, no PRepBN
         if parts['family'] == 'pvt':
