@@ -1,23 +1,31 @@
-"""Export a fused SLAB detector's backbone + neck to ONNX, checked in ONNX Runtime.
+"""Export a SLAB detector to ONNX -- backbone + neck, or with --detector the whole detector --
+checked in ONNX Runtime before the file is kept.
 
-CONFIG + CHECKPOINT is either a training config with a trained checkpoint whose PRepBNs
-have all reached g = 0 (it is fused here, as tools/fuse_norms.py does), or a deploy
-config with its fused checkpoint (as tools/fuse_norms.py writes them). The graph takes
-``images`` (1, 3, H, W) -- the preprocessed image, as mmdet's data preprocessor gives
-it (normalised, padded to multiples of 32) -- with dynamic H and W, and returns the
-neck's levels ``feat0``, ``feat1``, ... in the order of ``model.extract_feat`` (and, with
---with-rpn-head, the RPN head's raw scores and box deltas per level). Proposal decoding,
-NMS and the RoI heads are not exported: docs/deploy.md says why (mmdeploy 1.3 does not
-run with this stack) and what runs them.
+CONFIG + CHECKPOINT is a training config with a trained checkpoint whose PRepBNs have all
+reached g = 0 (it is fused here, as tools/fuse_norms.py does), a deploy config with its fused
+checkpoint (as tools/fuse_norms.py writes them), or a LayerNorm baseline (exported as it is,
+for comparison).
 
-After writing the file the tool runs it in ONNX Runtime (CPU) at the export size and at
-the --check sizes, prints the largest relative difference from PyTorch, and fails if
-one is above --tolerance, if the graph holds a normalisation node, or if a model that
-still anneals (a PRepBN with g > 0) is given.
+Without --detector the graph takes ``images`` (1, 3, H, W) -- the preprocessed image, as
+mmdet's data preprocessor gives it (normalised, padded to multiples of 32) -- and returns
+the neck's levels ``feat0``, ``feat1``, ... (with --with-rpn-head also the RPN head's raw
+scores and box deltas). With --detector it also takes ``image_shape`` (h, w of the image
+before padding) and returns the final detections: ``boxes`` (in the input's pixels; divide
+by the preprocessing's scale factor), ``scores``, ``labels`` and ``masks`` (28x28
+probabilities per detection), with the config's test_cfg; tools/test_onnx.py evaluates
+such a graph on the config's test set. H and W are dynamic unless --static.
 
-Example:
+After writing the graph the tool runs it in ONNX Runtime (CPU) at the export size and at
+the --check sizes and compares it with PyTorch; it fails, leaving no file, if a difference
+is above --tolerance, if a normalisation node is left outside the norms meant to stay (the
+LayerNorm output norms of the authors' recipe, which are reported by name), or if a model
+that still anneals (a PRepBN with g > 0) is given.
+
+Examples:
     python tools/export_onnx.py configs/mask_rcnn_slab_pvt_s.py work_dirs/slab_pvt_s/epoch_12.pth \\
         --out work_dirs/slab_pvt_s/slab_pvt_s_features.onnx
+    python tools/export_onnx.py configs/mask_rcnn_slab_pvt_s.py work_dirs/slab_pvt_s/epoch_12.pth \\
+        --out work_dirs/slab_pvt_s/slab_pvt_s_detector.onnx --detector
 """
 import argparse
 import os.path as osp
@@ -41,8 +49,11 @@ def parse_args(argv=None):
                         help='largest relative difference from PyTorch accepted (default: 1e-4)')
     parser.add_argument('--opset', type=int, default=18, help='ONNX opset (default: 18)')
     parser.add_argument('--static', action='store_true', help='fixed input size (--shape) instead of dynamic H, W')
-    parser.add_argument('--with-rpn-head', action='store_true',
-                        help="also export the RPN head's raw outputs (rpn_cls{i}, rpn_bbox{i})")
+    kind = parser.add_mutually_exclusive_group()
+    kind.add_argument('--with-rpn-head', action='store_true',
+                      help="also export the RPN head's raw outputs (rpn_cls{i}, rpn_bbox{i})")
+    kind.add_argument('--detector', action='store_true',
+                      help='export the whole detector: image to boxes, scores, labels and masks')
     parser.add_argument('--force', action='store_true', help='overwrite --out if it exists')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
     return parser.parse_args(argv)
@@ -60,30 +71,21 @@ def main(argv=None):
     if not args.tolerance > 0:
         raise SystemExit(f'error: --tolerance must be > 0, got {args.tolerance}')
 
-    import onnx
+    if osp.isdir(args.out):
+        raise SystemExit(f'error: --out {args.out} is a directory; give a .onnx file name')
 
     import slab_mmdet  # noqa: F401  (registers the modules)
-    from slab_mmdet.deploy.onnx_export import check_onnx_features, export_features_onnx, fused_detector, norm_nodes
+    from slab_mmdet.deploy.export import export_checked
 
     try:
-        model = fused_detector(args.config, args.checkpoint, args.cfg_options)
-    except ValueError as e:
+        result = export_checked(args.config, args.checkpoint, args.out, detector=args.detector, input_hw=args.shape,
+                                check_sizes=args.check, tolerance=args.tolerance, opset=args.opset,
+                                static=args.static, with_rpn_head=args.with_rpn_head, cfg_options=args.cfg_options)
+    except (ValueError, OSError) as e:   # not fusable, a checkpoint that does not fit, a failed check
         raise SystemExit(f'error: {e}')
-    info = export_features_onnx(model, args.out, input_hw=args.shape, opset=args.opset, dynamic=not args.static,
-                                with_rpn_head=args.with_rpn_head)
-    norms = norm_nodes(onnx.load(args.out))
-    if norms:
-        raise SystemExit(f'error: the exported graph holds {len(norms)} normalisation nodes ({sorted(set(norms))}): '
-                         'the model was not fully fused')
-    sizes = [args.shape] + ([] if args.static else [s for s in args.check if s != args.shape])
-    diffs = check_onnx_features(model, args.out, sizes, with_rpn_head=args.with_rpn_head)
-    for (h, w), diff in diffs.items():
-        print(f'[export] ONNX Runtime vs PyTorch at {h}x{w}: largest relative difference {diff:.2e}')
-    worst = max(diffs.values())
-    if worst > args.tolerance:
-        raise SystemExit(f'error: ONNX Runtime differs from PyTorch by {worst:.2e} > --tolerance {args.tolerance}')
-    print(f'[export] ok: {info["path"]}: input images (1, 3, H, W), outputs {", ".join(info["outputs"])}; '
-          f'no normalisation node')
+    norms = f'{len(result["kept_norms"])} norm layers kept' if result['kept_norms'] else 'no normalisation node'
+    print(f'[export] ok: {result["path"]}: inputs {", ".join(result["inputs"])}, outputs '
+          f'{", ".join(result["outputs"])}; {norms}')
     return 0
 
 

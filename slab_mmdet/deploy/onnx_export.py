@@ -2,9 +2,8 @@
 
 :func:`export_features_onnx` writes ``model.extract_feat`` (backbone + neck, the part
 that fusion changes) as an ONNX graph with dynamic height and width; its outputs are
-the neck's levels in the order of ``extract_feat``. :func:`fused_detector` gives the
-model to export from a training config with a g = 0 checkpoint (fused here, as
-``tools/fuse_norms.py`` does) or from a deploy config with a fused checkpoint.
+the neck's levels in the order of ``extract_feat`` (:func:`slab_mmdet.deploy.export.deployable_detector`
+gives the model to export, fused where it folds).
 :func:`check_onnx_features` runs the file in ONNX Runtime and compares with PyTorch;
 :func:`norm_nodes` and :func:`token_by_token_products` read the graph.
 """
@@ -15,9 +14,8 @@ import os.path as osp
 import torch
 import torch.nn as nn
 
-from ..models.layers.fusion import FusionError
-from .. import apis
-from .fuse import compare_features, fuse_detector
+from ..utils import is_int
+from .fuse import compare_features
 
 # ONNX operators that normalise: a fused SLAB backbone must hold none.
 NORM_OPS = ('LayerNormalization', 'BatchNormalization', 'InstanceNormalization', 'GroupNormalization',
@@ -53,34 +51,18 @@ class FeatureExtractor(nn.Module):
         return feats + tuple(cls_scores) + tuple(bbox_preds)
 
 
-def fused_detector(config, checkpoint, cfg_options=None, logger=print):
-    """The fused detector of ``config`` + ``checkpoint``, on the CPU in eval mode.
-
-    A deploy config (backbone ``deploy=True``, as written by ``tools/fuse_norms.py``)
-    is loaded with its fused checkpoint as is; a training config is loaded with its
-    checkpoint and fused (every PRepBN must have reached g = 0).
-
-    Raises ValueError when the checkpoint does not fit the config or the model cannot
-    be fused (a PRepBN still annealing, g > 0, or a LayerNorm norm_cfg).
-    """
-    model = apis.load_detector(config, checkpoint, cfg_options, strict=True)
-    if getattr(model.backbone, 'deploy', False):
-        logger(f'[export] {type(model.backbone).__name__} is already fused (deploy config)')
-        return model
-    try:
-        report = fuse_detector(model)
-    except FusionError as e:
-        raise FusionError(f'cannot export {checkpoint} with {config}: the model cannot be fused ({e}). '
-                         'Export a model trained until g = 0 (PRepBNHook), or a fused checkpoint with its '
-                         'deploy config from tools/fuse_norms.py') from e
-    logger(f'[export] fused: removed {report["removed_norms"]} norm layers; output norms {report["output_norms"]}')
-    return model
+def min_input_size(model):
+    """The smallest input side the detector's backbone takes (SLAB-PVT with large spatial
+    reductions needs more than the data preprocessor's 32)."""
+    return max(SIZE_DIVISOR, int(getattr(getattr(model, 'backbone', None), 'min_input_size', SIZE_DIVISOR)))
 
 
-def _check_size(height, width):
+def check_export_size(height, width, minimum=SIZE_DIVISOR):
+    """Refuse an example input size that is not an int of at least ``minimum``."""
     for name, value in (('height', height), ('width', width)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < SIZE_DIVISOR:
-            raise ValueError(f'export: the example input {name} must be an int >= {SIZE_DIVISOR}, got {value!r}')
+        if not is_int(value) or value < minimum:
+            raise ValueError(f'export: the example input {name} must be an int >= {minimum}, got {value!r} '
+                             f'({minimum}: the smallest input the backbone takes)')
 
 
 def export_features_onnx(model, out, input_hw=(800, 1216), opset=DEFAULT_OPSET, dynamic=True, with_rpn_head=False,
@@ -103,7 +85,7 @@ def export_features_onnx(model, out, input_hw=(800, 1216), opset=DEFAULT_OPSET, 
         order of ``extract_feat``, then the RPN outputs), ``opset``, ``dynamic``.
     """
     height, width = input_hw
-    _check_size(height, width)
+    check_export_size(height, width, min_input_size(model))
     if model.training:
         raise ValueError('export: the model is in training mode; call model.eval() first')
     wrapper = FeatureExtractor(model, with_rpn_head).eval()
@@ -192,5 +174,5 @@ def token_by_token_products(onnx_model, input_hw, token_counts):
             and shapes[n.output[0]][-2] in counts]
 
 
-__all__ = ['FeatureExtractor', 'NORM_OPS', 'check_onnx_features', 'export_features_onnx', 'fused_detector',
+__all__ = ['FeatureExtractor', 'NORM_OPS', 'check_onnx_features', 'export_features_onnx',
            'norm_nodes', 'onnx_session', 'token_by_token_products']

@@ -13,8 +13,10 @@ import pytest
 import torch
 from mmengine.config import Config
 
+from slab_mmdet import apis
 from slab_mmdet.deploy import deploy_config, fuse_detector
-from slab_mmdet.deploy.onnx_export import check_onnx_features, export_features_onnx, norm_nodes, token_by_token_products
+from slab_mmdet.deploy.onnx_export import (NORM_OPS, check_onnx_features, export_features_onnx, norm_nodes,
+                                          token_by_token_products)
 from testing_utils.helpers import REPO_ROOT, annealed_mask_rcnn, run_python
 
 PVT = 'configs/mini/mask_rcnn_slab_pvt_t.py'
@@ -173,3 +175,22 @@ def test_cli_refuses_bad_arguments(checkpoints, tmp_path):
     for args, message in cases:
         proc = run_python(['tools/export_onnx.py'] + args)
         assert proc.returncode != 0 and message in proc.stderr, (args, proc.stderr[-500:])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('detector', [False, True], ids=['features', 'detector'])
+def test_the_authors_recipe_exports_with_its_layernorm_output_norms_named(detector, tmp_path):
+    """norm_eval=True (the frozen_bn configs): g = 0 everywhere, LayerNorm output norms. They stay,
+    reported by name; every other norm is folded away."""
+    from slab_mmdet.deploy.export import export_checked
+    from testing_utils.helpers import anneal_and_randomise_norms
+    options = {'model.backbone.norm_eval': True}
+    model = anneal_and_randomise_norms(apis.load_detector(PVT, cfg_options=options, init_weights=True))
+    path = tmp_path / 'frozen_bn.pth'
+    torch.save({'state_dict': model.state_dict()}, path)
+    out = tmp_path / 'model.onnx'
+    result = export_checked(PVT, str(path), str(out), detector=detector, input_hw=(256, 320), check_sizes=[],
+                            cfg_options=options, logger=None)
+    assert result['kept_norms'] == [f'backbone.norm{i}' for i in range(4)]
+    norms = [n.name for n in onnx.load(str(out)).graph.node if n.op_type in NORM_OPS]
+    assert len(norms) == 4 and all(n.startswith(tuple(f'/backbone/norm{i}/' for i in range(4))) for n in norms)

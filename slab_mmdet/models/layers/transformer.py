@@ -54,9 +54,11 @@ def resize_pos_table(table, src_hw, dst_hw, mode='bilinear'):
     """Resize a (1, h0*w0, C) positional table laid out on an h0 x w0 grid to (1, H*W, C).
 
     Returns the table itself when the grids match (so pretraining-size inputs see
-    exactly the trained values).
+    exactly the trained values). Traced for ONNX, the grid is symbolic: always resize
+    (bilinear to the same size is the identity), so that the graph does not keep the
+    example input's branch.
     """
-    if tuple(src_hw) == tuple(dst_hw):
+    if not torch.jit.is_tracing() and tuple(src_hw) == tuple(dst_hw):
         return table
     c = table.shape[-1]
     grid = table.reshape(1, src_hw[0], src_hw[1], c).permute(0, 3, 1, 2)
