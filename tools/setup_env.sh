@@ -25,6 +25,14 @@ CACHE="${SLAB_MMDET_CACHE:-$HOME/.cache/slab-mmdet}"
 PYTHON="${PYTHON:-$(command -v python3.11 || command -v python3)}"
 
 say() { printf '[setup] %s\n' "$*" >&2; }
+PHASE_START=$(date +%s)
+# Each phase's header also says how long the previous one took (the set-up's time record).
+phase() {
+    local now; now=$(date +%s)
+    [ -n "${PHASE_NAME:-}" ] && say "$PHASE_NAME took $((now - PHASE_START)) s"
+    PHASE_NAME="$1"; PHASE_START=$now
+    say "$1"
+}
 die() { printf '[setup] ERROR: %s\n' "$*" >&2; exit 1; }
 
 [ -f "$LOCK" ] || die "lock file $LOCK is missing"
@@ -96,20 +104,21 @@ mkdir -p "$CACHE"
 "$PYTHON" -m venv "$VENV"
 PIP=("$PY" -m pip install --disable-pip-version-check)
 
-say "phase 1/4: build tools"
+phase "phase 1/4: build tools"
 "${PIP[@]}" -q --upgrade pip
 "${PIP[@]}" -q "$(pin setuptools)" "$(pin wheel)" "$(pin ninja)"
 
-say "phase 2/4: torch and torchvision (upstream builds; large download on a cold pip cache)"
+phase "phase 2/4: torch and torchvision (upstream builds; large download on a cold pip cache)"
 "${PIP[@]}" "$(pin torch)" "$(pin torchvision)" "$(pin numpy)"
 
-say "phase 3/4: mmcv with its C++ ops, compiled against this torch (~6 minutes on 2 cores; pip caches the wheel)"
+phase "phase 3/4: mmcv with its C++ ops, compiled against this torch (~5 minutes on 2 cores; pip caches the wheel)"
 # Without --no-build-isolation, torch is absent in the build env and mmcv's
-# setup.py silently skips its ops (mmcv._ext missing later).
-MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" FORCE_CUDA=0 \
-    "${PIP[@]}" --no-build-isolation "$(pin mmcv)"
+# setup.py silently skips its ops (mmcv._ext missing later). CXX: a wrapper that
+# precompiles torch's headers once for all the ops' sources (tools/cxx_with_pch.sh).
+MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" FORCE_CUDA=0 CXX="$ROOT/tools/cxx_with_pch.sh" \
+    SLAB_MMDET_REAL_CXX="${CXX:-c++}" "${PIP[@]}" --no-build-isolation "$(pin mmcv)"
 
-say "phase 4/4: mmengine, mmdet, timm, pycocotools, openmim and tools"
+phase "phase 4/4: mmengine, mmdet, timm, pycocotools, openmim and tools"
 # openmim without its deps: its openxlab dependency downgrades setuptools.
 "${PIP[@]}" --no-deps "$(pin openmim)"
 mapfile -t REST < <(pins_except setuptools wheel ninja torch torchvision numpy mmcv openmim)
@@ -117,6 +126,7 @@ mapfile -t REST < <(pins_except setuptools wheel ninja torch torchvision numpy m
 
 install_self
 check_stack
+phase "done"
 touch "$STAMP"
 link_venv
 say "environment ready in $(( $(date +%s) - START )) s: $VENV (stamp $HASH)"
