@@ -11,8 +11,9 @@
    1333x800): the trained SLAB-PVT-T fused vs the LayerNorm PVT-T and mmdet's PVTv2-b1,
    the speed a user of COCO-sized inputs sees; then the whole detectors at mini-COCO
    size, fused vs unfused vs the LayerNorm PVT-T;
-5. write ``report.md`` (leading with the COCO-resolution comparison) with PNGs of the loss
-   and g curves and the latency bars.
+5. write ``report.md`` (leading with the COCO-resolution comparison) with a picture of
+   val images with their ground truth and the trained and fused detectors' detections,
+   and PNGs of the loss and g curves and the latency bars.
 """
 import json
 import os
@@ -164,15 +165,26 @@ def benchmark_coco_size_backbones(checkpoint, config, options, baseline, data_ro
     return summary, write_report(summary, out_dir, stem='backbones_coco_size')
 
 
+def draw_detections(config, checkpoint, fused, options, out_path, num_images, score_thr):
+    """The picture of detections (:func:`slab_mmdet.demo_pictures.detection_grid`) of the first
+    ``num_images`` val images: ground truth, the trained model's, the fused model's."""
+    from .apis import load_detector
+    from .demo_pictures import detection_grid
+    models = [load_detector(config, checkpoint, options), load_detector(fused['config'], fused['checkpoint'], options)]
+    dataset_cfg = models[0].cfg.val_dataloader.dataset
+    return detection_grid(models, dataset_cfg, range(num_images), out_path, score_thr=score_thr)
+
+
 def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAULT_CONFIG, baseline=DEFAULT_BASELINE,
              num_images=10, warmup=1, threads=None, cfg_options=None, mini_coco_size=(200, 50), log=print,
-             coco_size_images=3):
+             coco_size_images=3, picture_images=4, picture_score_thr=0.3):
     """Run every step; returns the report's data (also written to ``<out_dir>/report.json``).
 
     ``cfg_options`` (a dict as from ``--cfg-options``) overrides the trained config, e.g. a
     shorter schedule; ``mini_coco_size`` is the (train, val) image count of mini COCO;
     ``num_images`` and ``coco_size_images`` are the images timed per model at mini-COCO size
-    and at COCO test resolution (``warmup`` rounds before each).
+    and at COCO test resolution (``warmup`` rounds before each); ``picture_images`` val images
+    are drawn with the detections scoring ``picture_score_thr`` or more.
     """
     from .datasets import ensure_mini_coco
     from .deploy import fuse_checkpoint
@@ -192,9 +204,11 @@ def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAUL
         metrics = evaluate(config, checkpoint, options, osp.join(out_dir, 'eval'))
     plot_training(history, osp.join(out_dir, 'training.png'))
 
-    step('3/5 fuse the norms, check fused = unfused, evaluate the fused model')
+    step('3/5 fuse the norms, check fused = unfused, evaluate the fused model, draw detections')
     fused = fuse_checkpoint(config, checkpoint, osp.join(out_dir, 'deploy'), cfg_options=options, logger=log)
     fused_metrics = evaluate(fused['config'], fused['checkpoint'], options, osp.join(out_dir, 'eval_fused'))
+    pictures = draw_detections(config, checkpoint, fused, options, osp.join(out_dir, 'detections.png'),
+                               min(picture_images, num_val), picture_score_thr)
 
     step('4/5 benchmark (batch 1): backbones at COCO test resolution, then detectors at mini-COCO size')
     backbones, backbone_files = benchmark_coco_size_backbones(
@@ -216,7 +230,7 @@ def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAUL
                                                 for m in backbones['models']]),
                   latency=[dict(name=m['name'], **m['latency_ms'], ratio=m['ratio_to_first'])
                            for m in latency['models']],
-                  machine=latency['machine'], step_seconds=step.times,
+                  detections=pictures, machine=latency['machine'], step_seconds=step.times,
                   total_seconds=time.perf_counter() - started)
     with open(osp.join(out_dir, 'report.json'), 'w') as f:
         json.dump(report, f, indent=1, default=str)
@@ -285,6 +299,10 @@ def render_report(report, latency_files, backbone_files):
         f'| fused (no norm layers) | {fm["bbox_mAP"]:.3f} | {fm["bbox_mAP_50"]:.3f} | {fm["segm_mAP"]:.3f} | '
         f'{fm["segm_mAP_50"]:.3f} |', '',
         f'Target: bbox mAP >= {TARGET_BBOX_MAP}: **{"met" if m["bbox_mAP"] >= TARGET_BBOX_MAP else "missed"}**.', '',
+        '## Detections on val images', '',
+        f'The first {len(report["detections"]["images"])} val images: ground truth, the trained detector\'s '
+        f'detections and the fused detector\'s (score >= {report["detections"]["score_thr"]:g}), drawn by mmdet\'s '
+        'DetLocalVisualizer.', '', '![detections](detections.png)', '',
         '## Training', '', '![loss and g](training.png)', '',
         '## Fusion', '',
         f'{fusion["removed_norms"]} norm layers removed from the backbone; output norms {fusion["output_norms"]}. '
