@@ -120,3 +120,41 @@ def test_sync_bn_trains_on_a_gpu():
     out = backbone(torch.randn(2, 3, 64, 64, device='cuda'))
     sum(o.mean() for o in out).backward()
     assert all(torch.isfinite(o).all() for o in out)
+
+
+@pytest.mark.slow
+def test_two_nodes_over_the_loopback_train_with_identical_g_and_loss(mini_coco, tmp_path):
+    """Two "nodes" of one process each (torchrun --nnodes 2, node ranks 0 and 1, gloo over
+    127.0.0.1), as a user launches several machines: every iteration both ranks hold the same
+    g and weights; both train on the same image (the dataset is one image twice, the RoI
+    samplers share the seed), so they report the same loss too."""
+    config = tmp_path / 'dist_config.py'
+    write_child_config(config, mini_coco)
+    with open(config, 'a') as f:
+        f.write("train_dataloader['dataset']['indices'] = [0, 0]\n"
+                "train_dataloader['sampler'] = dict(type='DefaultSampler', shuffle=False)\n"
+                "train_dataloader['batch_sampler'] = None\n")
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               PYTHONPATH=os.pathsep.join([REPO_ROOT, osp.join(REPO_ROOT, 'tests', 'probes'),
+                                           os.environ.get('PYTHONPATH', '')]))
+    port = free_port()
+    nodes = [subprocess.Popen(
+        [sys.executable, '-m', 'torch.distributed.run', '--nnodes=2', f'--node_rank={rank}', '--nproc_per_node=1',
+         '--master_addr=127.0.0.1', f'--master_port={port}', osp.join(REPO_ROOT, 'tools', 'train.py'), str(config),
+         '--launcher', 'pytorch', '--work-dir', str(tmp_path / 'work')],
+        cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for rank in (0, 1)]
+    outputs = [node.communicate(timeout=900) for node in nodes]
+    assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
+
+    records = []
+    for rank in (0, 1):
+        with open(tmp_path / 'work' / f'probe_rank{rank}.jsonl') as f:
+            records.append([json.loads(line) for line in f])
+    assert [len(r) for r in records] == [MAX_ITERS, MAX_ITERS]
+    for a, b in zip(*records):
+        assert a['world_size'] == b['world_size'] == 2
+        assert a['g'] == b['g']
+        assert a['loss'] == pytest.approx(b['loss'], rel=1e-6)
+        assert a['checksum'] == pytest.approx(b['checksum'], rel=1e-9)
+    assert [next(iter(r['g'].values())) for r in records[0]] == [(MAX_ITERS - t - 1) / MAX_ITERS
+                                                                for t in range(MAX_ITERS)]
