@@ -11,6 +11,11 @@
 # -g0: no debug information (mmcv's build inherits Python's -g; the ops do not need it).
 set -euo pipefail
 real="${SLAB_MMDET_REAL_CXX:-c++}"
+if [[ "$(command -v "$real")" -ef "${BASH_SOURCE[0]}" ]]; then
+    # Calling itself would recurse for ever, each call adding its flags.
+    echo "cxx_with_pch.sh: SLAB_MMDET_REAL_CXX=$real is this wrapper; set it to the real compiler" >&2
+    exit 2
+fi
 args=("$@")
 src=""; common=""
 for arg in "${args[@]}"; do

@@ -115,8 +115,11 @@ phase "phase 3/4: mmcv with its C++ ops, compiled against this torch (~5 minutes
 # Without --no-build-isolation, torch is absent in the build env and mmcv's
 # setup.py silently skips its ops (mmcv._ext missing later). CXX: a wrapper that
 # precompiles torch's headers once for all the ops' sources (tools/cxx_with_pch.sh).
-MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" FORCE_CUDA=0 CXX="$ROOT/tools/cxx_with_pch.sh" \
-    SLAB_MMDET_REAL_CXX="${CXX:-c++}" "${PIP[@]}" --no-build-isolation "$(pin mmcv)"
+# The real compiler is resolved first: bash expands a command's prefix assignments in order,
+# so SLAB_MMDET_REAL_CXX="${CXX}" beside CXX=wrapper would name the wrapper itself.
+REAL_CXX="${CXX:-c++}"
+MMCV_WITH_OPS=1 MAX_JOBS="${MAX_JOBS:-$(nproc)}" FORCE_CUDA=0 SLAB_MMDET_REAL_CXX="$REAL_CXX" \
+    CXX="$ROOT/tools/cxx_with_pch.sh" "${PIP[@]}" --no-build-isolation "$(pin mmcv)"
 
 phase "phase 4/4: mmengine, mmdet, timm, pycocotools, openmim and tools"
 # openmim without its deps: its openxlab dependency downgrades setuptools.
