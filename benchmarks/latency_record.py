@@ -25,7 +25,7 @@ import sys
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
-from slab_mmdet.benchmark.peers import PVTV2_BACKBONES  # noqa: E402 (after the checkout is importable)
+from slab_mmdet.benchmark.peers import PVTV2_BACKBONES, TIMM_PEER_BACKBONES  # noqa: E402 (after the checkout is importable)
 
 
 def baseline_vs_slab(baseline, slab):
@@ -44,12 +44,27 @@ def pvt_peers(pvt, slab, pvtv2):
     return [(pvt, 'none'), (slab, 'yes'), (f'{pvtv2}:{pvt}', 'none')]
 
 
+def twin_vs_slab(twin, slab, *peers):
+    """[(config, fuse mode)]: the LayerNorm + softmax twin in this code (the reference: what
+    SLAB itself buys), the SLAB model fused, then the fastest peers."""
+    return [(twin, 'none'), (slab, 'yes')] + [(peer, 'none') for peer in peers]
+
+
 PVT_T, SLAB_PVT_T = 'configs/mask_rcnn_pvt_t.py', 'configs/mask_rcnn_slab_pvt_t.py'
+PVT_T_TWIN, PVT_S_TWIN = 'configs/mask_rcnn_pvt_t_twin.py', 'configs/mask_rcnn_pvt_s_twin.py'
+SWIN_T_TWIN = 'configs/mask_rcnn_swin_t_twin.py'
 PVT_S, SLAB_PVT_S = 'configs/mask_rcnn_pvt_s.py', 'configs/mask_rcnn_slab_pvt_s.py'
 PVT_S_PREPBN = 'configs/mask_rcnn_pvt_s_prepbn.py'
 SWIN_T, SLAB_SWIN_T = 'configs/mask_rcnn_swin_t.py', 'configs/mask_rcnn_slab_swin_t.py'
 # name -> (what is timed, [(config, fuse mode)]); a config 'kind:path' is a VARIANTS child.
 COMPARISONS = {
+    # Each SLAB model against its twin (same code, LayerNorm + softmax SDPA attention) and the
+    # fastest implementation of its peer (timm's PVTv2, SDPA); mmdet's own model last.
+    'pvt_t_twin_backbone': ('backbone', twin_vs_slab(PVT_T_TWIN, SLAB_PVT_T, f'timm_pvt_v2_b1:{PVT_T}', PVT_T)),
+    'pvt_s_twin_backbone': ('backbone', twin_vs_slab(PVT_S_TWIN, SLAB_PVT_S, f'timm_pvt_v2_b2:{PVT_S}', PVT_S)),
+    'swin_t_twin_backbone': ('backbone', twin_vs_slab(SWIN_T_TWIN, SLAB_SWIN_T, SWIN_T)),
+    'pvt_s_twin_mask_rcnn': ('detector', twin_vs_slab(PVT_S_TWIN, SLAB_PVT_S, f'timm_pvt_v2_b2:{PVT_S}')),
+    'swin_t_twin_mask_rcnn': ('detector', twin_vs_slab(SWIN_T_TWIN, SLAB_SWIN_T, SWIN_T)),
     'pvt_s_backbone': ('backbone', baseline_vs_slab(PVT_S, SLAB_PVT_S)),
     'pvt_s_mask_rcnn': ('detector', baseline_vs_slab(PVT_S, SLAB_PVT_S)),
     # ln: the same backbone code with LayerNorm, to separate the norm's cost from the
@@ -81,6 +96,9 @@ VARIANTS = {
     # mmdet's PVTv2 in place of the backbone (same output channels): the efficient peers.
     **{f'pvtv2_{v}': (f'pvtv2_{v}', f'PVTv2-{v} (mmdet)', dict(_delete_=True, **PVTV2_BACKBONES[v]))
        for v in PVTV2_BACKBONES},
+    # timm's PVTv2 (attention through torch SDPA) in place of the backbone: the fastest peer.
+    **{f'timm_{name}': (f'timm_{name}', f'PVTv2-{name[-2:]} (timm)', dict(_delete_=True, **cfg))
+       for name, cfg in TIMM_PEER_BACKBONES.items()},
 }
 
 
@@ -92,7 +110,10 @@ def variant_config(kind, config, out_dir):
     with open(path, 'w') as f:
         f.write(f"_base_ = '{osp.join(REPO, config)}'\n"
                 f"model = dict(backbone={backbone!r})\n"
-                "custom_hooks = []\n")
+                "custom_hooks = []\n"
+                # TimmPeerBackbone is registered by slab_mmdet.benchmark.peers.
+                "custom_imports = dict(imports=['slab_mmdet', 'slab_mmdet.benchmark.peers'], "
+                "allow_failed_imports=False)\n")
     return path, name.format(model=stem)
 
 

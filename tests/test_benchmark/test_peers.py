@@ -1,10 +1,10 @@
-"""The PVTv2 peers: a PVT config with its backbone replaced builds mmdet's PVTv2 with the
-PVT neck's channels; a bad variant is refused by name."""
+"""The PVTv2 peers: a PVT config with its backbone replaced builds mmdet's PVTv2, or timm's
+(TimmPeerBackbone), with the PVT neck's channels; a bad variant is refused by name."""
 import pytest
 import torch
 from mmengine.config import Config
 
-from slab_mmdet.benchmark.peers import pvtv2_options
+from slab_mmdet.benchmark.peers import TIMM_PEER_BACKBONES, TimmPeerBackbone, pvtv2_options
 from testing_utils import REPO_ROOT
 
 
@@ -18,6 +18,27 @@ def test_pvtv2_replaces_the_backbone_of_a_pvt_config(variant, depths):
     backbone = MODELS.build(cfg.model.backbone)
     outs = backbone(torch.randn(1, 3, 64, 64))
     assert [o.shape[1] for o in outs] == list(cfg.model.neck.in_channels)
+
+
+@pytest.mark.parametrize('name, depths', [('pvt_v2_b1', [2, 2, 2, 2]), ('pvt_v2_b2', [3, 4, 6, 3])])
+def test_timms_pvtv2_replaces_the_backbone_of_a_pvt_config(name, depths):
+    """timm's PVTv2 (SDPA attention) as an mmdet backbone: the four stage maps at strides
+    4-32 with the PVT neck's channels, and timm's own depths."""
+    from mmdet.registry import MODELS
+    cfg = Config.fromfile(f'{REPO_ROOT}/configs/mini/mask_rcnn_pvt_t.py')
+    cfg.merge_from_dict({'model.backbone': dict(_delete_=True, **TIMM_PEER_BACKBONES[name])})
+    backbone = MODELS.build(cfg.model.backbone)
+    assert [len(getattr(backbone.model, f"stages_{i}").blocks) for i in range(4)] == depths
+    outs = backbone(torch.randn(1, 3, 64, 96))
+    assert [o.shape for o in outs] == [(1, c, 64 // s, 96 // s) for c, s in
+                                       zip(cfg.model.neck.in_channels, (4, 8, 16, 32))]
+    assert backbone.num_features == tuple(cfg.model.neck.in_channels)
+
+
+def test_unknown_timm_peer_is_refused():
+    with pytest.raises(ValueError, match=r"model_name 'resnet50' is not a timed peer; expected one of "
+                                         r"pvt_v2_b1, pvt_v2_b2"):
+        TimmPeerBackbone('resnet50')
 
 
 def test_unknown_pvtv2_variant_is_refused():
