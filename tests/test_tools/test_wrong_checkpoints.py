@@ -36,7 +36,9 @@ def test_our_test_tool_and_train_load_from_refuse_another_architecture(swin_chec
     assert test.returncode != 0 and re.search(BOTH, test.stderr) and 'Traceback' not in test.stderr, test.stderr[-800:]
     train = run_python(['tools/train.py', PVT, '--work-dir', str(tmp_path / 'r'), '--cfg-options',
                         f'load_from={swin_checkpoint}', 'train_cfg.max_epochs=1',
-                        f'train_dataloader.dataset.data_root={mini_coco}/'])
+                        f'train_dataloader.dataset.data_root={mini_coco}/',
+                        f'val_dataloader.dataset.data_root={mini_coco}/',
+                        f'val_evaluator.ann_file={mini_coco}/annotations/instances_val.json'])
     assert train.returncode != 0 and re.search(BOTH, train.stderr) and 'Traceback' not in train.stderr, \
         train.stderr[-800:]
 
