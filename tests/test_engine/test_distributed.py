@@ -20,6 +20,16 @@ from testing_utils.helpers import REPO_ROOT
 MAX_ITERS = 4
 
 
+
+def rank_records(work_dir):
+    """Each rank's probe records (one per iteration), checked to cover every iteration."""
+    records = []
+    for rank in (0, 1):
+        with open(work_dir / f'probe_rank{rank}.jsonl') as f:
+            records.append([json.loads(line) for line in f])
+    assert [len(r) for r in records] == [MAX_ITERS, MAX_ITERS]
+    return records
+
 def free_port():
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
@@ -65,11 +75,7 @@ def test_two_cpu_processes_train_with_identical_g_and_weights(mini_coco, tmp_pat
     proc = subprocess.run(cmd, cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-4000:]
 
-    records = []
-    for rank in (0, 1):
-        with open(tmp_path / 'work' / f'probe_rank{rank}.jsonl') as f:
-            records.append([json.loads(line) for line in f])
-    assert [len(r) for r in records] == [MAX_ITERS, MAX_ITERS]
+    records = rank_records(tmp_path / 'work')
     for a, b in zip(*records):
         assert a['world_size'] == b['world_size'] == 2
         assert a['wrapped'] == b['wrapped'] == 'MMDistributedDataParallel'
@@ -146,11 +152,7 @@ def test_two_nodes_over_the_loopback_train_with_identical_g_and_loss(mini_coco, 
     outputs = [node.communicate(timeout=900) for node in nodes]
     assert [node.returncode for node in nodes] == [0, 0], [err[-3000:] for _, err in outputs]
 
-    records = []
-    for rank in (0, 1):
-        with open(tmp_path / 'work' / f'probe_rank{rank}.jsonl') as f:
-            records.append([json.loads(line) for line in f])
-    assert [len(r) for r in records] == [MAX_ITERS, MAX_ITERS]
+    records = rank_records(tmp_path / 'work')
     for a, b in zip(*records):
         assert a['world_size'] == b['world_size'] == 2
         assert a['g'] == b['g']
