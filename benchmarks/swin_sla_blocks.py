@@ -27,16 +27,17 @@ STAGES = [(1, 96, 3, 56, (200, 272)), (2, 192, 6, 28, (100, 136))]
 def global_sla(window_sla):
     """SLA over the whole map with the parameters of ``window_sla`` (a WindowLinearAttention)."""
     import torch.nn.functional as F
-    from slab_mmdet.models.layers.attention import merge_heads, normalised_linear_attention, split_heads
+    from slab_mmdet.models.layers.attention import normalised_linear_attention, split_heads
     from slab_mmdet.models.layers.transformer import resize_pos_table
 
     def forward(x, hw_shape):
         a, ws = window_sla, window_sla.window_size
         q, k, v = a.qkv(x).chunk(3, dim=-1)
         q, k = F.relu(q), F.relu(k + resize_pos_table(a.positional_encoding, (ws, ws), hw_shape))
+        conv = split_heads(a.value_conv(v, hw_shape, a.num_heads), a.num_heads)
         q, k, v = (split_heads(t, a.num_heads) for t in (q, k, v))
-        out = normalised_linear_attention(q, k, v) + a.value_conv(v, hw_shape)
-        return a.proj(merge_heads(out))
+        out = normalised_linear_attention(q, k, v, residual=conv)
+        return a.proj(out.transpose(1, 2).flatten(2))
     return forward
 
 

@@ -151,5 +151,5 @@ def test_reduced_sla_values_are_resized_along_the_token_sequence():
     v = seen['kv'].chunk(2, dim=-1)[1]                                  # (B, M, C)
     assert v.shape[1] == 4 * 5
     expected = F.interpolate(v.transpose(1, 2), size=hw[0] * hw[1], mode='linear', align_corners=False)
-    expected = expected.reshape(2, 2, 4, -1).transpose(-1, -2)          # (B, heads, H*W, d)
+    expected = expected.transpose(1, 2)                                 # (B, H*W, C)
     torch.testing.assert_close(seen['conv_in'], expected)

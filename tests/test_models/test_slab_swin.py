@@ -11,6 +11,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from slab_mmdet.models.layers import window_attention
@@ -190,7 +191,10 @@ def sla_region_by_region(sla, x, shift):
             attended = (q @ (k.transpose(-2, -1) @ v)) / (q @ k.sum(-2, keepdim=True).transpose(-2, -1) + 1e-6)
             window = torch.zeros(b, heads, ws, ws, c // heads, dtype=x.dtype)
             window[:, :, i0:i0 + r1 - r0, j0:j0 + c1 - c0] = v.reshape(b, heads, r1 - r0, c1 - c0, -1)
-            conv = sla.value_conv(window.flatten(2, 3), (ws, ws)).view(b, heads, ws, ws, -1)
+            # The kernel of head channel j, applied to channel j of every head.
+            conv = F.conv2d(window.flatten(0, 1).permute(0, 3, 1, 2), sla.value_conv.dwc.weight,
+                            sla.value_conv.dwc.bias, padding=sla.value_conv.dwc.padding,
+                            groups=c // heads).permute(0, 2, 3, 1).reshape(b, heads, ws, ws, -1)
             conv = conv[:, :, i0:i0 + r1 - r0, j0:j0 + c1 - c0].flatten(2, 3)
             merged = (attended + conv).transpose(1, 2).reshape(b, r1 - r0, c1 - c0, c)
             out[:, r0:r1, c0:c1] = sla.proj(merged)

@@ -18,14 +18,23 @@ from .transformer import build_token_norm, nchw_to_nlc, nlc_to_nchw, resize_pos_
 SLA_EPS = 1e-6  # added to the normaliser, as in the reference implementation
 
 
-def normalised_linear_attention(q, k, v, eps=SLA_EPS):
+def normalised_linear_attention(q, k, v, eps=SLA_EPS, residual=None):
     """SLA's attention once phi = ReLU has been applied to q and k (by the caller):
-    ``q (k^T v) / (q . sum_j k_j + eps)`` for non-negative q (..., N, d), k (..., M, d), v (..., M, e)."""
+    ``q (k^T v) / (q . sum_j k_j + eps)`` for non-negative q (..., N, d), k (..., M, d), v (..., M, e),
+    plus ``residual`` (..., N, e) when given (the result then has the residual's dtype).
+
+    In inference the sum is accumulated into ``residual`` in place (one pass, ``addcdiv_``):
+    the attention's (N, e) output is never a tensor of its own."""
     kv = k.transpose(-2, -1) @ v                                   # (..., d, e)
     normaliser = q @ k.sum(dim=-2).unsqueeze(-1)                    # (..., N, 1)
-    if any(t.requires_grad for t in (q, k, v)):
-        return (q @ kv) / (normaliser + eps)
-    return (q @ kv).div_(normaliser.add_(eps))    # inference: no (N, e) temporaries
+    operands = (q, k, v) if residual is None else (q, k, v, residual)
+    # Out of place under autograd, and traced (ONNX has no in-place ops nor addcdiv).
+    if torch.jit.is_tracing() or any(t.requires_grad for t in operands):
+        attended = (q @ kv) / (normaliser + eps)
+        return attended if residual is None else residual + attended.to(residual.dtype)
+    if residual is None:
+        return (q @ kv).div_(normaliser.add_(eps))
+    return residual.addcdiv_(q @ kv, normaliser.add_(eps))
 
 
 def at_least_fp32(*tensors):
@@ -48,7 +57,11 @@ def merge_heads(x):
 
 
 class ValueDWConv(nn.Module):
-    """SLA's depth-wise conv on V: one k x k kernel per head channel, shared by all heads."""
+    """SLA's depth-wise conv on V: one k x k kernel per head channel, shared by all heads.
+
+    It runs on V's tokens as they come from the projection, (B, H*W, heads*d): channel
+    ``i*d + j`` (head i) takes kernel j, so the whole map is one depth-wise conv over
+    heads*d channels read channels-last, with no copy between heads and tokens."""
 
     def __init__(self, head_dim, kernel_size=5):
         super().__init__()
@@ -57,11 +70,18 @@ class ValueDWConv(nn.Module):
             raise ValueError(f'SLA depth-wise conv: kernel_size must be an odd int >= 1, got {kernel_size!r}')
         self.dwc = nn.Conv2d(head_dim, head_dim, kernel_size, padding=kernel_size // 2, groups=head_dim)
 
-    def forward(self, v, hw_shape):
-        """v: (B, h, H*W, d) laid out on an H x W grid -> (B, h, H*W, d)."""
-        b, h, n, d = v.shape
-        grid = v.reshape(b * h, hw_shape[0], hw_shape[1], d).permute(0, 3, 1, 2)
-        return self.dwc(grid).permute(0, 2, 3, 1).reshape(b, h, n, d)
+    def forward(self, v, hw_shape, num_heads):
+        """v: (B, H*W, heads*d) laid out on an H x W grid -> (B, H*W, heads*d), contiguous.
+        ``num_heads`` is an int, not read from v's shape: traced, the kernel must be static."""
+        b, n, c = v.shape
+        # Channels-last (a view when v is contiguous; one copy of the kv projection's strided
+        # half), so that the conv's output is channels-last too and goes back to tokens as a view.
+        grid = v.reshape(b, hw_shape[0], hw_shape[1], c).permute(0, 3, 1, 2).contiguous(
+            memory_format=torch.channels_last)
+        bias = None if self.dwc.bias is None else self.dwc.bias.repeat(num_heads)
+        out = F.conv2d(grid, self.dwc.weight.repeat(num_heads, 1, 1, 1), bias, padding=self.dwc.padding,
+                       groups=num_heads * self.dwc.in_channels)
+        return out.permute(0, 2, 3, 1).reshape(b, n, c)
 
 
 class SpatialReductionAttentionBase(BaseModule):
@@ -142,15 +162,16 @@ class SpatialReductionLinearAttention(SpatialReductionAttentionBase):
 
     def forward(self, x, hw_shape):
         k, v, kv_hw = self.keys_values(x, hw_shape)
-        q = F.relu(self.q(x))
-        k = F.relu(k + resize_pos_table(self.positional_encoding, self.pos_grid, kv_hw))
+        q = self.q(x)
+        q = F.relu(q, inplace=not q.requires_grad)
+        k = F.relu(k + resize_pos_table(self.positional_encoding, self.pos_grid, kv_hw), inplace=True)
+        grid_values = v
+        if self.sr_ratio > 1:
+            grid_values = F.interpolate(v.transpose(1, 2), size=hw_shape[0] * hw_shape[1], mode='linear',
+                                        align_corners=False).transpose(1, 2)
+        out = self.value_conv(grid_values, hw_shape, self.num_heads)                    # (B, N, C), contiguous
         q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))
         with torch.autocast(device_type=x.device.type, enabled=False):
-            out = normalised_linear_attention(*at_least_fp32(q, k, v))
-        if self.sr_ratio > 1:
-            b, h, m, d = v.shape
-            v = F.interpolate(v.reshape(b * h, m, d).transpose(1, 2), size=hw_shape[0] * hw_shape[1],
-                              mode='linear', align_corners=False).transpose(1, 2).reshape(b, h, -1, d)
-        conv = self.value_conv(v, hw_shape)
-        out = out.to(v.dtype) + conv if v.requires_grad else conv.add_(out)
-        return self.proj_drop(self.proj(merge_heads(out)))
+            # The attention is summed into the conv's output, seen per head: (B, h, N, d).
+            out = normalised_linear_attention(*at_least_fp32(q, k, v), residual=split_heads(out, self.num_heads))
+        return self.proj_drop(self.proj(out.transpose(1, 2).flatten(2)))

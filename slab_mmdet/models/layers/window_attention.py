@@ -60,13 +60,17 @@ def window_regions(hw_shape, padded_hw, ws, shift, device):
     return region, valid
 
 
-def to_windows(qkv, window, num_heads):
-    """(B, R, S, 3C) tiled by (wh, ww) windows -> q, k, v (B*nW, heads, wh*ww, d), contiguous,
-    in one copy."""
+def to_windows(qkv, window, num_heads, token_major=False):
+    """(B, R, S, 3C) tiled by (wh, ww) windows -> q, k, v (B*nW, heads, wh*ww, d), in one copy:
+    contiguous, or with ``token_major`` views of (B*nW, wh*ww, heads, d) memory (the
+    layout in which a window's tokens are rows of C channels)."""
     b, r, s, c3 = qkv.shape
     (wh, ww), d = window, c3 // 3 // num_heads
-    return qkv.reshape(b, r // wh, wh, s // ww, ww, 3, num_heads, d).permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(
-        3, -1, num_heads, wh * ww, d).unbind(0)
+    tiled = qkv.reshape(b, r // wh, wh, s // ww, ww, 3, num_heads, d)
+    if token_major:
+        windows = tiled.permute(5, 0, 1, 3, 2, 4, 6, 7).reshape(3, -1, wh * ww, num_heads, d)
+        return windows.transpose(2, 3).unbind(0)
+    return tiled.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, -1, num_heads, wh * ww, d).unbind(0)
 
 
 def from_windows(out, map_shape, window):
@@ -279,7 +283,7 @@ class WindowLinearAttention(WindowAttentionBase):
         Returns (B*nW, heads, wh*ww, d)."""
         b, r, s, _ = qkv.shape
         (wh, ww), heads, ws = window, self.num_heads, self.window_size
-        q, k, v = to_windows(qkv, window, heads)
+        q, k, v = to_windows(qkv, window, heads, token_major=True)
         d = q.shape[-1]
         pos = self.positional_encoding.view(ws, ws, heads, d)[first[0]:first[0] + wh, first[1]:first[1] + ww]
         # In place where autograd allows it (q is a view of a multi-output unbind).
@@ -288,10 +292,10 @@ class WindowLinearAttention(WindowAttentionBase):
         if real is not None:
             real = real.reshape(r // wh, wh, s // ww, ww).transpose(1, 2).reshape(1, -1, 1, wh * ww, 1).to(k.dtype)
             k, v = ((t.view((b, -1) + t.shape[1:]) * real).flatten(0, 1) for t in (k, v))
+        out = self.value_conv(v.transpose(1, 2).flatten(2), (wh, ww), heads)  # (B*nW, N, C)
+        out = out.view(out.shape[0], wh * ww, heads, d).transpose(1, 2)       # (B*nW, heads, N, d)
         with torch.autocast(device_type=qkv.device.type, enabled=False):
-            out = normalised_linear_attention(*at_least_fp32(q, k, v))
-        conv = self.value_conv(v, (wh, ww))                                  # (B*nW, heads, N, d)
-        return out.to(v.dtype) + conv if v.requires_grad else conv.add_(out)
+            return normalised_linear_attention(*at_least_fp32(q, k, v), residual=out)
 
 
 class ShiftedWindowAttention(BaseModule):
