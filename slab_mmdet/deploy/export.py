@@ -8,7 +8,8 @@ import os.path as osp
 import torch
 
 from .. import apis
-from ..models.layers.fusion import NORM_LAYER_TYPES, FusionError
+from ..models.layers.fusion import FusionError
+from ..models.layers.norms import NORM_LAYER_TYPES
 from ..models.layers.prepbn import PRepBN, RepBN
 from .fuse import compare_detections, detections_equivalent, fuse_detector
 

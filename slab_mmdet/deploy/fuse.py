@@ -15,7 +15,8 @@ import torch.nn as nn
 from mmengine.config import Config
 
 from .. import apis
-from ..models.layers.fusion import NORM_LAYER_TYPES, FusionError
+from ..models.layers.fusion import FusionError
+from ..models.layers.norms import NORM_LAYER_TYPES
 
 
 def count_norm_layers(module):
@@ -86,7 +87,8 @@ def fuse_detector(model, fold_output_norms=True):
     kept = count_norm_layers(backbone)
     if foldable_outputs:
         assert kept == 0, 'a norm layer survived fusion'
-        output_norms = 'folded into neck' if folded else 'kept as ChannelAffine'
+        kept_as = type(getattr(backbone, f'norm{backbone.out_indices[0]}')).__name__
+        output_norms = 'folded into neck' if folded else f'kept as {kept_as}'
     else:
         output_norms = f"kept as {backbone.out_norm_cfg['type']} (out_norm_cfg; not foldable)"
     return dict(removed_norms=before - kept, kept_norms=kept, out_norms_folded=folded, output_norms=output_norms)

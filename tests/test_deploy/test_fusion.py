@@ -13,7 +13,7 @@ import torch.nn as nn
 from mmengine.config import Config
 
 from slab_mmdet.deploy import deploy_config, fuse_detector
-from slab_mmdet.models.layers.fusion import NORM_LAYER_TYPES
+from slab_mmdet.models.layers.norms import NORM_LAYER_TYPES
 from slab_mmdet.models.layers import ChannelAffine
 from testing_utils.helpers import (REPO_ROOT, anneal_and_randomise_norms, annealed_mask_rcnn, float64_detection_ops,
                                    run_python)

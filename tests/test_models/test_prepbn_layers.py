@@ -417,4 +417,4 @@ def test_arguments_that_can_only_be_wrong_are_refused(build, message):
 def test_a_norm_cfg_that_is_not_a_dict_is_refused_by_name():
     from testing_utils.backbone_utils import PVT_MINI, assert_invalid
     assert_invalid(dict(PVT_MINI, out_norm_cfg='LN'), r"out_norm_cfg must be a dict such as dict\(type='PRepBN'\), "
-                                                      r"got 'LN' \(str\); valid types: PRepBN, RepBN, LN")
+                                                      r"got 'LN' \(str\); valid types: PRepBN, RepBN, DyT, LN")

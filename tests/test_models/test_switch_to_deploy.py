@@ -8,7 +8,7 @@ import torch
 from mmdet.registry import MODELS
 
 from slab_mmdet.models.layers import ChannelAffine
-from slab_mmdet.models.layers.fusion import NORM_LAYER_TYPES
+from slab_mmdet.models.layers.norms import NORM_LAYER_TYPES
 from testing_utils.helpers import anneal_and_randomise_norms
 
 PVT = dict(type='SLABPyramidVisionTransformer',

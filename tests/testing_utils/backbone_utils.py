@@ -285,13 +285,13 @@ def common_invalid_arguments(cfg):
         (dict(cfg, frozen_stages=-2), r'frozen_stages must be an int in \[-1, 4\], got -2'),
         (dict(cfg, frozen_stages=1.0), r'frozen_stages must be an int in \[-1, 4\], got 1\.0'),
         (dict(cfg, norm_cfg=dict(type='BN')), r"norm_cfg type 'BN' cannot normalise the \(B, N, C\) tokens .*"
-                                              r"use one of PRepBN, RepBN, LN"),
+                                              r"use one of PRepBN, RepBN, DyT, LN"),
         (dict(cfg, norm_cfg=dict(type='GN', num_groups=2)), r"norm_cfg type 'GN' cannot normalise"),
         (dict(cfg, norm_cfg=dict(type='SyncBN')), r"'SyncBN' cannot normalise .*convert_sync_batchnorm"),
         (dict(cfg, out_norm_cfg=dict(type='IN')), r"out_norm_cfg type 'IN' cannot normalise"),
         (dict(cfg, kernel_size=4), r'kernel_size must be an odd int >= 1, got 4'),
-        (dict(cfg, deploy=True, norm_cfg=dict(type='LN')), r"deploy=True .*\(one of PRepBN, RepBN\); norm_cfg type "
-                                                           r"'LN' cannot be folded"),
+        (dict(cfg, deploy=True, norm_cfg=dict(type='LN')),
+         r"deploy=True .*\(one of PRepBN, RepBN, DyT\); norm_cfg type 'LN' cannot be folded"),
         (dict(cfg, out_norms_folded=True), r'out_norms_folded=True only makes sense with deploy=True'),
         (dict(cfg, init_cfg=dict(type='Kaiming')), r"init_cfg must be None or dict\(type='Pretrained'"),
         (dict(cfg, drop_path_rate=1.5), r'drop_path_rate must be a number in \[0, 1\) .*got 1\.5'),

@@ -1,6 +1,7 @@
 """What SLAB-PVT and SLAB-Swin have in common as mmdet backbones: output norms,
 frozen stages, ``norm_eval``, weight initialisation / pretrained loading, and the
 switch to the fused deploy structure."""
+import inspect
 import math
 
 import torch
@@ -12,8 +13,8 @@ from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ...utils import is_int, is_number
-from ..layers.fusion import (FOLDABLE_NORM_CFG_TYPES, ChannelAffine, FusionError, fold_into_next, norm_affine,
-                             norm_to_channel_affine)
+from ..layers.fusion import FusionError, fold_into_next, norm_affine, norm_to_channel_affine
+from ..layers.norms import FOLDABLE_NORM_CFG_TYPES, check_token_norm_cfg, norm_remainder
 from ..layers.prepbn import PRepBN, RepBN
 from ..layers.transformer import build_token_norm, check_foldable_norm_cfg, nlc_to_nchw
 from .checkpoint_fit import check_checkpoint_fits, resize_tables_to, strip_to_backbone
@@ -74,7 +75,8 @@ class SLABBackboneBase(BaseModule):
         out_norms_folded (bool): Deploy only: the output norms were folded into the
             layers that read the outputs (:meth:`fold_output_norms_into`, which
             ``fuse_detector`` calls with FPN's lateral convs), so none is built;
-            otherwise each stays as a fixed per-channel :class:`ChannelAffine`.
+            otherwise each stays as a fixed per-channel :class:`ChannelAffine` (for DyT its
+            tanh and affine, :class:`TanhAffine`); folded, a DyT leaves its tanh.
     """
 
     def __init__(self, arch, attn_types, norm_cfg, in_channels=3, patch_size=4, qkv_bias=True, drop_rate=0.,
@@ -137,13 +139,9 @@ class SLABBackboneBase(BaseModule):
         """Create the output norms ``norm{i}`` for the stages in ``out_indices``."""
         self.num_features = list(stage_channels)
         for i in self.out_indices:
-            if not self.deploy or not self.out_norms_foldable:
-                norm = build_token_norm(self.out_norm_cfg, stage_channels[i])
-            elif self.out_norms_folded:
-                norm = nn.Identity()
-            else:
-                norm = ChannelAffine(stage_channels[i])
-            self.add_module(f'norm{i}', norm)
+            deploy = self.deploy and self.out_norms_foldable
+            self.add_module(f'norm{i}', build_token_norm(self.out_norm_cfg, stage_channels[i], deploy,
+                                                         folded=self.out_norms_folded))
 
     def _output(self, i, tokens, hw_shape):
         """Stage i's output norm applied to its tokens, as a (B, C, H, W) map."""
@@ -174,6 +172,26 @@ class SLABBackboneBase(BaseModule):
             raise ValueError(f"arch: {', '.join(per_stage)} must all have one entry per stage "
                              f"({' and '.join(per_stage)} of equal length), got {arch!r}")
         return {k: tuple(arch[k]) if k in per_stage else int(arch[k]) for k in keys}
+
+    @classmethod
+    def default_argument(cls, name):
+        """The default of the constructor argument ``name`` (one source: the signature)."""
+        return inspect.signature(cls.__init__).parameters[name].default
+
+    @classmethod
+    def twin_cfg(cls, backbone_cfg):
+        """The config of this backbone's LayerNorm + softmax twin: the same arch and
+        everything else of ``backbone_cfg`` (a dict of this class's arguments, ``type``
+        included), with softmax attention in every stage, LayerNorm everywhere (the eps of
+        ``backbone_cfg``'s norm), LayerNorm output norms, not deployed and no pretrained
+        weights. What SLAB (or PRepBN) itself buys is measured against it."""
+        cfg = {k: v for k, v in dict(backbone_cfg).items()
+               if k not in ('out_norm_cfg', 'deploy', 'out_norms_folded', 'init_cfg')}
+        num_stages = len(cls.resolve_arch(cfg.get('arch', cls.DEFAULT_ARCH))['depths'])
+        default_norm = cls.default_argument('norm_cfg')
+        eps = dict(cfg.get('norm_cfg') or default_norm).get('eps', default_norm.get('eps', 1e-6))
+        cfg.update(attn_types='S' * num_stages, norm_cfg=dict(type='LN', eps=eps), init_cfg=None)
+        return cfg
 
     @classmethod
     def drop_path_rates(cls, drop_path_rate, depths):
@@ -398,7 +416,7 @@ class SLABBackboneBase(BaseModule):
                 raise FusionError(f'{name}: layer {k} zero-pads its input, so an input shift cannot fold into it')
         for k, (i, layer, (scale, shift)) in enumerate(zip(self.out_indices, layers, affines)):
             fold_into_next(layer, scale, shift, f'output {k} -> {type(layer).__name__}')
-            setattr(self, f'norm{i}', nn.Identity())
+            setattr(self, f'norm{i}', norm_remainder(getattr(self, f'norm{i}')))
         self.out_norms_folded = True
 
     @classmethod
@@ -411,20 +429,3 @@ class SLABBackboneBase(BaseModule):
                 child.switch_to_deploy(full)
             else:
                 cls._deploy_children(child, full + '.')
-
-
-TOKEN_NORM_CFG_TYPES = ('PRepBN', 'RepBN', 'LN')
-
-
-def check_token_norm_cfg(norm_cfg, owner, what='norm_cfg'):
-    """Refuse a norm that cannot normalise channel-last (B, N, C) tokens (mmcv's 'BN' is a
-    BatchNorm2d, 'GN'/'IN' normalise other dimensions), naming the valid types."""
-    if not isinstance(norm_cfg, dict):
-        raise ValueError(f"{owner}: {what} must be a dict such as dict(type='PRepBN'), got {norm_cfg!r} "
-                         f"({type(norm_cfg).__name__}); valid types: {', '.join(TOKEN_NORM_CFG_TYPES)}")
-    kind = norm_cfg.get('type')
-    if kind not in TOKEN_NORM_CFG_TYPES:
-        raise ValueError(f'{owner}: {what} type {kind!r} cannot normalise the (B, N, C) tokens of a transformer; '
-                         f"use one of {', '.join(TOKEN_NORM_CFG_TYPES)} (PRepBN/RepBN are the BatchNorms that do; "
-                         f'for SyncBN, build PRepBN and convert its BatchNorms with '
-                         f'torch.nn.SyncBatchNorm.convert_sync_batchnorm)')

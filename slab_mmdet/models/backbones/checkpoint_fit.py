@@ -7,12 +7,13 @@ from collections import OrderedDict
 
 import torch.nn.functional as F
 
-from ..layers.fusion import NORM_LAYER_TYPES, ChannelAffine
+from ..layers.dyt import ScaledTanh
+from ..layers.norms import NORM_LAYER_TYPES, ChannelAffine
 
 # Learned positional tables laid out on a grid: (1, h*w, C), resized in 2-D on load.
 GRID_TABLES = ('pos_embed', 'positional_encoding')
-# The norms a checkpoint's keys may belong to, fused (ChannelAffine) or not.
-CHECKPOINT_NORM_TYPES = NORM_LAYER_TYPES + (ChannelAffine,)
+# The norms a checkpoint's keys may belong to, fused (ChannelAffine, DyT's ScaledTanh/TanhAffine) or not.
+CHECKPOINT_NORM_TYPES = NORM_LAYER_TYPES + (ChannelAffine, ScaledTanh)
 
 # The layouts a backbone state dict (backbone-relative keys) can be in, each recognised by a
 # key pattern (``re.match``), in the order they are tried: our two backbones, then the

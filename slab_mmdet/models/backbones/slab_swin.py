@@ -6,6 +6,7 @@ from mmengine.model import BaseModule, ModuleList
 from mmdet.registry import MODELS
 
 from ..layers.fusion import fold_norm
+from ..layers.norms import NORM_LAYER_TYPES
 from ..layers.transformer import PatchEmbed, PreNormBlock, build_token_norm, pad_to_multiple
 from ..layers.window_attention import ShiftedWindowAttention, WindowLinearAttention, WindowSoftmaxAttention
 from ...utils import is_number
@@ -33,7 +34,7 @@ class PatchMerging(BaseModule):
         return self.reduction(self.norm(x.reshape(b, -1, 4 * c))), out_hw
 
     def switch_to_deploy(self, name='downsample'):
-        if not isinstance(self.norm, nn.Identity):
+        if isinstance(self.norm, NORM_LAYER_TYPES):
             self.norm = fold_norm(self.norm, f'{name}.norm', next_layers=[self.reduction])
 
 
@@ -118,6 +119,21 @@ class SLABSwinTransformer(SLABBackboneBase):
             downsample = PatchMerging(dims, norm_cfg, deploy) if i < num_stages - 1 else None
             self.stages.append(SwinStage(blocks, downsample))
         self._init_outputs(channels)
+
+    SOFTMAX_WINDOW = 7   # Swin's window, for twin stages whose source has no softmax stage to copy
+
+    @classmethod
+    def twin_cfg(cls, backbone_cfg):
+        """:meth:`SLABBackboneBase.twin_cfg` with softmax windows: a softmax stage keeps its
+        window, an SLA stage takes the window of the model's softmax stages (Swin's 7 when it
+        has none), as Swin-T's twin of SLAB-Swin-T's (56, 28, 7, 7) is (7, 7, 7, 7)."""
+        cfg = super().twin_cfg(backbone_cfg)
+        source_types = dict(backbone_cfg).get('attn_types', cls.default_argument('attn_types'))
+        windows = list(dict(backbone_cfg).get('window_sizes', cls.default_argument('window_sizes')))
+        softmax = [w for w, kind in zip(windows, source_types) if kind == 'S']
+        fallback = softmax[0] if softmax else cls.SOFTMAX_WINDOW
+        cfg['window_sizes'] = tuple(w if kind == 'S' else fallback for w, kind in zip(windows, source_types))
+        return cfg
 
     @classmethod
     def stage_channels(cls, arch):

@@ -13,6 +13,7 @@ from mmengine.model import BaseModule
 
 from ...utils import is_int
 from .fusion import fold_norm
+from .norms import NORM_LAYER_TYPES
 from .transformer import build_token_norm, nchw_to_nlc, nlc_to_nchw, resize_pos_table
 
 SLA_EPS = 1e-6  # added to the normaliser, as in the reference implementation
@@ -118,7 +119,7 @@ class SpatialReductionAttentionBase(BaseModule):
         return k, v, kv_hw
 
     def switch_to_deploy(self, name='attn'):
-        if self.sr_ratio > 1 and not isinstance(self.norm, nn.Identity):
+        if self.sr_ratio > 1 and isinstance(self.norm, NORM_LAYER_TYPES):
             self.norm = fold_norm(self.norm, f'{name}.norm', next_layers=[self.kv])
 
 

@@ -18,12 +18,9 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from .dyt import DyT, TanhAffine
+from .norms import ChannelAffine, norm_remainder
 from .prepbn import PRepBN, RepBN, bn_affine, repbn_affine
-
-# Every normalisation layer a backbone may hold (what fusion counts and removes).
-NORM_LAYER_TYPES = (PRepBN, RepBN, _BatchNorm, nn.LayerNorm, nn.GroupNorm)
-# The token norms (``norm_cfg`` type names) that fold, i.e. that ``deploy=True`` can build without.
-FOLDABLE_NORM_CFG_TYPES = ('PRepBN', 'RepBN')
 
 
 class FusionError(ValueError):
@@ -31,28 +28,15 @@ class FusionError(ValueError):
     would make it foldable (the one exception that callers of fusion catch)."""
 
 
-class ChannelAffine(nn.Module):
-    """A fixed per-channel affine ``x * weight + bias`` over the last dimension.
-
-    What a folded norm leaves behind when no neighbouring layer can absorb it (e.g.
-    a backbone output norm whose consumer is not a plain linear/conv layer).
-    """
-
-    def __init__(self, num_features):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(num_features))
-        self.bias = nn.Parameter(torch.zeros(num_features))
-
-    def forward(self, x):
-        return torch.addcmul(self.bias, x, self.weight)
-
-
 @torch.no_grad()
 def norm_affine(norm, name='norm'):
     """The ``(scale, shift)`` that ``norm`` applies in eval mode; refuses what cannot be folded.
 
+    For a DyT that is the affine after its tanh (``weight``, ``bias``), which folds only into
+    the layers that read its output.
+
     Args:
-        norm (nn.Module): a PRepBN with g == 0, RepBN, BatchNorm or ChannelAffine.
+        norm (nn.Module): a PRepBN with g == 0, RepBN, BatchNorm, DyT, ChannelAffine or TanhAffine.
         name (str): the layer's name, for error messages.
     """
     bn = norm.repbn.bn if isinstance(norm, PRepBN) else norm.bn if isinstance(norm, RepBN) else norm
@@ -68,11 +52,11 @@ def norm_affine(norm, name='norm'):
         return repbn_affine(norm)
     if isinstance(norm, _BatchNorm):
         return bn_affine(norm)
-    if isinstance(norm, ChannelAffine):
+    if isinstance(norm, (ChannelAffine, DyT, TanhAffine)):
         return norm.weight.detach().clone(), norm.bias.detach().clone()
     raise FusionError(
         f'{name}: cannot fold a {type(norm).__name__} into a neighbouring layer; only PRepBN (g = 0), '
-        f'RepBN and BatchNorm are per-channel affine at inference'
+        f'RepBN and BatchNorm are per-channel affine at inference (and DyT after its tanh)'
         + (' (a LayerNorm normalises each token by its own statistics)' if isinstance(norm, nn.LayerNorm) else ''))
 
 
@@ -125,23 +109,24 @@ def fold_into_previous(layer, scale, shift, name='layer'):
 def fold_norm(norm, name, next_layers=(), previous_layer=None):
     """Fold ``norm`` into the layers that read its output, or into the one that feeds it.
 
-    Returns the module that replaces ``norm`` (``nn.Identity``).
+    Returns the module that replaces ``norm``: ``nn.Identity``, or for a DyT its tanh
+    (:class:`ScaledTanh`), which stays; a DyT cannot fold into the layer before it (its tanh
+    stands between), so ``previous_layer`` with a DyT is refused.
     """
     if bool(next_layers) == (previous_layer is not None):
         raise ValueError('fold_norm: give either next_layers or previous_layer')
+    if previous_layer is not None and isinstance(norm, DyT):
+        raise FusionError(f'{name}: a DyT cannot fold into the layer before it (its tanh stands between); '
+                          f'only into the layers that read its output')
     scale, shift = norm_affine(norm, name)
     for i, layer in enumerate(next_layers):
         fold_into_next(layer, scale, shift, f'{name} -> consumer {i}')
     if previous_layer is not None:
         fold_into_previous(previous_layer, scale, shift, f'{name} <- producer')
-    return nn.Identity()
+    return norm_remainder(norm)
 
 
 def norm_to_channel_affine(norm, name):
-    """A :class:`ChannelAffine` equal to ``norm`` in eval mode."""
-    scale, shift = norm_affine(norm, name)
-    affine = ChannelAffine(scale.numel()).to(scale)
-    with torch.no_grad():
-        affine.weight.copy_(scale)
-        affine.bias.copy_(shift)
-    return affine
+    """The fixed module equal to ``norm`` in eval mode: a :class:`ChannelAffine`, or for a DyT
+    its tanh and affine (:class:`TanhAffine`)."""
+    return norm_remainder(norm, norm_affine(norm, name))

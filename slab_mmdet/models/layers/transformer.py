@@ -1,7 +1,7 @@
 """Pieces shared by the SLAB-PVT and SLAB-Swin backbones.
 
-* :func:`build_token_norm`: the PRepBN plumbing -- builds a norm from ``norm_cfg``, or
-  nothing (``nn.Identity``) in deploy mode, where it has been folded away.
+* :func:`build_token_norm`: the PRepBN plumbing -- builds a norm from ``norm_cfg``, or in
+  deploy mode what fusion leaves of it (nothing, or DyT's tanh; see :mod:`.norms`).
 * :class:`Mlp`, :class:`PatchEmbed`, :class:`PreNormBlock`: the transformer parts.
 * Token/grid helpers: :func:`nlc_to_nchw`, :func:`nchw_to_nlc`, :func:`resize_pos_table`,
   :func:`pad_to_multiple`.
@@ -18,13 +18,16 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
-from .fusion import FOLDABLE_NORM_CFG_TYPES, FusionError, fold_norm
+from .dyt import DyT
+from .fusion import FusionError, fold_norm, norm_to_channel_affine
+from .norms import FOLDABLE_NORM_CFG_TYPES, NORM_LAYER_TYPES, deployed_norm, keeps_a_nonlinearity
 
 
-def build_token_norm(norm_cfg, num_features, deploy=False):
-    """A norm over the channels of (B, N, C) tokens, or ``nn.Identity`` when ``deploy``."""
+def build_token_norm(norm_cfg, num_features, deploy=False, folded=True):
+    """A norm over the channels of (B, N, C) tokens; when ``deploy``, what fusion leaves in its
+    place (:func:`~.norms.deployed_norm`: its affine ``folded`` into a neighbour or not)."""
     if deploy:
-        return nn.Identity()
+        return deployed_norm(norm_cfg, num_features, folded)
     return build_norm_layer(norm_cfg, num_features)[1]
 
 
@@ -119,14 +122,16 @@ class PatchEmbed(BaseModule):
         embed_dims (int): Output channels.
         patch_size (int): Kernel size and stride.
         norm_cfg (dict | None): The post-norm (None: no norm).
-        deploy (bool): Build the fused structure (no norm).
+        deploy (bool): Build the fused structure: no norm (it folds into the conv), except
+            for DyT, whose tanh stands between the conv and its affine (:class:`TanhAffine`).
     """
 
     def __init__(self, in_channels, embed_dims, patch_size, norm_cfg=None, deploy=False, init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         self.patch_size = patch_size
         self.proj = nn.Conv2d(in_channels, embed_dims, kernel_size=patch_size, stride=patch_size)
-        self.norm = build_token_norm(norm_cfg, embed_dims, deploy) if norm_cfg is not None else nn.Identity()
+        self.norm = (build_token_norm(norm_cfg, embed_dims, deploy, folded=not keeps_a_nonlinearity(norm_cfg))
+                     if norm_cfg is not None else nn.Identity())
 
     def forward(self, x):
         """(B, C, H, W) -> tokens (B, N, C) and their grid (H', W')."""
@@ -136,7 +141,11 @@ class PatchEmbed(BaseModule):
         return self.norm(nchw_to_nlc(x)), hw_shape
 
     def switch_to_deploy(self, name='patch_embed'):
-        if not isinstance(self.norm, nn.Identity):
+        if not isinstance(self.norm, NORM_LAYER_TYPES):
+            return
+        if isinstance(self.norm, DyT):
+            self.norm = norm_to_channel_affine(self.norm, f'{name}.norm')   # its tanh follows the conv
+        else:
             self.norm = fold_norm(self.norm, f'{name}.norm', previous_layer=self.proj)
 
 
@@ -179,9 +188,9 @@ class PreNormBlock(BaseModule):
         return self._forward(x, hw_shape)
 
     def switch_to_deploy(self, name='block'):
-        if not isinstance(self.norm1, nn.Identity):
+        if isinstance(self.norm1, NORM_LAYER_TYPES):
             self.norm1 = fold_norm(self.norm1, f'{name}.norm1', next_layers=self.attn.input_layers())
-        if not isinstance(self.norm2, nn.Identity):
+        if isinstance(self.norm2, NORM_LAYER_TYPES):
             self.norm2 = fold_norm(self.norm2, f'{name}.norm2', next_layers=[self.mlp.fc1])
         if hasattr(self.attn, 'switch_to_deploy'):
             self.attn.switch_to_deploy(f'{name}.attn')
