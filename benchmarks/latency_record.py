@@ -15,17 +15,22 @@ PVTv2-b1/b2 (the efficient peers, in the pvt_*_peers comparisons).
     python benchmarks/latency_record.py --device cpu --threads 2 --num-images 15 --warmup 2 \
         --only slab_pvt_s_fusion_backbone slab_swin_t_fusion_backbone
     python benchmarks/latency_record.py --device cuda --num-images 100 --warmup 10
+    # the twin record of docs/benchmarks.md (run twice):
+    python benchmarks/latency_record.py --threads 2 --num-images 20 --warmup 2 --no-memory --only \
+        pvt_t_twin_backbone pvt_s_twin_backbone swin_t_twin_backbone pvt_s_prepbn_twin_backbone \
+        pvt_t_twin_mask_rcnn pvt_s_twin_mask_rcnn swin_t_twin_mask_rcnn pvt_s_prepbn_twin_mask_rcnn
 
 Writes <out-dir>/<comparison>.{md,json,png} and prints the Markdown tables.
 """
 import argparse
+import json
 import os
 import os.path as osp
 import sys
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 sys.path.insert(0, REPO)
-from slab_mmdet.benchmark.peers import PVTV2_BACKBONES, TIMM_PEER_BACKBONES  # noqa: E402 (after the checkout is importable)
+from slab_mmdet.benchmark.peers import PVTV2_BACKBONES, TIMM_PEERS, timm_peer_options  # noqa: E402 (after the checkout is importable)
 
 
 def baseline_vs_slab(baseline, slab):
@@ -55,16 +60,26 @@ PVT_T_TWIN, PVT_S_TWIN = 'configs/mask_rcnn_pvt_t_twin.py', 'configs/mask_rcnn_p
 SWIN_T_TWIN = 'configs/mask_rcnn_swin_t_twin.py'
 PVT_S, SLAB_PVT_S = 'configs/mask_rcnn_pvt_s.py', 'configs/mask_rcnn_slab_pvt_s.py'
 PVT_S_PREPBN = 'configs/mask_rcnn_pvt_s_prepbn.py'
+PVT_T_PEERS = (f'timm_pvt_v2_b1:{PVT_T}', f'timm_efficientvit_b2:{PVT_T}')
+PVT_S_PEERS = (f'timm_pvt_v2_b2:{PVT_S}', f'timm_efficientvit_b3:{PVT_S}')
 SWIN_T, SLAB_SWIN_T = 'configs/mask_rcnn_swin_t.py', 'configs/mask_rcnn_slab_swin_t.py'
 # name -> (what is timed, [(config, fuse mode)]); a config 'kind:path' is a VARIANTS child.
 COMPARISONS = {
     # Each SLAB model against its twin (same code, LayerNorm + softmax SDPA attention) and the
     # fastest implementation of its peer (timm's PVTv2, SDPA); mmdet's own model last.
-    'pvt_t_twin_backbone': ('backbone', twin_vs_slab(PVT_T_TWIN, SLAB_PVT_T, f'timm_pvt_v2_b1:{PVT_T}', PVT_T)),
-    'pvt_s_twin_backbone': ('backbone', twin_vs_slab(PVT_S_TWIN, SLAB_PVT_S, f'timm_pvt_v2_b2:{PVT_S}', PVT_S)),
+    # timm's EfficientViT (BatchNorm + ReLU linear attention) is the deployment-minded peer.
+    'pvt_t_twin_backbone': ('backbone', twin_vs_slab(PVT_T_TWIN, SLAB_PVT_T, *PVT_T_PEERS, PVT_T)),
+    'pvt_s_twin_backbone': ('backbone', twin_vs_slab(PVT_S_TWIN, SLAB_PVT_S, *PVT_S_PEERS, PVT_S)),
     'swin_t_twin_backbone': ('backbone', twin_vs_slab(SWIN_T_TWIN, SLAB_SWIN_T, SWIN_T)),
-    'pvt_s_twin_mask_rcnn': ('detector', twin_vs_slab(PVT_S_TWIN, SLAB_PVT_S, f'timm_pvt_v2_b2:{PVT_S}')),
+    'pvt_t_twin_mask_rcnn': ('detector', twin_vs_slab(PVT_T_TWIN, SLAB_PVT_T, PVT_T_PEERS[0])),
+    'pvt_s_twin_mask_rcnn': ('detector', twin_vs_slab(PVT_S_TWIN, SLAB_PVT_S, PVT_S_PEERS[0])),
     'swin_t_twin_mask_rcnn': ('detector', twin_vs_slab(SWIN_T_TWIN, SLAB_SWIN_T, SWIN_T)),
+    # The paper's norm-only row (PVT-S 64.0 -> 59.6 ms): PVT-S-PRepBN fused against its LayerNorm twin.
+    'pvt_s_prepbn_twin_backbone': ('backbone', twin_vs_slab(PVT_S_TWIN, PVT_S_PREPBN)),
+    'pvt_s_prepbn_twin_mask_rcnn': ('detector', twin_vs_slab(PVT_S_TWIN, PVT_S_PREPBN)),
+    # DyT in place of SLAB-PVT-T's norms, fused (its tanh stays) beside SLAB fused, against the twin.
+    'pvt_t_dyt_backbone': ('backbone', twin_vs_slab(PVT_T_TWIN, SLAB_PVT_T) + [(f'dyt:{SLAB_PVT_T}', 'yes')]),
+    'pvt_t_dyt_mask_rcnn': ('detector', twin_vs_slab(PVT_T_TWIN, SLAB_PVT_T) + [(f'dyt:{SLAB_PVT_T}', 'yes')]),
     'pvt_s_backbone': ('backbone', baseline_vs_slab(PVT_S, SLAB_PVT_S)),
     'pvt_s_mask_rcnn': ('detector', baseline_vs_slab(PVT_S, SLAB_PVT_S)),
     # ln: the same backbone code with LayerNorm, to separate the norm's cost from the
@@ -85,31 +100,40 @@ COMPARISONS = {
 }
 
 
+def timm_display_name(name):
+    """'pvt_v2_b1' -> 'PVTv2-b1 (timm)', 'efficientvit_b2' -> 'EfficientViT-B2 (timm)'."""
+    family, _, size = name.rpartition('_')
+    return {'pvt_v2': f'PVTv2-{size}', 'efficientvit': f'EfficientViT-{size.upper()}'}[family] + ' (timm)'
+
+
 # Child configs of a comparison entry 'kind:config': file suffix, display name ({model}: the
-# config's), backbone settings merged into the config's.
+# config's), model settings merged into the config's.
 VARIANTS = {
     # The norm layers deleted (deploy=True builds nn.Identity in place of every norm, the
     # output norms included): the floor that fusion can reach.
-    'floor': ('norms_deleted', '{model} (norms deleted)', dict(deploy=True, out_norms_folded=True, init_cfg=None)),
+    'floor': ('norms_deleted', '{model} (norms deleted)',
+              dict(backbone=dict(deploy=True, out_norms_folded=True, init_cfg=None))),
     # Every PRepBN replaced by LayerNorm (eps as the PVT models): the LayerNorm model.
-    'ln': ('layernorm', '{model} (layernorm)', dict(norm_cfg=dict(type='LN', eps=1e-6), init_cfg=None)),
+    'ln': ('layernorm', '{model} (layernorm)', dict(backbone=dict(norm_cfg=dict(type='LN', eps=1e-6), init_cfg=None))),
+    # DyT (gamma * tanh(alpha * x) + beta) in place of every norm: the 2025 statistics-free peer of PRepBN.
+    'dyt': ('dyt', '{model} (DyT)', dict(backbone=dict(norm_cfg=dict(_delete_=True, type='DyT'), init_cfg=None))),
     # mmdet's PVTv2 in place of the backbone (same output channels): the efficient peers.
-    **{f'pvtv2_{v}': (f'pvtv2_{v}', f'PVTv2-{v} (mmdet)', dict(_delete_=True, **PVTV2_BACKBONES[v]))
+    **{f'pvtv2_{v}': (f'pvtv2_{v}', f'PVTv2-{v} (mmdet)', dict(backbone=dict(_delete_=True, **PVTV2_BACKBONES[v])))
        for v in PVTV2_BACKBONES},
-    # timm's PVTv2 (attention through torch SDPA) in place of the backbone: the fastest peer.
-    **{f'timm_{name}': (f'timm_{name}', f'PVTv2-{name[-2:]} (timm)', dict(_delete_=True, **cfg))
-       for name, cfg in TIMM_PEER_BACKBONES.items()},
+    # timm's models in place of the backbone (the neck reads their channels): PVTv2 with
+    # attention through torch SDPA (the fastest peer), EfficientViT.
+    **{f'timm_{name}': (f'timm_{name}', timm_display_name(name), timm_peer_options(name)) for name in TIMM_PEERS},
 }
 
 
 def variant_config(kind, config, out_dir):
     """Write the child config of ``config`` for variant ``kind``; returns (path, display name)."""
-    suffix, name, backbone = VARIANTS[kind]
+    suffix, name, model = VARIANTS[kind]
     stem = osp.splitext(osp.basename(config))[0]
     path = osp.join(out_dir, f'{stem}_{suffix}.py')
     with open(path, 'w') as f:
         f.write(f"_base_ = '{osp.join(REPO, config)}'\n"
-                f"model = dict(backbone={backbone!r})\n"
+                f"model = {model!r}\n"
                 "custom_hooks = []\n"
                 # TimmPeerBackbone is registered by slab_mmdet.benchmark.peers.
                 "custom_imports = dict(imports=['slab_mmdet', 'slab_mmdet.benchmark.peers'], "
@@ -125,9 +149,20 @@ def main(argv=None):
     parser.add_argument('--warmup', type=int, default=1)
     parser.add_argument('--images', default=osp.join(REPO, 'data', 'mini_coco', 'val'),
                         help='image folder (default: mini COCO val; make it with tools/make_mini_coco.py)')
+    parser.add_argument('--combine', nargs=2, metavar='RECORD_JSON',
+                        help="print the paired ratios of two runs' record.json side by side, and exit")
+    parser.add_argument('--no-memory', action='store_true',
+                        help='skip the peak-memory pass (one more forward per model and image): half the time')
     parser.add_argument('--only', nargs='+', choices=sorted(COMPARISONS), help='run only these comparisons')
     parser.add_argument('--out-dir', default=osp.join(REPO, 'work_dirs', 'benchmarks', 'latency'))
     args = parser.parse_args(argv)
+    if args.combine:
+        runs = []
+        for path in args.combine:
+            with open(path) as f:
+                runs.append(json.load(f))
+        print(render_two_runs(*runs))
+        return
     import torch
     from slab_mmdet.benchmark import (FIXED_DETECTIONS, FUSED_SUFFIX, benchmark_backbones, benchmark_detectors,
                                       load_models, resolve_images)
@@ -137,6 +172,7 @@ def main(argv=None):
     if args.threads:
         torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
+    record = {}
     command = 'python ' + ' '.join([osp.relpath(__file__, REPO)] + (argv if argv is not None else sys.argv[1:]))
     for name, (target, entries) in COMPARISONS.items():
         if args.only and name not in args.only:
@@ -153,10 +189,40 @@ def main(argv=None):
         reference = osp.join(REPO, entries[0][0].rpartition(':')[2])
         images = resolve_images(load_config(reference), args.num_images, images_dir=args.images)
         bench = benchmark_backbones if target == 'backbone' else benchmark_detectors
-        result = bench(models, images, warmup=args.warmup)
+        result = bench(models, images, warmup=args.warmup, memory=not args.no_memory)
         summary = summarize_result(result, machine_facts(args.device, command))
         write_report(summary, args.out_dir, stem=name)
         print(render_markdown(summary), flush=True)
+        record[name] = [dict(model=m['name'], mean_ms=m['latency_ms']['mean'], **m['ratio_to_first']['paired'])
+                        for m in summary['models']]
+        with open(osp.join(args.out_dir, 'record.json'), 'w') as f:   # after every comparison: kept if cut
+            json.dump(dict(command=command, machine=summary['machine'], comparisons=record), f, indent=1)
+    print('\n' + render_record(record))
+
+
+def render_two_runs(first, second):
+    """Markdown: each model's paired ratio in two runs of the record, and how far they part."""
+    from slab_mmdet.benchmark.report import format_paired
+    lines = ['| comparison | model | run 1: paired ratio (p10-p90) | run 2 | difference |', '|---|---|---:|---:|---:|']
+    worst = 0.0
+    for name, rows in first['comparisons'].items():
+        other = {r['model']: r for r in second['comparisons'].get(name, [])}
+        for r in rows[1:]:   # the first model is the reference (1.000)
+            o = other.get(r['model'])
+            diff = abs(r['median'] - o['median']) if o else None
+            worst = max(worst, diff or 0.0)
+            lines.append(f"| {name} | {r['model']} | {format_paired(r)} | {format_paired(o)} | "
+                         f"{'–' if diff is None else format(diff, '.3f')} |")
+    return '\n'.join(lines) + f'\n\nLargest difference between the runs: {worst:.3f}.'
+
+
+def render_record(record):
+    """One Markdown table of every comparison: each model's paired ratio to the comparison's first."""
+    from slab_mmdet.benchmark.report import format_paired
+    lines = ['| comparison | model | mean (ms) | paired ratio (p10-p90) |', '|---|---|---:|---:|']
+    for name, rows in record.items():
+        lines += [f"| {name} | {r['model']} | {r['mean_ms']:.0f} | {format_paired(r)} |" for r in rows]
+    return '\n'.join(lines)
 
 
 if __name__ == '__main__':

@@ -1,12 +1,16 @@
-"""Backbone latency against input size (issue #13 item 3): SLAB-PVT-S vs mmdet's PVT-S and
-PVTv2-b2, SLAB-Swin-T vs mmdet's Swin-T, batch 1, at several short sides.
+"""Backbone latency, peak memory and FLOPs against input size (issues #13 item 3, #38 item 4):
+SLAB-PVT-S fused against its LayerNorm + softmax twin and timm's PVTv2-b2, SLAB-Swin-T fused
+against its twin, batch 1, at several short sides.
 
 At each short side every model is timed in one interleaved run (slab_mmdet.benchmark,
 image by image, order rotated per image) on mini COCO val images through the COCO test
-pipeline with its Resize bound scaled to that short side ((1333, 800) at 800, keep ratio).
-SLAB models are fused; weights are random (PRepBN at g = 0). PVT's spatial-reduction
-attention costs N * N / R^2 per stage and SLA N, so the PVT gap should widen with the
-input; Swin's windows are linear in N already, so its gap should stay about constant.
+pipeline with its Resize bound scaled to that short side ((1333, 800) at 800, keep ratio),
+followed by a memory pass (peak RSS growth of one forward). SLAB models are fused; weights
+are random (PRepBN at g = 0). Each family's ratios are to its twin, paired per image; the
+FLOPs ratio at the first image's size (mmengine's counter with SDPA counted, as
+model_complexity.py) stands beside the measured one. PVT's spatial-reduction attention costs
+N * N / R^2 per stage and SLA N, so the PVT gap should widen with the input; Swin's windows
+are linear in N already, so its gap should stay about constant.
 
     python benchmarks/latency_vs_size.py --threads 2 --num-images 3 --warmup 1
 
@@ -19,14 +23,14 @@ import os.path as osp
 import sys
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-SHORT_SIDES = (512, 800, 1024, 1333)
-# family -> [(display name, config, fuse mode, PVTv2 variant replacing the backbone or None)];
-# the first of a family is the reference of its ratios.
+SHORT_SIDES = (512, 800, 1024, 1333, 2048)
+# family -> [(display name, config, fuse mode, timm peer replacing the backbone or None)];
+# the first of a family (its twin) is the reference of its ratios.
 FAMILIES = {
-    'PVT-S': [('PVT-S (mmdet)', 'configs/mask_rcnn_pvt_s.py', 'none', None),
+    'PVT-S': [('PVT-S twin', 'configs/mask_rcnn_pvt_s_twin.py', 'none', None),
               ('SLAB-PVT-S (fused)', 'configs/mask_rcnn_slab_pvt_s.py', 'yes', None),
-              ('PVTv2-b2 (mmdet)', 'configs/mask_rcnn_pvt_s.py', 'none', 'b2')],
-    'Swin-T': [('Swin-T (mmdet)', 'configs/mask_rcnn_swin_t.py', 'none', None),
+              ('PVTv2-b2 (timm)', 'configs/mask_rcnn_pvt_s.py', 'none', 'pvt_v2_b2')],
+    'Swin-T': [('Swin-T twin', 'configs/mask_rcnn_swin_t_twin.py', 'none', None),
                ('SLAB-Swin-T (fused)', 'configs/mask_rcnn_slab_swin_t.py', 'yes', None)],
 }
 
@@ -39,11 +43,11 @@ def resize_bound(short_side):
 def load_family_models(device):
     """Every model of FAMILIES once, as {name: BenchModel}."""
     from slab_mmdet.benchmark import FIXED_DETECTIONS, load_models
-    from slab_mmdet.benchmark.peers import pvtv2_options
+    from slab_mmdet.benchmark.peers import timm_peer_options
     models = {}
     for family in FAMILIES.values():
-        for name, config, fuse, pvtv2 in family:
-            options = {**FIXED_DETECTIONS, **(pvtv2_options(pvtv2) if pvtv2 else {})}
+        for name, config, fuse, peer in family:
+            options = {**FIXED_DETECTIONS, **({'model': timm_peer_options(peer)} if peer else {})}
             loaded = load_models([osp.join(REPO, config)], fuse=fuse, device=device, cfg_options=options)
             models[name] = loaded[-1]
             models[name].name = name
@@ -59,13 +63,25 @@ def set_input_size(models, short_side):
         m.pipeline = inference_pipeline(cfg)
 
 
+def backbone_gflops(model, input_hw):
+    """The backbone's GFLOPs on one (1, 3, H, W) input (model_complexity.py's counter)."""
+    import torch
+    sys.path.insert(0, osp.join(REPO, 'benchmarks'))
+    from model_complexity import flops
+    with torch.no_grad():
+        return flops(model.model.backbone, (torch.zeros(1, 3, *input_hw),))[1] / 1e9
+
+
 def render_table(record):
-    """Markdown: one row per (short side, model), with the ratio to its family's reference."""
-    lines = ['| short side | input (padded) | model | mean (ms) | median (ms) | ratio to family reference |',
-             '|---:|---|---|---:|---:|---:|']
+    """Markdown: one row per (short side, model), with the ratios to its family's twin."""
+    lines = ['| short side | input (padded) | model | mean (ms) | paired ratio to twin (p10-p90) | FLOPs ratio | '
+             'GFLOPs | peak mem (MiB) |', '|---:|---|---|---:|---:|---:|---:|---:|']
     for row in record['rows']:
+        p = row['paired']
         lines.append(f"| {row['short_side']} | {row['input_hw'][0]}x{row['input_hw'][1]} | {row['model']} | "
-                     f"{row['mean_ms']:.0f} | {row['median_ms']:.0f} | {row['ratio']:.2f} |")
+                     f"{row['mean_ms']:.0f} | {p['median']:.2f} ({p['p10']:.2f}-{p['p90']:.2f}) | "
+                     f"{row['flops_ratio']:.2f} | {row['gflops']:.1f} | "
+                     f"{'–' if row['peak_mib'] is None else format(row['peak_mib'], '.0f')} |")
     return '\n'.join(lines)
 
 
@@ -83,8 +99,11 @@ def plot(record, path):
             style = '-o' if family == 'PVT-S' else '--s'
             ax_ms.plot(mpix, [r['mean_ms'] for r in rows], style, label=name)
             if i:
-                ax_ratio.plot([r['short_side'] for r in rows], [r['ratio'] for r in rows], style,
-                              label=f'{name} / {members[0][0]}')
+                sides = [r['short_side'] for r in rows]
+                line, = ax_ratio.plot(sides, [r['paired']['median'] for r in rows], style,
+                                      label=f'{name} / {members[0][0]}')
+                ax_ratio.plot(sides, [r['flops_ratio'] for r in rows], ':', color=line.get_color(),
+                              label=f'{name}: FLOPs ratio')
     ax_ms.set(xscale='log', yscale='log', xlabel='input pixels (millions, padded)', ylabel='backbone mean (ms)',
               title='batch-1 backbone latency')
     ax_ratio.axhline(1.0, color='grey', lw=0.8)
@@ -114,7 +133,7 @@ def main(argv=None):
     import torch
     from slab_mmdet.apis import load_config
     from slab_mmdet.benchmark import benchmark_backbones, resolve_images
-    from slab_mmdet.benchmark.report import machine_facts, summarize_result
+    from slab_mmdet.benchmark.report import machine_facts, paired_ratio, summarize_result
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,12 +152,15 @@ def main(argv=None):
         by_name = {m['name']: m for m in summary['models']}
         input_hw = order[0].padded_input_hw(images.paths[0])
         for family in FAMILIES.values():
-            reference = by_name[family[0][0]]['latency_ms']['mean']
+            reference = by_name[family[0][0]]['raw']['total_ms']
+            gflops = {name: backbone_gflops(models[name], input_hw) for name, *_ in family}
             for name, *_ in family:
                 stats = by_name[name]['latency_ms']
-                record['rows'].append(dict(short_side=short_side, input_hw=input_hw, model=name,
-                                           mean_ms=stats['mean'], median_ms=stats['median'],
-                                           ratio=stats['mean'] / reference, raw_ms=by_name[name]['raw']['total_ms']))
+                record['rows'].append(dict(
+                    short_side=short_side, input_hw=input_hw, model=name, mean_ms=stats['mean'],
+                    median_ms=stats['median'], paired=paired_ratio(by_name[name]['raw']['total_ms'], reference),
+                    gflops=gflops[name], flops_ratio=gflops[name] / gflops[family[0][0]],
+                    peak_mib=by_name[name]['memory']['peak_forward_mib'], raw_ms=by_name[name]['raw']['total_ms']))
         print(render_table(dict(rows=record['rows'][-len(models):])), flush=True)
     with open(osp.join(args.out_dir, 'latency_vs_size.json'), 'w') as f:
         json.dump(record, f, indent=1)

@@ -26,16 +26,23 @@ sys.path.insert(0, REPO)
 
 HW = (800, 1280)
 from slab_mmdet.benchmark.peers import PVTV2_BACKBONES as PVTV2  # noqa: E402
+from slab_mmdet.benchmark.peers import TIMM_PEER_BACKBONES as TIMM, TIMM_PEER_CHANNELS  # noqa: E402
 # name -> (config, backbone override, neck in_channels override)
 COMPLEXITY_MODELS = {
     'PVT-T': ('configs/mask_rcnn_pvt_t.py', None, None),
     'PVT-T-PRepBN': ('configs/mask_rcnn_pvt_t_prepbn.py', None, None),
     'SLAB-PVT-T': ('configs/mask_rcnn_slab_pvt_t.py', None, None),
     'PVTv2-b1': ('configs/mask_rcnn_pvt_t.py', PVTV2['b1'], [64, 128, 320, 512]),
+    'PVT-T twin': ('configs/mask_rcnn_pvt_t_twin.py', None, None),
+    'EfficientViT-B2 (timm)': ('configs/mask_rcnn_pvt_t.py', TIMM['efficientvit_b2'],
+                               list(TIMM_PEER_CHANNELS['efficientvit_b2'])),
     'PVT-S': ('configs/mask_rcnn_pvt_s.py', None, None),
     'PVT-S-PRepBN': ('configs/mask_rcnn_pvt_s_prepbn.py', None, None),
     'SLAB-PVT-S': ('configs/mask_rcnn_slab_pvt_s.py', None, None),
     'PVTv2-b2': ('configs/mask_rcnn_pvt_s.py', PVTV2['b2'], [64, 128, 320, 512]),
+    'PVT-S twin': ('configs/mask_rcnn_pvt_s_twin.py', None, None),
+    'EfficientViT-B3 (timm)': ('configs/mask_rcnn_pvt_s.py', TIMM['efficientvit_b3'],
+                               list(TIMM_PEER_CHANNELS['efficientvit_b3'])),
     'SLAB-PVT-M': ('configs/mask_rcnn_slab_pvt_m.py', None, None),
     'Swin-T': ('configs/mask_rcnn_swin_t.py', None, None),
     'Swin-T-PRepBN': ('configs/mask_rcnn_swin_t_prepbn.py', None, None),

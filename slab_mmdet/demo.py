@@ -8,9 +8,9 @@
    deploy config and the fused checkpoint) and evaluate the fused model on the val
    split again, through the deploy config, as mmdet's own test loop would;
 4. benchmark at batch 1: first the backbones at COCO test resolution (images resized to
-   1333x800): the trained SLAB-PVT-T fused vs the LayerNorm PVT-T and mmdet's PVTv2-b1,
-   the speed a user of COCO-sized inputs sees; then the whole detectors at mini-COCO
-   size, fused vs unfused vs the LayerNorm PVT-T;
+   1333x800): the trained SLAB-PVT-T fused against its LayerNorm + softmax twin (what SLAB
+   itself buys), then timm's PVTv2-b1 and mmdet's PVT-T, the speed a user of COCO-sized
+   inputs sees; then the whole detectors at mini-COCO size, the twin vs unfused vs fused;
 5. write ``report.md`` (leading with the COCO-resolution comparison) with a picture of
    val images with their ground truth and the trained and fused detectors' detections,
    and PNGs of the loss and g curves and the latency bars.
@@ -120,17 +120,19 @@ def plot_training(history, path):
     fig.savefig(path, dpi=100)
 
 
-def benchmark(checkpoint, config, options, baseline, data_root, out_dir, num_images, warmup, threads):
-    """Fused vs unfused (trained) vs the LayerNorm baseline (random weights), interleaved, batch 1."""
+def benchmark(checkpoint, config, options, data_root, out_dir, num_images, warmup, threads):
+    """The LayerNorm + softmax twin of ``config`` (random weights; the reference of the ratios)
+    vs the trained model unfused and fused, whole detectors, interleaved, batch 1."""
     import torch
     from .benchmark import FIXED_DETECTIONS, benchmark_detectors, load_models
     from .benchmark.images import list_mini_coco_val, select_images
     from .benchmark.report import machine_facts, summarize_result, write_report
+    from .benchmark.twin import write_twin_config
     if threads:
         torch.set_num_threads(threads)
-    models = load_models([config], [checkpoint], fuse='both', cfg_options={**options, **FIXED_DETECTIONS})
-    models += load_models([baseline], cfg_options=FIXED_DETECTIONS)
-    models[-1].name += ' (LayerNorm baseline)'
+    models = load_models([write_twin_config(config, out_dir, options)], cfg_options={**options, **FIXED_DETECTIONS})
+    models[-1].name += ' (LayerNorm + softmax twin)'
+    models += load_models([config], [checkpoint], fuse='both', cfg_options={**options, **FIXED_DETECTIONS})
     images = select_images(list_mini_coco_val(data_root), num_images, f'{data_root} val')
     summary = summarize_result(benchmark_detectors(models, images, warmup=warmup),
                                machine_facts('cpu', 'make demo'))
@@ -139,23 +141,30 @@ def benchmark(checkpoint, config, options, baseline, data_root, out_dir, num_ima
 
 def benchmark_coco_size_backbones(checkpoint, config, options, baseline, data_root, out_dir, num_images, warmup,
                                   threads):
-    """The trained model's fused backbone vs the LayerNorm ``baseline``'s and mmdet's PVTv2-b1
-    (the baseline config with that backbone; random weights), on mini COCO val images resized
-    as COCO test images are, interleaved, batch 1."""
+    """What SLAB itself buys, then what an implementation adds: the LayerNorm + softmax twin
+    of ``config`` (derived from it, :mod:`.benchmark.twin`; the reference of the ratios), the
+    trained model's fused backbone, timm's PVTv2-b1 (SDPA attention, the fastest peer) and
+    mmdet's PVT-T (``baseline``, its slower attention), random weights except the trained model,
+    on mini COCO val images resized as COCO test images are, interleaved, batch 1."""
     import torch
     from .benchmark import COCO_TEST_SCALE, benchmark_backbones, load_models, resized_test_pipeline_options
     from .benchmark.images import list_mini_coco_val, select_images
-    from .benchmark.peers import pvtv2_options
+    from .benchmark.peers import timm_peer_options
     from .benchmark.report import machine_facts, summarize_result, write_report
+    from .benchmark.twin import write_twin_config
     if threads:
         torch.set_num_threads(threads)
-    models = load_models([config], [checkpoint], fuse='yes',
-                         cfg_options={**options, **resized_test_pipeline_options(config, COCO_TEST_SCALE)})
-    at_coco_size = resized_test_pipeline_options(baseline, COCO_TEST_SCALE)
-    models += load_models([baseline], cfg_options=at_coco_size)
-    models[-1].name += ' (LayerNorm baseline)'
-    models += load_models([baseline], cfg_options={**at_coco_size, **pvtv2_options('b1')})
-    models[-1].name = 'PVTv2-b1 (mmdet)'
+    at_coco_size = resized_test_pipeline_options(config, COCO_TEST_SCALE)
+    twin = write_twin_config(config, out_dir, options)
+    models = load_models([twin], cfg_options={**options, **at_coco_size})
+    models[-1].name = 'PVT-T twin (this code, LayerNorm + softmax SDPA)'
+    models += load_models([config], [checkpoint], fuse='yes', cfg_options={**options, **at_coco_size})
+    models[-1].name = 'SLAB-PVT-T, trained (fused)'
+    baseline_at_coco_size = resized_test_pipeline_options(baseline, COCO_TEST_SCALE)
+    models += load_models([baseline], cfg_options={**baseline_at_coco_size, 'model': timm_peer_options('pvt_v2_b1')})
+    models[-1].name = 'PVTv2-b1 (timm, SDPA)'
+    models += load_models([baseline], cfg_options=baseline_at_coco_size)
+    models[-1].name = "PVT-T (mmdet's implementation)"
     images = select_images(list_mini_coco_val(data_root), num_images, f'{data_root} val')
     input_hw = models[0].padded_input_hw(images.paths[0])   # the first image's
     # Latency only: the memory pass cost about 20 s of the demo's 12-minute budget.
@@ -214,7 +223,7 @@ def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAUL
     backbones, backbone_files = benchmark_coco_size_backbones(
         checkpoint, config, options, baseline, data_root, osp.join(out_dir, 'benchmark'), coco_size_images, warmup,
         threads)
-    latency, latency_files = benchmark(checkpoint, config, options, baseline, data_root,
+    latency, latency_files = benchmark(checkpoint, config, options, data_root,
                                        osp.join(out_dir, 'benchmark'), num_images, warmup, threads)
 
     step('5/5 report')
@@ -269,6 +278,11 @@ def _nested_markdown(path):
         return ('\n' + f.read()).replace('\n# ', '\n### ').replace('\n## ', '\n### ').lstrip('\n')
 
 
+def _paired(ratio):
+    paired = ratio.get('paired') or {}
+    return '–' if paired.get('median') is None else f'{paired["median"]:.2f}'
+
+
 def render_report(report, latency_files, backbone_files):
     from .benchmark import COCO_TEST_SCALE
     latency_md = _nested_markdown(latency_files['md'])
@@ -284,12 +298,15 @@ def render_report(report, latency_files, backbone_files):
         f'{report["iterations"]} iterations; PRepBN annealed from g = 1 to g = {report["final_g"]:g}.', '',
         _describe_recipe(report['recipe']), '',
         '## Backbone speed at COCO test resolution (batch 1)', '',
-        'The trained SLAB-PVT-T, fused, against the LayerNorm PVT-T and mmdet\'s PVTv2-b1 (random weights; '
-        'latency does not depend on the values), on mini COCO val images resized as COCO test images '
+        'What SLAB itself buys: the trained SLAB-PVT-T, fused, against its twin, the same code with '
+        'LayerNorm and softmax attention through SDPA (the first row, the reference of the ratios). '
+        'Then the peers: timm\'s PVTv2-b1 (SDPA attention) and mmdet\'s PVT-T, whose slower attention '
+        'implementation is most of its gap (random weights; latency does not depend on the values). '
+        'On mini COCO val images resized as COCO test images '
         f'are ({COCO_TEST_SCALE[0]}x{COCO_TEST_SCALE[1]}, keep ratio; the first is {h}x{w} once padded); '
-        'ratios to the first row:', '',
-        '| backbone | mean (ms) | median (ms) | ratio (mean) |', '|---|---:|---:|---:|',
-        *[f'| {b["name"]} | {b["mean"]:.0f} | {b["median"]:.0f} | {b["ratio"]["mean"]:.2f} |'
+        'the ratio is the median of the per-image ratios:', '',
+        '| backbone | mean (ms) | median (ms) | ratio to the twin |', '|---|---:|---:|---:|',
+        *[f'| {b["name"]} | {b["mean"]:.0f} | {b["median"]:.0f} | {_paired(b["ratio"])} |'
           for b in backbones['models']], '',
         '![backbones at COCO size](benchmark/backbones_coco_size.png)', '', backbone_md, '',
         f'## Validation (mini COCO val, {report["val_images"]} images)', '',
@@ -309,7 +326,8 @@ def render_report(report, latency_files, backbone_files):
         f'Fused vs unfused on a val image: largest feature difference {fusion["features"]:.2e} (relative); '
         f'{_describe_detection_diff(fusion["detections"])}.', '',
         '## Latency of the whole detectors at mini-COCO size (batch 1, interleaved)', '',
-        'The unfused and fused models are the trained ones; the LayerNorm PVT-T baseline has random '
+        'The first row is the twin (LayerNorm + softmax, random weights), the reference of the ratios; the '
+        'unfused and fused models are the trained ones; the twin has random '
         'weights (latency does not depend on the values; every model keeps its 100 best detections). '
         'At this size (320x256) the mini RoI heads are most of the time, which hides the backbones: '
         'see the COCO-resolution table above for them.', '',

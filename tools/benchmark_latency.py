@@ -10,6 +10,8 @@ breakdown, and writes latency.md, latency.json (with every raw timing) and laten
 --out-dir. See docs/benchmark_tool.md.
 
 Examples:
+    python tools/benchmark_latency.py configs/mask_rcnn_slab_pvt_s.py --twin --fuse --mini --threads 2 \\
+        --num-images 10 --warmup 1
     python tools/benchmark_latency.py configs/mask_rcnn_pvt_s.py configs/mask_rcnn_pvt_s_prepbn.py \\
         --device cuda --num-images 100 --warmup 10 --fuse both
     python tools/benchmark_latency.py configs/mini/mask_rcnn_pvt_t.py --mini --device cpu --threads 4
@@ -64,6 +66,10 @@ def build_parser():
     source.add_argument('--mini', nargs='?', const=DEFAULT_MINI_ROOT, default=None, metavar='DIR',
                         help=f'the mini COCO val split (default DIR: {DEFAULT_MINI_ROOT}; '
                              f'made by tools/make_mini_coco.py)')
+    parser.add_argument('--twin', action='store_true',
+                        help='also time the first config\'s LayerNorm + softmax twin (same arch and code, softmax '
+                             'attention and LayerNorm everywhere, random weights), first: the reference of the '
+                             'ratios, i.e. what SLAB itself buys. Needs a SLAB backbone')
     parser.add_argument('--part', choices=TARGETS, default='detector',
                         help='what to time: the whole detector (default) or model.backbone(inputs) alone')
     parser.add_argument('--breakdown', choices=BREAKDOWN_MODES, default='auto',
@@ -90,7 +96,7 @@ def main(argv=None):
             args.configs, args.checkpoint, fuse=args.fuse, device=args.device, threads=args.threads,
             num_images=args.num_images, warmup=args.warmup, images_dir=args.images, mini_root=args.mini,
             target=args.part, breakdown=args.breakdown, cfg_options=args.cfg_options, out_dir=out_dir,
-            command=command)
+            command=command, twin=args.twin)
     except BenchmarkError as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
     print()

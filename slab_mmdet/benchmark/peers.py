@@ -1,7 +1,10 @@
 """The efficient peers the SLAB-PVT models are timed against, as backbone configs that replace
-the backbone of a PVT-T (b1) or PVT-S (b2) config (same output channels, 64-128-320-512, so
-the neck fits): mmdet's PVTv2, and timm's PVTv2 (``TimmPeerBackbone``), whose attention runs
-through torch's scaled_dot_product_attention, the fastest implementation of that peer here."""
+the backbone of a PVT-T (b1) or PVT-S (b2) config: mmdet's PVTv2, and timm models
+(``TimmPeerBackbone``): timm's PVTv2, whose attention runs through torch's
+scaled_dot_product_attention (the fastest implementation of that peer here), and MIT's
+EfficientViT (BatchNorm and ReLU linear attention throughout: the deployment-minded design
+SLAB converts a transformer into). Every peer gives four maps at strides 4-32; the EfficientViT
+ones have other channels, which :func:`timm_peer_options` gives the neck."""
 from mmdet.registry import MODELS
 from mmengine.model import BaseModule
 
@@ -9,8 +12,24 @@ PVTV2_BACKBONES = {
     'b1': dict(type='PyramidVisionTransformerV2', embed_dims=64, num_layers=[2, 2, 2, 2], init_cfg=None),
     'b2': dict(type='PyramidVisionTransformerV2', embed_dims=64, num_layers=[3, 4, 6, 3], init_cfg=None),
 }
-TIMM_PEERS = ('pvt_v2_b1', 'pvt_v2_b2')
+# timm model -> the channels of its four feature maps (strides 4, 8, 16, 32).
+TIMM_PEER_CHANNELS = {
+    'pvt_v2_b1': (64, 128, 320, 512),
+    'pvt_v2_b2': (64, 128, 320, 512),
+    'efficientvit_b2': (48, 96, 192, 384),
+    'efficientvit_b3': (64, 128, 256, 512),
+}
+TIMM_PEERS = tuple(TIMM_PEER_CHANNELS)
 TIMM_PEER_BACKBONES = {name: dict(type='TimmPeerBackbone', model_name=name) for name in TIMM_PEERS}
+
+
+def timm_peer_options(name):
+    """The ``model`` overrides that put timm's ``name`` in place of a detector's backbone, with
+    the neck reading its channels."""
+    if name not in TIMM_PEER_CHANNELS:
+        raise ValueError(f'timm peer {name!r}: expected one of {", ".join(TIMM_PEERS)}')
+    return dict(backbone=dict(_delete_=True, **TIMM_PEER_BACKBONES[name]),
+                neck=dict(in_channels=list(TIMM_PEER_CHANNELS[name])))
 
 
 def pvtv2_options(variant):
@@ -44,4 +63,5 @@ class TimmPeerBackbone(BaseModule):
         return tuple(self.model(x))
 
 
-__all__ = ['PVTV2_BACKBONES', 'TIMM_PEERS', 'TIMM_PEER_BACKBONES', 'TimmPeerBackbone', 'pvtv2_options']
+__all__ = ['PVTV2_BACKBONES', 'TIMM_PEERS', 'TIMM_PEER_BACKBONES', 'TIMM_PEER_CHANNELS', 'TimmPeerBackbone',
+           'pvtv2_options', 'timm_peer_options']

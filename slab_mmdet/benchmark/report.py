@@ -61,9 +61,20 @@ def _mean(values):
     return float(np.mean(values)) if values else None
 
 
+def paired_ratio(times_ms, reference_ms):
+    """The per-image ratios ``times_ms[i] / reference_ms[i]`` (both timed in the same round of the
+    interleaved run, so machine drift cancels), as their median and 10th-90th percentiles."""
+    ratios = [t / r for t, r in zip(times_ms, reference_ms) if r > 0]
+    if not ratios:
+        return dict(median=None, p10=None, p90=None, n=0)
+    p10, median, p90 = np.percentile(ratios, [10, 50, 90])
+    return dict(median=float(median), p10=float(p10), p90=float(p90), n=len(ratios))
+
+
 def summarize_result(result, machine=None):
     """A JSON-ready summary of a BenchmarkResult: settings, per-model statistics, ratios to the
-    first model, memory, per-part means and all raw per-image values."""
+    first model (of the means, of the medians, and the median of the per-image ratios with its
+    10-90 % spread), memory, per-part means and all raw per-image values."""
     reference = summarize_timings(result.timings[0].total_ms)
     models = []
     for bench_model, timings in zip(result.models, result.timings):
@@ -80,7 +91,8 @@ def summarize_result(result, machine=None):
             images_per_s=stats['images_per_s'],
             ratio_to_first=dict(
                 mean=stats['mean'] / reference['mean'] if reference['mean'] > 0 else None,
-                median=stats['median'] / reference['median'] if reference['median'] > 0 else None),
+                median=stats['median'] / reference['median'] if reference['median'] > 0 else None,
+                paired=paired_ratio(timings.total_ms, result.timings[0].total_ms)),
             memory=dict(
                 weights_mib=weights_mib(bench_model.model),
                 peak_forward_mib=max(timings.memory_mib) if timings.memory_mib else None,
@@ -118,6 +130,13 @@ def _fmt(value, digits=2):
     return '–' if value is None else f'{value:.{digits}f}'
 
 
+def format_paired(paired):
+    """'0.812 (0.79-0.83)' for a paired ratio, '–' where there is none (summaries of older runs)."""
+    if not paired or paired.get('median') is None:
+        return '–'
+    return f'{paired["median"]:.3f} ({paired["p10"]:.2f}-{paired["p90"]:.2f})'
+
+
 def breakdown_columns(summary):
     """Part names present in any model, in DETECTOR_PARTS order, then OTHER_PART."""
     present = {p for m in summary['models'] for p in (m['breakdown_ms'] or {})}
@@ -150,18 +169,21 @@ def render_markdown(summary):
                      f'the number of detections (which drives RoI/mask head time) is not that of trained weights.')
     lines += [
         '',
-        '| model | mean (ms) | median (ms) | p90 (ms) | p99 (ms) | std (ms) | img/s | mean ratio | median ratio '
-        '| weights (MiB) | peak fwd mem (MiB) | dets/img |',
-        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
+        '| model | mean (ms) | median (ms) | p90 (ms) | p99 (ms) | std (ms) | img/s | paired ratio (p10-p90) '
+        '| mean ratio | median ratio | weights (MiB) | peak fwd mem (MiB) | dets/img |',
+        '|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|',
     ]
     for m in models:
         lat, mem = m['latency_ms'], m['memory']
         lines.append('| ' + ' | '.join([
             m['name'], _fmt(lat['mean']), _fmt(lat['median']), _fmt(lat['p90']), _fmt(lat['p99']), _fmt(lat['std']),
-            _fmt(m['images_per_s']), _fmt(m['ratio_to_first']['mean'], 3), _fmt(m['ratio_to_first']['median'], 3),
+            _fmt(m['images_per_s']), format_paired(m['ratio_to_first'].get('paired')),
+            _fmt(m['ratio_to_first']['mean'], 3), _fmt(m['ratio_to_first']['median'], 3),
             _fmt(mem['weights_mib'], 1), _fmt(mem['peak_forward_mib'], 1), _fmt(m['detections_mean'], 1)]) + ' |')
     lines.append('')
-    lines.append(f'Ratios are to the first model ({models[0]["name"]}); below 1 is faster.')
+    lines.append(f'Ratios are to the first model ({models[0]["name"]}); below 1 is faster. The paired ratio is '
+                 f'the median of the per-image ratios (each image timed for every model in one round), with '
+                 f'their 10th-90th percentiles.')
     columns = breakdown_columns(summary)
     if columns:
         how = ('in the timed pass (on the CPU the part wrappers cost only clock reads)'

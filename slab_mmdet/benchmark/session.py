@@ -1,4 +1,5 @@
 """One benchmark run from start to end, as tools/benchmark_latency.py does it."""
+import tempfile
 import time
 
 import torch
@@ -9,20 +10,24 @@ from .images import dataset_signature, resolve_images
 from .measure import check_device
 from .candidates import check_inputs, load_config, load_models
 from .report import machine_facts, summarize_result, write_report
+from .twin import write_twin_config
 from .interleave import TARGETS, benchmark_backbones, benchmark_detectors, resolve_breakdown
 
 
 def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=None, num_images=100, warmup=10,
                   images_dir=None, mini_root=None, target='detector', breakdown='auto', cfg_options=None,
-                  out_dir=None, command=None, clock=time.perf_counter, progress=True, log=print):
+                  out_dir=None, command=None, clock=time.perf_counter, progress=True, log=print, twin=False):
     """Validate the inputs, load the models, time them interleaved, and write the report.
 
     Every argument mirrors an option of tools/benchmark_latency.py; `device` None means CUDA
     when available, else the CPU; `threads` sets ``torch.set_num_threads``. The images are
     `images_dir`, else the mini COCO val split under `mini_root`, else the first config's test
     dataset. All input checks run before any model is built; a bad value raises
-    BenchmarkError. Returns ``(summary, paths)``: the JSON summary and the written files
-    ({'md', 'json', 'png'}; empty when `out_dir` is None).
+    BenchmarkError. ``twin``: time the first config's LayerNorm + softmax twin (derived from it
+    by :func:`~slab_mmdet.benchmark.twin.write_twin_config`, written to `out_dir` or a temporary
+    folder; random weights, unfused) first, as the reference of every ratio. Returns
+    ``(summary, paths)``: the JSON summary and the written files ({'md', 'json', 'png'}; empty
+    when `out_dir` is None).
     """
     log = log or (lambda message: None)
     device = check_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -36,6 +41,10 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
     resolve_breakdown(breakdown, device, target)
     configs = list(configs)
     checkpoints = check_inputs(configs, checkpoints, fuse)
+    if twin:
+        twin_path = write_twin_config(configs[0], out_dir or tempfile.mkdtemp(prefix='slab_twin_'), cfg_options)
+        log(f'[benchmark] twin of {configs[0]}: {twin_path} (softmax attention, LayerNorm; random weights, '
+            f'unfused), the reference of the ratios')
     if threads is not None:
         torch.set_num_threads(threads)
 
@@ -50,7 +59,8 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
     if images.num_unique < len(images.paths):
         log(f'[benchmark] note: only {images.num_unique} images available; they are reused in order')
 
-    models = load_models(configs, checkpoints, fuse, device, cfg_options, log=log)
+    twin_models = load_models([twin_path], device=device, cfg_options=cfg_options, log=log) if twin else []
+    models = twin_models + load_models(configs, checkpoints, fuse, device, cfg_options, log=log)
     if target == 'detector':
         result = benchmark_detectors(models, images, warmup, breakdown, clock=clock, progress=progress)
     else:

@@ -23,20 +23,26 @@ def test_demo_chain_writes_a_consistent_report(mini_coco, tmp_path):
         # Fusion is exact: the fused model scores the same on the val split.
         assert report['fused_metrics'][key] == pytest.approx(report['metrics'][key], abs=1e-3)
     assert report['fusion']['removed_norms'] == 24 and report['fusion']['features'] < 1e-4
+    # Every speed table leads with the twin (LayerNorm + softmax, this code): what SLAB itself buys.
     names = [m['name'] for m in report['latency']]
-    assert len(names) == 3 and names[1].endswith('(fused)') and names[2].endswith('(LayerNorm baseline)')
+    assert names == ['mask_rcnn_slab_pvt_t_twin (LayerNorm + softmax twin)', 'mask_rcnn_slab_pvt_t',
+                     'mask_rcnn_slab_pvt_t (fused)']
     # The backbones at COCO test resolution: the first image resized to fit 1333x800, padded to 32.
     backbones = report['backbone_latency']
     h, w = backbones['input_hw']
     assert 768 <= min(h, w) <= 800 and 1000 <= max(h, w) <= 1344, (h, w)
     assert [b['name'] for b in backbones['models']] == [
-        'mask_rcnn_slab_pvt_t (fused)', 'mask_rcnn_pvt_t (LayerNorm baseline)', 'PVTv2-b1 (mmdet)']
+        'PVT-T twin (this code, LayerNorm + softmax SDPA)', 'SLAB-PVT-T, trained (fused)', 'PVTv2-b1 (timm, SDPA)',
+        "PVT-T (mmdet's implementation)"]
+    assert backbones['models'][0]['ratio']['paired']['median'] == 1.0
     assert json.loads((out / 'report.json').read_text())['metrics'] == report['metrics']
     text = (out / 'report.md').read_text()
     assert 'Recipe: 2 images per batch' in text
     headings = [line for line in text.splitlines() if line.startswith('## ')]
     # The report leads with the COCO-resolution backbone comparison.
     assert headings[0] == '## Backbone speed at COCO test resolution (batch 1)' and f'the first is {h}x{w}' in text
+    table = text[text.index('| backbone | mean (ms) | median (ms) | ratio to the twin |'):]
+    assert table.splitlines()[2].startswith('| PVT-T twin (this code, LayerNorm + softmax SDPA) |')
     for heading in ('## Validation', '## Detections on val images', '## Training', '## Fusion', '## Latency',
                     '## Time per step'):
         assert heading in text
