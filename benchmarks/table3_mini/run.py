@@ -114,6 +114,7 @@ def run_one(row, seed, results, work_root, threads, extra_options, log=print):
            '--cfg-options', f'randomness.seed={seed}', *extra_options]
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
     log(f'[table3] start {row} seed {seed} ({threads} thread(s)) -> {work_dir}')
+    facts = host_facts()   # the commit the run starts from
     start = time.time()
     with open(osp.join(work_dir, 'stdout.txt'), 'w') as f:
         rc = subprocess.call(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
@@ -122,7 +123,7 @@ def run_one(row, seed, results, work_root, threads, extra_options, log=print):
         text = f.read()
     result = dict(row=row, seed=seed, config=osp.relpath(config, ROOT), rc=rc, seconds=round(seconds),
                   threads=threads, options=list(extra_options), **summarise_run(read_scalars(work_dir), text),
-                  **host_facts(), date=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
+                  **facts, date=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
     if rc != 0:
         result['error'] = f'exit {rc}: ' + ' | '.join(text.strip().splitlines()[-3:])[-400:]
     if rc != 0 and not result['diverged']:

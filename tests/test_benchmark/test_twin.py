@@ -57,7 +57,8 @@ def test_derived_twin_is_the_written_twin(tmp_path, source, written_twin):
 def test_twin_keeps_what_the_source_sets_besides_attention_and_norms():
     """A user's own arch and settings carry over; only attention, norms and weights change."""
     source = _config('mask_rcnn_slab_swin_t.py')
-    options = {'model.backbone.arch': 'small', 'model.backbone.window_sizes': (14, 14, 5, 5), 'model.backbone.drop_path_rate': 0.05,
+    options = {'model.backbone.arch': 'small', 'model.backbone.window_sizes': (14, 14, 5, 5),
+               'model.backbone.drop_path_rate': 0.05,
                'model.backbone.norm_cfg': dict(type='PRepBN', eps=1e-4)}
     twin = twin_backbone_cfg(source, options)
     assert twin['arch'] == 'small'
