@@ -61,9 +61,13 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    for path, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
-        if not osp.isfile(path):
-            raise SystemExit(f'error: {what} {path!r} does not exist')
+    from slab_mmdet.apis.config import resolve_config_path
+    try:
+        resolve_config_path(args.config)   # a path or a package config (mmdet::...)
+    except FileNotFoundError as e:
+        raise SystemExit(f'error: {e}')
+    if not osp.isfile(args.checkpoint):
+        raise SystemExit(f'error: checkpoint {args.checkpoint!r} does not exist')
     if not args.out.endswith('.onnx'):
         raise SystemExit(f'error: --out must name a .onnx file, got {args.out!r}')
     if osp.exists(args.out) and not args.force:

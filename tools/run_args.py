@@ -23,9 +23,14 @@ def add_run_arguments(parser, example_option):
 
 
 def parse_run_arguments(parser, argv=None):
-    """Parse, check the config exists, and export LOCAL_RANK as the launchers expect."""
+    """Parse, check the config exists (a path or a package config such as
+    ``mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py``), and export LOCAL_RANK as the launchers expect."""
     args = parser.parse_args(argv)
-    if not os.path.isfile(args.config):
-        parser.error(f'config file not found: {args.config}')
+    from slab_mmdet.apis.config import resolve_config_path   # after parsing: -h answers without torch
+    try:
+        resolve_config_path(args.config)
+    except FileNotFoundError:
+        parser.error(f'config file not found: {args.config} (give a config file path, or a package config such as '
+                     f'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py)')
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args

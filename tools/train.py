@@ -62,7 +62,13 @@ def main(argv=None):
                              'auto_scale_lr = dict(enable=False, base_batch_size=<batch size the lr is for>)')
         cfg.auto_scale_lr.enable = True
     if args.resume == 'auto':
-        cfg.resume, cfg.load_from = True, None
+        from mmengine.runner import find_latest_checkpoint
+        if find_latest_checkpoint(cfg.work_dir) is None:
+            # mmengine would log "resumed from None" and start anyway; say what happens instead.
+            print(f'[train] --resume: nothing to resume in {cfg.work_dir} (no checkpoint written there yet); '
+                  f'starting from the config\'s weights')
+        else:
+            cfg.resume, cfg.load_from = True, None
     elif args.resume is not None:
         cfg.resume, cfg.load_from = True, args.resume
 

@@ -114,7 +114,16 @@ def onnx_session(path, threads=None):
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    if not osp.isfile(path):
+        raise FileNotFoundError(f'ONNX graph {path!r} does not exist')
+    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+    unreadable = (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail, ort_errors.NoModel)
+    try:
+        return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
+    except unreadable as e:   # a truncated or corrupt file
+        reason = str(e).strip().splitlines()[0].split(' failed:')[-1].strip() if str(e).strip() else ''
+        raise ValueError(f'{path} is not a readable ONNX graph ({type(e).__name__}: {reason[:300]}); export it '
+                         f'again with tools/export_onnx.py') from None
 
 
 def check_onnx_features(model, path, sizes, seed=0, session=None, with_rpn_head=False):

@@ -167,6 +167,10 @@ def test_cli_refuses_bad_arguments(checkpoints, tmp_path):
     cases = [
         ([PVT, ckpt, '--out', str(tmp_path / 'm.txt')], 'must name a .onnx file'),
         ([PVT, str(tmp_path / 'missing.pth'), '--out', str(tmp_path / 'm.onnx')], 'does not exist'),
+        # A package config is a config (only the missing checkpoint is refused), a wrong one is named.
+        (['mmdet::retinanet/retinanet_r18_fpn_1x_coco.py', str(tmp_path / 'missing.pth'), '--out',
+          str(tmp_path / 'm.onnx')], "checkpoint '" + str(tmp_path / 'missing.pth') + "' does not exist"),
+        (['mmdet::no/such.py', ckpt, '--out', str(tmp_path / 'm.onnx')], "config not found: 'mmdet::no/such.py'"),
         ([PVT, ckpt, '--out', str(tmp_path / 'm.onnx'), '--shape', '800'], 'expected HEIGHTxWIDTH'),
     ]
     existing = tmp_path / 'exists.onnx'
@@ -194,3 +198,13 @@ def test_the_authors_recipe_exports_with_its_layernorm_output_norms_named(detect
     assert result['kept_norms'] == [f'backbone.norm{i}' for i in range(4)]
     norms = [n.name for n in onnx.load(str(out)).graph.node if n.op_type in NORM_OPS]
     assert len(norms) == 4 and all(n.startswith(tuple(f'/backbone/norm{i}/' for i in range(4))) for n in norms)
+
+
+def test_a_corrupt_graph_is_refused_naming_the_file(tmp_path):
+    """A truncated or corrupt .onnx is refused by name and reason, not with ONNX Runtime's traceback."""
+    bad = tmp_path / 'truncated.onnx'
+    bad.write_bytes(b'\x08\x07' + b'not a protobuf' * 8)
+    proc = run_python(['tools/test_onnx.py', PVT, str(bad)])
+    assert proc.returncode != 0
+    assert f'error: {bad} is not a readable ONNX graph (InvalidProtobuf: Protobuf parsing failed.)' in proc.stderr
+    assert 'Traceback' not in proc.stderr

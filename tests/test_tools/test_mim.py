@@ -168,6 +168,9 @@ def test_mim_train_mmdet_then_resume_with_ours_then_test(mim_run):
 
 @pytest.mark.parametrize('args, message', [
     (['tools/train.py', 'no/such/config.py'], 'config file not found: no/such/config.py'),
+    # A package config passes the check: the next argument error is the one reported.
+    (['tools/train.py', 'mmdet::mask_rcnn/mask-rcnn_r50_fpn_1x_coco.py', '--resume', 'no_such.pth'],
+     '--resume checkpoint not found: no_such.pth'),
     (['tools/train.py', CONFIG, '--resume', 'no_such.pth'], '--resume checkpoint not found: no_such.pth'),
     (['tools/train.py', CONFIG, '--launcher', 'local'], "invalid choice: 'local'"),
     (['tools/test.py', CONFIG, 'no_such.pth'], 'checkpoint not found: no_such.pth'),
@@ -178,6 +181,18 @@ def test_entry_points_reject_bad_arguments(args, message):
     proc = run_python(args, timeout=120)
     assert proc.returncode == 2
     assert message in proc.stderr
+
+
+@pytest.mark.slow
+def test_resume_with_nothing_to_resume_says_so_and_starts(mim_run, tmp_path):
+    work_dir = str(tmp_path / 'fresh')
+    proc = run_python(['tools/train.py', mim_run['config'], '--work-dir', work_dir, '--resume', '--cfg-options',
+                       'train_cfg.max_iters=1'], timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (f'[train] --resume: nothing to resume in {work_dir} (no checkpoint written there yet); starting from '
+            "the config's weights") in proc.stdout
+    assert 'resumed from None' not in proc.stdout + proc.stderr
+    assert osp.isfile(osp.join(work_dir, 'iter_1.pth'))
 
 
 def test_train_help_does_not_offer_gpus():

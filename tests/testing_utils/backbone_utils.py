@@ -289,6 +289,9 @@ def common_invalid_arguments(cfg):
         (dict(cfg, norm_cfg=dict(type='GN', num_groups=2)), r"norm_cfg type 'GN' cannot normalise"),
         (dict(cfg, norm_cfg=dict(type='SyncBN')), r"'SyncBN' cannot normalise .*convert_sync_batchnorm"),
         (dict(cfg, out_norm_cfg=dict(type='IN')), r"out_norm_cfg type 'IN' cannot normalise"),
+        # Before 2026-12-05 this built, and every output was NaN.
+        (dict(cfg, out_norm_cfg=dict(type='LN', eps=-1)), r'out_norm_cfg eps must be a number > 0 .*got -1'),
+        (dict(cfg, norm_cfg=dict(type='LN', eps=0)), r'norm_cfg eps must be a number > 0 .*got 0'),
         (dict(cfg, kernel_size=4), r'kernel_size must be an odd int >= 1, got 4'),
         (dict(cfg, deploy=True, norm_cfg=dict(type='LN')),
          r"deploy=True .*\(one of PRepBN, RepBN, DyT\); norm_cfg type 'LN' cannot be folded"),

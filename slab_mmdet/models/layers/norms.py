@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from ...utils import is_number
 from .dyt import DyT, ScaledTanh, TanhAffine
 from .prepbn import PRepBN, RepBN
 
@@ -75,3 +76,7 @@ def check_token_norm_cfg(norm_cfg, owner, what='norm_cfg'):
                          f'DyT needs no statistics; '
                          f'for SyncBN, build PRepBN and convert its BatchNorms with '
                          f'torch.nn.SyncBatchNorm.convert_sync_batchnorm)')
+    eps = norm_cfg.get('eps')
+    if eps is not None and (not is_number(eps) or not eps > 0):
+        raise ValueError(f'{owner}: {what} eps must be a number > 0 (it keeps the normaliser away from 0), '
+                         f'got {eps!r}')
