@@ -3,6 +3,7 @@ read through mmengine with a clear error for a file that holds no checkpoint."""
 import os
 import os.path as osp
 import pickle
+import re
 
 import torch
 from mmengine.runner.checkpoint import CheckpointLoader, load_from_local
@@ -24,6 +25,25 @@ def save_checkpoint(obj, path):
     return path
 
 
+class UnsafeCheckpoint(pickle.UnpicklingError):
+    """A checkpoint not loaded because rebuilding what it pickles would run code."""
+
+
+def unsafe_checkpoint(path, names):
+    """The one refusal of a checkpoint that pickles classes or functions (``names``, as
+    'module.name') that only running code can rebuild, for every route that reads one."""
+    return UnsafeCheckpoint(
+        f'{path} is not loaded: it pickles {", ".join(names) or "objects"}, which only code can rebuild, and '
+        f'loading it would run that code. No code from the checkpoint was run. Only tensors and plain data '
+        f"(and mmengine's own training records) load here: save the weights alone, "
+        f'torch.save(model.state_dict(), path), where the file is trusted and its classes are installed')
+
+
+def globals_named_in(error):
+    """The pickled globals torch's weights-only unpickler names in ``error`` (e.g. 'posix.system')."""
+    return sorted(set(re.findall(r'GLOBAL ([\w.]+)', str(error))))
+
+
 def load_checked(filename, map_location=None):
     """mmengine's local checkpoint loading, refusing by name what is no checkpoint: a file
     torch.load cannot read (a text file, a truncated download), or one that holds something
@@ -32,8 +52,8 @@ def load_checked(filename, map_location=None):
     try:
         checkpoint = load_from_local(filename, map_location)
     except (pickle.UnpicklingError, EOFError, RuntimeError, KeyError, UnicodeDecodeError, ValueError) as e:
-        if 'Unsupported global' in str(e):
-            raise   # a checkpoint that pickles a class that is not allow-listed: torch's own words say so
+        if isinstance(e, pickle.UnpicklingError) and globals_named_in(e):
+            raise unsafe_checkpoint(filename, globals_named_in(e)) from None
         raise ValueError(f'{filename} is not a checkpoint that torch.save wrote (torch.load: {type(e).__name__}: '
                          f'{str(e).splitlines()[0][:200] if str(e) else "no message"}); give the .pth that training '
                          f'or tools/convert_checkpoint.py wrote') from e

@@ -14,6 +14,7 @@ from collections import OrderedDict
 import torch
 
 from ..apis import mmengine_allowlist  # noqa: F401  (numpy and mmengine types)
+from ..apis.checkpoint import globals_named_in, unsafe_checkpoint
 from .errors import ConversionError
 
 
@@ -77,16 +78,8 @@ def load_checkpoint_safely(path):
         with torch.serialization.safe_globals([(_stand_in(name), name) for name in foreign]):
             obj = torch.load(path, map_location='cpu', weights_only=True)
     except (pickle.UnpicklingError, AttributeError, TypeError, ValueError, RuntimeError) as e:
-        names = ', '.join(foreign) if foreign else 'none'
-        raise ConversionError(
-            f'cannot load {path} with weights_only=True: {_unpickler_reason(e)}\n'
-            f'It pickles classes/functions that are not allow-listed ({names}). They are read as inert dict '
-            f'records where torch\'s weights-only unpickler allows that, which it does not here (it fills only '
-            f'exact dicts and lists, so e.g. a list subclass cannot become a dict record, and it refuses the os/sys '
-            f'modules outright). No code from the checkpoint was '
-            f'run. If you trust the file, extract its weights where its classes are installed, e.g. '
-            f"torch.save(torch.load(SRC, weights_only=False)['model'], 'weights.pth') ('state_dict' for mmdet "
-            f'checkpoints), and convert weights.pth.') from e
+        # The wording of every route that refuses such a file (apis.checkpoint), as the converter's error.
+        raise ConversionError(str(unsafe_checkpoint(path, globals_named_in(e) or foreign))) from None
     return obj, foreign
 
 
@@ -99,8 +92,9 @@ def _load_legacy(path):
         raise ConversionError(
             f"{path} is not a zip checkpoint (torch.save's default since torch 1.6): either the legacy format "
             f'(_use_new_zipfile_serialization=False) that pickles objects weights-only loading does not allow '
-            f'({_unpickler_reason(e)}), or not a torch.save file at all. If you trust it, re-save its weights '
-            f"with a current torch: torch.save(torch.load(SRC, weights_only=False)['model'], 'weights.pth').") from e
+            f'({_unpickler_reason(e)}), or not a torch.save file at all. No code from it was run. Where the file is '
+            f'trusted and its classes are installed, save the weights alone with a current torch: '
+            f'torch.save(model.state_dict(), path).') from e
 
 
 def extract_state_dict(ckpt):

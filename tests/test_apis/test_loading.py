@@ -83,3 +83,48 @@ def test_checkpoints_are_written_atomically(tmp_path, monkeypatch):
     assert os.listdir(osp.dirname(path)) == ['out.pth']    # no temporary file left
     with pytest.raises(IsADirectoryError, match='is a directory'):
         save_checkpoint({}, str(tmp_path))
+
+
+class _RunsCode:
+    def __init__(self, func, arg):
+        self.func, self.arg = func, arg
+
+    def __reduce__(self):
+        return self.func, (self.arg,)
+
+
+class _Arbitrary:
+    pass
+
+
+@pytest.mark.parametrize('payload, named, converter_refuses', [
+    (_RunsCode(__import__('os').system, 'true'), r'(posix|nt)\.system', True),
+    (_RunsCode(__import__('sys').exit, 1), r'sys\.exit', True),
+    (_RunsCode(eval, '1'), 'eval', False),
+    (_Arbitrary(), r'test_loading\._Arbitrary', False),
+], ids=['os.system', 'sys.exit', 'eval', 'a class'])
+def test_a_checkpoint_that_would_run_code_is_refused_in_one_wording(tmp_path, payload, named, converter_refuses):
+    """Every route that reads a checkpoint (here load_checked, which mmengine's load_from and
+    init_cfg use, and the converter's reader) names the global and says why the file is not
+    loaded; none suggests turning weights-only loading off. (The converter reads other foreign
+    globals as inert records, running nothing; the os/sys modules it refuses too.)"""
+    import re
+
+    from slab_mmdet.apis.checkpoint import UnsafeCheckpoint, load_checked
+    from slab_mmdet.converters import ConversionError, load_checkpoint_safely
+    path = str(tmp_path / 'payload.pth')
+    torch.save({'state_dict': {'w': torch.ones(1)}, 'meta': {'x': payload}}, path)
+    with pytest.raises(UnsafeCheckpoint) as info:
+        load_checked(path)
+    messages = [str(info.value)]
+    if converter_refuses:
+        with pytest.raises(ConversionError) as converter_info:
+            load_checkpoint_safely(path)
+        messages.append(str(converter_info.value))
+    else:
+        obj, foreign = load_checkpoint_safely(path)   # inert records, no code run
+        assert foreign and torch.equal(obj['state_dict']['w'], torch.ones(1))
+    for message in messages:
+        assert re.match(rf'{re.escape(path)} is not loaded: it pickles [\w.]*{named}, which only code can rebuild, '
+                        r'and loading it would run that code\. No code from the checkpoint was run\.', message), message
+        assert 'weights_only=False' not in message and 'weights_only' not in message
