@@ -19,18 +19,16 @@ from timm.models._features import FeatureInfo
 
 from .backbones import SLABPyramidVisionTransformer, SLABSwinTransformer
 
-TIMM_VARIANTS = {
-    'slab_pvt_tiny': (SLABPyramidVisionTransformer, dict(arch='tiny', attn_types='LLLL')),
-    'slab_pvt_small': (SLABPyramidVisionTransformer, dict(arch='small', attn_types='LLLL')),
-    'slab_pvt_medium': (SLABPyramidVisionTransformer, dict(arch='medium', attn_types='LLLL')),
-    'pvt_tiny_prepbn': (SLABPyramidVisionTransformer, dict(arch='tiny', attn_types='SSSS')),
-    'pvt_small_prepbn': (SLABPyramidVisionTransformer, dict(arch='small', attn_types='SSSS')),
-    'pvt_medium_prepbn': (SLABPyramidVisionTransformer, dict(arch='medium', attn_types='SSSS')),
-    'slab_swin_tiny': (SLABSwinTransformer, dict(arch='tiny', attn_types='LLSS', window_sizes=(56, 28, 7, 7))),
-    'slab_swin_small': (SLABSwinTransformer, dict(arch='small', attn_types='LLSS', window_sizes=(56, 28, 7, 7))),
-    'swin_tiny_prepbn': (SLABSwinTransformer, dict(arch='tiny', attn_types='SSSS', window_sizes=(7, 7, 7, 7))),
-    'swin_small_prepbn': (SLABSwinTransformer, dict(arch='small', attn_types='SSSS', window_sizes=(7, 7, 7, 7))),
-}
+# Each family: a timm name pattern, the backbone, and what sets the family apart; one variant
+# per size in the backbone's arch_zoo (the arch tables are the one list of sizes).
+TIMM_FAMILIES = (
+    ('slab_pvt_{size}', SLABPyramidVisionTransformer, dict(attn_types='LLLL')),
+    ('pvt_{size}_prepbn', SLABPyramidVisionTransformer, dict(attn_types='SSSS')),
+    ('slab_swin_{size}', SLABSwinTransformer, dict(attn_types='LLSS', window_sizes=(56, 28, 7, 7))),
+    ('swin_{size}_prepbn', SLABSwinTransformer, dict(attn_types='SSSS', window_sizes=(7, 7, 7, 7))),
+)
+TIMM_VARIANTS = {pattern.format(size=size): (backbone, dict(arch=size, **settings))
+                 for pattern, backbone, settings in TIMM_FAMILIES for size in backbone.arch_zoo}
 IMAGENET_CFG = dict(num_classes=1000, input_size=(3, 224, 224), mean=(0.485, 0.456, 0.406),
                     std=(0.229, 0.224, 0.225), interpolation='bicubic', crop_pct=0.9, first_conv='backbone.'
                     'patch_embed.proj', classifier='head')
