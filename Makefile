@@ -15,7 +15,7 @@ lint: setup
 	.venv/bin/ruff check .
 
 demo: setup
-	$(PY) tools/demo.py
+	$(PY) demo/mini_coco_demo.py
 
 mini-coco: setup
 	$(PY) tools/make_mini_coco.py --out data/mini_coco

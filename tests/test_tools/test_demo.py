@@ -5,7 +5,7 @@ import os.path as osp
 
 import pytest
 
-from slab_mmdet.demo import run_demo
+from mini_coco_demo import run_demo   # demo/ (on pytest's pythonpath)
 
 PNG_MAGIC = b'\x89PNG\r\n\x1a\n'
 
@@ -69,7 +69,7 @@ def assert_detections_picture_shows_the_models(report, out, mini_coco):
     from mmdet.apis import inference_detector
 
     from slab_mmdet import apis
-    from slab_mmdet.demo_pictures import HEADER
+    from demo_pictures import HEADER
     pictures = report['detections']
     assert pictures['columns'] == ['ground truth', 'trained (PRepBN, g = 0)', 'fused (no norm layers)']
     assert png_size(out / 'detections.png') == tuple(pictures['grid_hw']) == (HEADER + 2 * 256, 3 * 320)

@@ -1,4 +1,6 @@
-"""The main job end to end on mini COCO (what ``make demo`` runs).
+"""The main job end to end on mini COCO: the program ``make demo`` runs.
+
+    python demo/mini_coco_demo.py --out-dir work_dirs/demo
 
 1. make mini COCO (200 train / 50 val images) unless it is there;
 2. train a SLAB-PVT-T Mask R-CNN from scratch on the CPU while PRepBNHook anneals every
@@ -15,10 +17,13 @@
    val images with their ground truth and the trained and fused detectors' detections,
    and PNGs of the loss and g curves and the latency bars.
 """
+import argparse
 import json
 import os
 import os.path as osp
 import time
+
+from mmengine.config import DictAction
 
 # realpath: the venv links site-packages/slab_mmdet to the checkout (for mim).
 REPO_ROOT = osp.dirname(osp.dirname(osp.realpath(__file__)))
@@ -67,7 +72,7 @@ def train(config, options, work_dir):
     """
     from mmengine.hooks import Hook
 
-    from .engine.run_config import build_runner, load_run_config
+    from slab_mmdet.engine.run_config import build_runner, load_run_config
 
     class KeepValMetrics(Hook):
         priority = 'LOWEST'
@@ -92,7 +97,7 @@ def train(config, options, work_dir):
 
 def evaluate(config, checkpoint, options, work_dir):
     """COCO bbox/segm metrics of `checkpoint` on the val split, as tools/test.py computes them."""
-    from .engine.run_config import build_runner, load_run_config
+    from slab_mmdet.engine.run_config import build_runner, load_run_config
     cfg = load_run_config(config, options, work_dir)
     cfg.load_from = checkpoint
     return _metrics(build_runner(cfg).test())
@@ -124,10 +129,10 @@ def benchmark(checkpoint, config, options, data_root, out_dir, num_images, warmu
     """The LayerNorm + softmax twin of ``config`` (random weights; the reference of the ratios)
     vs the trained model unfused and fused, whole detectors, interleaved, batch 1."""
     import torch
-    from .benchmark import FIXED_DETECTIONS, benchmark_detectors, load_models
-    from .benchmark.images import list_mini_coco_val, select_images
-    from .benchmark.report import machine_facts, summarize_result, write_report
-    from .benchmark.twin import write_twin_config
+    from slab_mmdet.benchmark import FIXED_DETECTIONS, benchmark_detectors, load_models
+    from slab_mmdet.benchmark.images import list_mini_coco_val, select_images
+    from slab_mmdet.benchmark.report import machine_facts, summarize_result, write_report
+    from slab_mmdet.benchmark.twin import write_twin_config
     if threads:
         torch.set_num_threads(threads)
     models = load_models([write_twin_config(config, out_dir, options)], cfg_options={**options, **FIXED_DETECTIONS})
@@ -147,11 +152,11 @@ def benchmark_coco_size_backbones(checkpoint, config, options, baseline, data_ro
     mmdet's PVT-T (``baseline``, its slower attention), random weights except the trained model,
     on mini COCO val images resized as COCO test images are, interleaved, batch 1."""
     import torch
-    from .benchmark import COCO_TEST_SCALE, benchmark_backbones, load_models, resized_test_pipeline_options
-    from .benchmark.images import list_mini_coco_val, select_images
-    from .benchmark.peers import timm_peer_options
-    from .benchmark.report import machine_facts, summarize_result, write_report
-    from .benchmark.twin import write_twin_config
+    from slab_mmdet.benchmark import COCO_TEST_SCALE, benchmark_backbones, load_models, resized_test_pipeline_options
+    from slab_mmdet.benchmark.images import list_mini_coco_val, select_images
+    from slab_mmdet.benchmark.peers import timm_peer_options
+    from slab_mmdet.benchmark.report import machine_facts, summarize_result, write_report
+    from slab_mmdet.benchmark.twin import write_twin_config
     if threads:
         torch.set_num_threads(threads)
     at_coco_size = resized_test_pipeline_options(config, COCO_TEST_SCALE)
@@ -175,10 +180,10 @@ def benchmark_coco_size_backbones(checkpoint, config, options, baseline, data_ro
 
 
 def draw_detections(config, checkpoint, fused, options, out_path, num_images, score_thr):
-    """The picture of detections (:func:`slab_mmdet.demo_pictures.detection_grid`) of the first
+    """The picture of detections (:func:`demo_pictures.detection_grid`) of the first
     ``num_images`` val images: ground truth, the trained model's, the fused model's."""
-    from .apis import load_detector
-    from .demo_pictures import detection_grid
+    from slab_mmdet.apis import load_detector
+    from demo_pictures import detection_grid
     models = [load_detector(config, checkpoint, options), load_detector(fused['config'], fused['checkpoint'], options)]
     dataset_cfg = models[0].cfg.val_dataloader.dataset
     return detection_grid(models, dataset_cfg, range(num_images), out_path, score_thr=score_thr)
@@ -195,8 +200,8 @@ def run_demo(out_dir='work_dirs/demo', data_root='data/mini_coco', config=DEFAUL
     and at COCO test resolution (``warmup`` rounds before each); ``picture_images`` val images
     are drawn with the detections scoring ``picture_score_thr`` or more.
     """
-    from .datasets import ensure_mini_coco
-    from .deploy import fuse_checkpoint
+    from slab_mmdet.datasets import ensure_mini_coco
+    from slab_mmdet.deploy import fuse_checkpoint
     os.makedirs(out_dir, exist_ok=True)
     started = time.perf_counter()
     step = _Steps(log)
@@ -284,7 +289,7 @@ def _paired(ratio):
 
 
 def render_report(report, latency_files, backbone_files):
-    from .benchmark import COCO_TEST_SCALE
+    from slab_mmdet.benchmark import COCO_TEST_SCALE
     latency_md = _nested_markdown(latency_files['md'])
     backbone_md = _nested_markdown(backbone_files['md'])
     m, fm = report['metrics'], report['fused_metrics']
@@ -336,3 +341,40 @@ def render_report(report, latency_files, backbone_files):
         *[f'| {name} | {sec:.0f} |' for name, sec in report['step_seconds'].items()],
         f'| **total** | **{report["total_seconds"]:.0f}** |', '']
     return '\n'.join(lines)
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument('--out-dir', default='work_dirs/demo', help='report and artefacts (default: work_dirs/demo)')
+    parser.add_argument('--data-root', default='data/mini_coco', help='mini COCO location (default: data/mini_coco)')
+    parser.add_argument('--config', default=osp.join(REPO_ROOT, 'configs/mini/mask_rcnn_slab_pvt_t.py'),
+                        help='the model to train (default: configs/mini/mask_rcnn_slab_pvt_t.py)')
+    parser.add_argument('--baseline', default=osp.join(REPO_ROOT, 'configs/mini/mask_rcnn_pvt_t.py'),
+                        help='the LayerNorm baseline of the latency comparisons (with its backbone replaced by '
+                             "mmdet's PVTv2-b1, also the efficient peer of the COCO-resolution one)")
+    # Defaults sized so that `make demo` stays under 12 minutes on 2 cores.
+    parser.add_argument('--num-images', type=int, default=10,
+                        help='timed images per model, detectors at mini-COCO size (default: 10)')
+    parser.add_argument('--coco-size-images', type=int, default=3,
+                        help='timed images per model, backbones at COCO test resolution (default: 3)')
+    parser.add_argument('--warmup', type=int, default=1, help='untimed images per model (default: 1)')
+    parser.add_argument('--threads', type=int, default=None, help='torch threads for the benchmark')
+    parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override settings of --config')
+    args = parser.parse_args(argv)
+    for path in (args.config, args.baseline):
+        if not osp.isfile(path):
+            parser.error(f'config not found: {path}')
+    if args.num_images < 1 or args.coco_size_images < 1 or args.warmup < 0:
+        parser.error(f'--num-images and --coco-size-images must be >= 1 and --warmup >= 0, got '
+                     f'{args.num_images}, {args.coco_size_images} and {args.warmup}')
+    return args
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    run_demo(args.out_dir, args.data_root, args.config, args.baseline, args.num_images, args.warmup, args.threads,
+             args.cfg_options, coco_size_images=args.coco_size_images)
+
+
+if __name__ == '__main__':
+    main()
