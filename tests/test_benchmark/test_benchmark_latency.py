@@ -5,7 +5,6 @@ Behaviour, never speed: the call order (interleaving), what the timed region con
 ratios recomputed from the raw timings, the report files, the per-part breakdown of two-
 and one-stage detectors, --fuse plumbing with a stand-in fuse function, and the errors.
 """
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -27,6 +26,7 @@ from slab_mmdet.benchmark.measure import RssPeakMemory
 from slab_mmdet.benchmark.candidates import unique_names
 from slab_mmdet.benchmark.report import cpu_model, machine_facts, render_markdown
 from testing_utils import REPO_ROOT
+from testing_utils.helpers import load_script
 
 MASK_RCNN = 'configs/mini/mask_rcnn_pvt_t.py'
 # Small images and few proposals/detections, so that a Mask R-CNN forward takes ~0.1 s on a CPU.
@@ -40,11 +40,7 @@ SMALL_TEST_PIPELINE = """[
 
 
 def _load_cli():
-    path = osp.join(REPO_ROOT, 'tools/benchmark_latency.py')
-    spec = importlib.util.spec_from_file_location('benchmark_latency', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('tools/benchmark_latency.py', 'benchmark_latency')
 
 
 def write_small_config(directory, name, base, model):

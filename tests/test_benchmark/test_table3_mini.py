@@ -1,21 +1,16 @@
 """The mini-scale Table 3 study (benchmarks/table3_mini): the runner skips finished runs, starts
 none after its budget, records diverged runs and not crashed ones; the report builds the table
 from whatever result files exist and marks the missing ones. No training here."""
-import importlib.util
 import json
 import os.path as osp
 
 import pytest
 
-from testing_utils import REPO_ROOT
+from testing_utils.helpers import load_script
 
 
 def _load(name):
-    path = osp.join(REPO_ROOT, 'benchmarks', 'table3_mini', f'{name}.py')
-    spec = importlib.util.spec_from_file_location(f'table3_mini_{name}_under_test', path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(f'benchmarks/table3_mini/{name}.py', f'table3_mini_{name}_under_test')
 
 
 runner, report = _load('run'), _load('report')

@@ -2,7 +2,6 @@
 tools/benchmark_latency.py --twin): the same widths, depths, heads, windows and spatial
 reductions as its source, no PRepBN, no SLA, no annealing hook; a config without a SLAB
 backbone, or one that already is a twin, is refused by name."""
-import importlib.util
 import os.path as osp
 
 import pytest
@@ -16,6 +15,7 @@ from slab_mmdet.models.layers import PRepBN
 from slab_mmdet.models.layers.attention import SpatialReductionLinearAttention
 from slab_mmdet.models.layers.window_attention import WindowLinearAttention
 from testing_utils import REPO_ROOT
+from testing_utils.helpers import load_script
 
 
 def _config(name):
@@ -81,11 +81,7 @@ def test_a_config_without_a_twin_is_refused_by_name(tmp_path, config, message):
 
 
 def _load_cli():
-    spec = importlib.util.spec_from_file_location('benchmark_latency_cli',
-                                                  osp.join(REPO_ROOT, 'tools', 'benchmark_latency.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('tools/benchmark_latency.py', 'benchmark_latency_cli')
 
 
 def test_cli_twin_of_a_non_slab_config_is_an_error_naming_the_backbone(capsys, tmp_path):

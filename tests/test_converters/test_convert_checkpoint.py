@@ -28,7 +28,8 @@ from slab_mmdet.converters import (ConversionError, convert_mmdet_state_dict, co
                                    convert_state_dict,
                                        foreign_class_of, load_checkpoint_safely)
 from slab_mmdet.models.layers import iter_prepbn
-from testing_utils import REPO_ROOT, TEST_DATA_DIR
+from testing_utils import TEST_DATA_DIR
+from testing_utils.helpers import load_script
 
 MARKER_TEXT = 'code from the checkpoint ran'
 
@@ -103,11 +104,7 @@ def golden_state_dict(name):
 
 
 def load_cli():
-    spec = importlib.util.spec_from_file_location('convert_checkpoint_cli',
-                                                  osp.join(REPO_ROOT, 'tools', 'convert_checkpoint.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script('tools/convert_checkpoint.py', 'convert_checkpoint_cli')
 
 
 def run_cli(args):

@@ -39,6 +39,16 @@ def mini_config(config, data_root, work_dir, max_iters=2, img_scale=(256, 192), 
     return cfg
 
 
+def load_script(relative_path, module_name):
+    """A script of the checkout (``tools/x.py``, ``benchmarks/y/z.py``) imported as ``module_name``,
+    so its functions can be tested without running it."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location(module_name, osp.join(REPO_ROOT, relative_path))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def run_python(args, cwd=REPO_ROOT, timeout=600, env=None):
     """Run `python args...` with this checkout first on sys.path; returns CompletedProcess."""
     full_env = dict(os.environ)
