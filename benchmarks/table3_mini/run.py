@@ -6,9 +6,10 @@ Each run is ``tools/train.py ROW_CONFIG --cfg-options randomness.seed=S`` in its
 when it ends, ``<results>/<row>_s<seed>.json`` holds bbox/segm mAP, the largest loss, whether
 and at which g training diverged, the wall time, the host CPU and the commit. A run whose file
 exists is skipped, so re-running the same command continues the study. ``--budget-min N``
-starts no run after N minutes (a run takes 7-15 minutes on 2 cores: leave that much before any
+starts no run after N minutes (a run takes 9-20 minutes on 2 cores: leave that much before any
 deadline). ``--jobs 2`` runs two at once, one thread each; ``--jobs 1`` runs one with two
-threads (docs/benchmarks.md says which finishes the study sooner on 2 cores).
+threads. On 2 cores --jobs 2 finishes the study about twice as fast: measured 2026-12-05, two
+runs at one thread each took 0.90-1.0 s per iteration, one run alone at two threads 0.98 s.
 
     python benchmarks/table3_mini/run.py --list
     python benchmarks/table3_mini/run.py --rows slab_pvt_t pvt_t_twin --seeds 0 1 2 --budget-min 100
@@ -162,7 +163,8 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--rows', nargs='+', default=list(ROWS), metavar='ROW', help='rows to run (default: all)')
     parser.add_argument('--seeds', nargs='+', type=int, default=list(SEEDS), help='default: 0 1 2')
-    parser.add_argument('--jobs', type=int, default=1, help='trainings at once (default 1)')
+    parser.add_argument('--jobs', type=int, default=2, help='trainings at once, one thread each on 2 cores '
+                                                             '(default 2: twice the throughput of 1)')
     parser.add_argument('--budget-min', type=float, default=None,
                         help='start no run after this many minutes (default: no limit)')
     parser.add_argument('--results', default=RESULTS, help='result files (default: %(default)s)')
