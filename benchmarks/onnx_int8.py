@@ -75,9 +75,9 @@ def latency(models, args, log):
 
     from slab_mmdet import apis
     from slab_mmdet.benchmark import resized_test_pipeline_options
-    from slab_mmdet.deploy.export import deployable_detector
+    from slab_mmdet.deploy import deployable_detector
     from slab_mmdet.deploy.onnx_detector import OnnxDetector, Preprocessor
-    from slab_mmdet.deploy.onnx_export import onnx_session
+    from slab_mmdet.deploy.graph import onnx_session
     images = sorted(glob.glob(osp.join(args.data_root, 'val', '*.jpg')))[:args.images]
     runs = []   # (model, variant, callable)
     for name, config, checkpoint, paths in models:

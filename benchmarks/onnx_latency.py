@@ -3,7 +3,7 @@
 Every model is the Mask R-CNN of a config with random weights (SLAB models: PRepBN at
 g = 0 as the latency record sets it, benchmark.candidates.finish_random_prepbn, then
 fused by slab_mmdet.deploy.fuse_detector),
-exported the same way (slab_mmdet.deploy.onnx_export.export_features_onnx: dynamic H, W,
+exported the same way (slab_mmdet.deploy.onnx_export.export_onnx: dynamic H, W,
 opset 18) and timed at batch 1 on one input size, interleaved: for each of --rounds
 rounds, the models run one after the other in an order rotated by one per round, each
 first in ONNX Runtime (CPU, --threads intra-op threads) and then in PyTorch eager
@@ -61,12 +61,12 @@ def median_ms(values):
 
 
 def run(args):
-    import onnx
     import onnxruntime as ort
     import torch
 
     import slab_mmdet  # noqa: F401
-    from slab_mmdet.deploy.onnx_export import export_features_onnx, norm_nodes, onnx_session
+    from slab_mmdet.deploy.graph import norm_nodes, onnx_session, read_graph
+    from slab_mmdet.deploy.onnx_export import export_onnx
 
     torch.set_num_threads(args.threads)
     os.makedirs(args.out_dir, exist_ok=True)
@@ -77,8 +77,8 @@ def run(args):
             print(f'[onnx-latency] building and exporting {name} ...', flush=True)
             model = build(config, backbone)
             path = osp.join(args.out_dir, f'{comparison}_{len(models)}.onnx')
-            export_features_onnx(model, path, input_hw=(h, w), logger=lambda *a: None)
-            norms = len(norm_nodes(onnx.load(path)))
+            export_onnx(model, path, input_hw=(h, w), logger=lambda *a: None)
+            norms = len(norm_nodes(read_graph(path)))
             models.append(dict(comparison=comparison, name=name, config=config, model=model, path=path,
                                session=onnx_session(path, threads=args.threads), norm_nodes=norms,
                                ort=[], torch=[]))

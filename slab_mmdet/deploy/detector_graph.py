@@ -1,20 +1,19 @@
 """A whole Mask R-CNN / Faster R-CNN as one traceable module, from the preprocessed image to
-its final detections, and its ONNX export (standard operators only: RoiAlign,
-NonMaxSuppression, TopK, ...; dynamic height and width).
+its final detections, in standard ONNX operators only (RoiAlign, NonMaxSuppression, TopK, ...),
+and the metadata its exported graph carries.
 
 :class:`DetectorGraph` runs the detector's own modules (backbone, neck, RPN head, RoI heads)
 and, between them, the export-friendly steps of :mod:`.export_ops` with the detector's
 test_cfg (score threshold, NMS IoUs, proposal and detection counts). Its outputs are the
-detections in the coordinates of the preprocessed image; :mod:`.onnx_detector` maps them
-back to the original image and pastes the masks.
+detections in the coordinates of the preprocessed image; :mod:`.onnx_export` writes it,
+:mod:`.onnx_detector` maps its outputs back to the original image and pastes the masks.
 """
 import json
-import os
-import os.path as osp
 
 import torch
 import torch.nn as nn
 
+from ..version import __version__
 from .export_ops import decode_deltas, grid_anchors, multiclass_detections, multilevel_roi_align, rpn_proposals
 
 DETECTOR_INPUTS = ('images', 'image_shape')
@@ -144,11 +143,10 @@ class DetectorGraph(nn.Module):
 
 def graph_metadata(detector, graph, min_input_size):
     """What a user of the exported graph needs to know, stored in the ONNX file's metadata."""
-    import slab_mmdet
     classes = (getattr(detector, 'dataset_meta', None) or {}).get('classes')
     return {
         'slab_mmdet.kind': 'detector',
-        'slab_mmdet.version': slab_mmdet.__version__,
+        'slab_mmdet.version': __version__,
         'slab_mmdet.inputs': json.dumps(list(DETECTOR_INPUTS)),
         'slab_mmdet.outputs': json.dumps(graph.output_names),
         'slab_mmdet.classes': json.dumps(list(classes) if classes else None),
@@ -158,53 +156,4 @@ def graph_metadata(detector, graph, min_input_size):
     }
 
 
-def export_detector_onnx(model, out, input_hw=(800, 1216), opset=18, static=False, logger=print):
-    """Export the whole detector ``model`` (eval mode; fused, for deployment) as ``out``.
-
-    The graph takes ``images`` (1, 3, H, W) with dynamic H and W (``static``: fixed at
-    ``input_hw``, recorded in the metadata) and ``image_shape`` (2,) int64, and returns
-    :class:`DetectorGraph`'s outputs. It is traced at ``input_hw`` (a random image);
-    ``out`` is written through a temporary file, so a failed export leaves nothing
-    behind. Returns a dict: ``path``, ``inputs``, ``outputs``, ``opset``, ``static``.
-    """
-    import onnx
-
-    from .onnx_export import check_export_size, min_input_size
-    height, width = input_hw
-    if model.training:
-        raise ValueError('export: the model is in training mode; call model.eval() first')
-    minimum = min_input_size(model)
-    check_export_size(height, width, minimum)
-    opset = max(int(opset), 16)   # RoiAlign with half_pixel coordinates (mmcv's aligned=True)
-    graph = DetectorGraph(model).eval()
-    example = (torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)),
-               torch.tensor([height, width], dtype=torch.int64))
-    axes = {} if static else {'images': {2: 'height', 3: 'width'}}
-    for name in graph.output_names:
-        axes[name] = {0: 'detections'}
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    tmp = f'{out}.tmp{os.getpid()}.onnx'
-    try:
-        with torch.no_grad():
-            torch.onnx.export(graph, example, tmp, input_names=list(DETECTOR_INPUTS), output_names=graph.output_names,
-                              dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
-        proto = onnx.load(tmp)
-        metadata = graph_metadata(model, graph, minimum)
-        if static:
-            metadata['slab_mmdet.static_input_hw'] = json.dumps([height, width])
-        for key, value in metadata.items():
-            entry = proto.metadata_props.add()
-            entry.key, entry.value = key, value
-        onnx.save(proto, tmp)
-        os.replace(tmp, out)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
-    size = f'{height}x{width}' if static else 'HxW'
-    logger(f'[export] wrote {out} (opset {opset}, the whole detector: inputs images 1x3x{size} and image_shape, '
-           f'outputs {", ".join(graph.output_names)})')
-    return dict(path=out, inputs=list(DETECTOR_INPUTS), outputs=graph.output_names, opset=opset, static=static)
-
-
-__all__ = ['DETECTOR_INPUTS', 'DETECTOR_OUTPUTS', 'DetectorGraph', 'UnsupportedDetector', 'export_detector_onnx',
-           'graph_metadata']
+__all__ = ['DETECTOR_INPUTS', 'DETECTOR_OUTPUTS', 'DetectorGraph', 'UnsupportedDetector', 'graph_metadata']

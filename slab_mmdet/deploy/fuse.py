@@ -1,4 +1,5 @@
-"""Fusing a whole detector: every norm of its backbone folds into a neighbour.
+"""Fusing a whole detector: every norm of its backbone folds into a neighbour; a config +
+checkpoint made deployable, or fused into a checkpoint with its deploy config.
 
 :func:`fuse_detector` calls the backbone's ``switch_to_deploy()`` (pre-norms into
 the following projections, post-norms into the patch-embedding convs) and, when the
@@ -9,14 +10,20 @@ into those lateral convs too; otherwise they stay as one fixed per-channel
 (``deploy=True``), into which the fused weights load strictly.
 """
 import copy
+import os
+import os.path as osp
 
 import torch
 import torch.nn as nn
+from mmdet.apis import inference_detector
+from mmdet.models.necks import FPN, PAFPN
 from mmengine.config import Config
 
 from .. import apis
 from ..models.layers.fusion import FusionError
 from ..models.layers.norms import NORM_LAYER_TYPES
+from ..models.layers.prepbn import PRepBN, RepBN
+from .equivalence import compare_detections, compare_features, detections_equivalent
 
 
 def count_norm_layers(module):
@@ -34,7 +41,6 @@ def count_norm_layers(module):
 def _lateral_convs_for_outputs(neck, num_outputs):
     """{backbone output index: lateral 1x1 conv} if the neck reads every backbone output
     only through such a conv; None otherwise."""
-    from mmdet.models.necks import FPN, PAFPN
     if type(neck) not in (FPN, PAFPN) or neck.add_extra_convs == 'on_input':
         return None
     if neck.start_level != 0 or neck.backbone_end_level != num_outputs:
@@ -94,6 +100,56 @@ def fuse_detector(model, fold_output_norms=True):
     return dict(removed_norms=before - kept, kept_norms=kept, out_norms_folded=folded, output_norms=output_norms)
 
 
+def fused_copy(model):
+    """``(fused, report)``: a deep copy of ``model`` fused by :func:`fuse_detector` and its
+    report; ``model`` itself is left as it is (to compare with, or to keep unfused)."""
+    fused = copy.deepcopy(model)
+    return fused, fuse_detector(fused)
+
+
+def deployable_detector(config, checkpoint, cfg_options=None, logger=print):
+    """The detector of ``config`` + ``checkpoint`` as it deploys, on the CPU in eval mode:
+    ``(model, kept, layernorm_model)``, with ``kept`` the names of the backbone's norm
+    layers that stay and ``layernorm_model`` whether it had nothing to fold.
+
+    * a deploy config (backbone ``deploy=True``, from ``tools/fuse_norms.py``) with its fused
+      checkpoint: as is;
+    * a model with PRepBN/RepBN norms: fused (every PRepBN must have reached g = 0); the
+      LayerNorm output norms of the authors' recipe (``out_norm_cfg`` LN) stay;
+    * a model with no foldable norm (a LayerNorm baseline): as is, every norm stays.
+
+    Raises:
+        FusionError: a SLAB model still annealing (g > 0), or otherwise not foldable.
+        CheckpointMismatch: the checkpoint does not fit the config.
+    """
+    logger = logger or (lambda message: None)
+    model = apis.load_detector(config, checkpoint, cfg_options, strict=True)
+    backbone = model.backbone
+    layernorm_model = False
+    if getattr(backbone, 'deploy', False):
+        logger(f'[export] {type(backbone).__name__} is already fused (deploy config)')
+    elif any(isinstance(m, (PRepBN, RepBN)) for m in backbone.modules()):
+        try:
+            report = fuse_detector(model)
+        except FusionError as e:
+            raise FusionError(f'cannot export {checkpoint} with {config}: the model cannot be fused ({e}). '
+                              'Export a model trained until g = 0 (PRepBNHook), or a fused checkpoint with its '
+                              'deploy config from tools/fuse_norms.py') from e
+        logger(f'[export] fused: removed {report["removed_norms"]} norm layers; output norms '
+               f'{report["output_norms"]}')
+    else:
+        layernorm_model = True
+        logger(f'[export] {type(backbone).__name__} has no foldable norm (a LayerNorm model): exported with its '
+               f'norms')
+    kept = [f'backbone.{name}' for name, m in backbone.named_modules() if isinstance(m, NORM_LAYER_TYPES)]
+    return model, _outermost(kept), layernorm_model
+
+
+def _outermost(names):
+    """The names that are not inside another one of ``names`` (a PRepBN, not also its LN)."""
+    return [n for n in names if not any(n != o and n.startswith(o + '.') for o in names)]
+
+
 def deploy_config(cfg, out_norms_folded):
     """The config that builds the fused structure directly (``deploy=True``), so that
     fused weights load strictly and run with mmdet's own tools.
@@ -113,61 +169,6 @@ def deploy_config(cfg, out_norms_folded):
     return cfg
 
 
-
-
-# ----------------------------------------------------------------- checking equivalence
-
-
-def compare_features(a, b):
-    """Largest |a - b| / max|a| over matching feature maps (tuples of tensors)."""
-    return max(float((x - y).abs().max() / x.abs().max().clamp_min(1e-12)) for x, y in zip(a, b))
-
-
-def compare_detections(a, b, image_shape, score_tolerance=1e-4):
-    """How far two ``pred_instances`` are apart, regardless of the order of tied scores.
-
-    Detections whose scores tie (within ``score_tolerance``, as they do by the dozen in an
-    untrained model) come out in either order after float-level differences, and at the
-    ``max_per_img`` cut-off either of them may be kept. So each detection of ``a`` is
-    matched to the nearest detection of ``b`` with the same label and a score within
-    ``score_tolerance``; detections tied with the lowest kept score may go unmatched.
-
-    Returns a dict: ``count`` (len a, len b), and when the counts agree, ``boxes``
-    (largest coordinate difference of a matched pair relative to the image's longer
-    side; inf if a detection has no match), ``scores`` (largest difference between the
-    sorted scores), ``labels_equal`` (every detection that must match has a same-label
-    match), ``masks`` (fraction of the matched pairs' mask pixels that differ; binary masks
-    flip where a probability sits at the threshold, as in an untrained mask head, so this
-    is a fraction, not a maximum).
-    """
-    out = dict(count=(len(a), len(b)))
-    if len(a) != len(b) or not len(a):
-        return out
-    scores_a, scores_b = a.scores.double(), b.scores.double()
-    out['scores'] = float((scores_a.sort().values - scores_b.sort().values).abs().max())
-    box_dist = (a.bboxes.double()[:, None, :] - b.bboxes.double()[None, :, :]).abs().amax(-1) / max(image_shape)
-    candidate = (a.labels[:, None] == b.labels[None, :]) & \
-        ((scores_a[:, None] - scores_b[None, :]).abs() <= score_tolerance)
-    box_dist = box_dist.masked_fill(~candidate, float('inf'))
-    nearest, match = box_dist.min(dim=1)
-    # Ties with the lowest kept score may have been cut off in the other model.
-    must_match = scores_a > min(float(scores_a.min()), float(scores_b.min())) + score_tolerance
-    matched = torch.isfinite(nearest)
-    out['labels_equal'] = bool(matched[must_match].all())
-    out['boxes'] = float(nearest[matched].max()) if bool(matched.any()) else float('inf')
-    if not out['labels_equal']:
-        out['boxes'] = float('inf')
-    if 'masks' in a and 'masks' in b and bool(matched.any()):
-        idx = matched.nonzero().flatten()
-        out['masks'] = float((a.masks[idx] != b.masks[match[idx]]).float().mean())
-    return out
-
-
-def detections_equivalent(diff, tolerance):
-    return (diff['count'][0] == diff['count'][1] and diff.get('labels_equal', True)
-            and all(diff.get(k, 0.0) <= tolerance for k in ('boxes', 'scores', 'masks')))
-
-
 def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, tolerance=1e-4, logger=print):
     """Fuse a trained detector and write the fused checkpoint and its deploy config.
 
@@ -180,16 +181,9 @@ def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, t
     Returns a dict with the paths, the fusion report and the measured differences.
     Raises ValueError if the fused model is not equivalent.
     """
-    import os
-    import os.path as osp
-
-    import torch
-    from mmdet.apis import inference_detector
-
     model = apis.load_detector(config, checkpoint, cfg_options, strict=True)
     cfg, meta = model.cfg, model.checkpoint_meta
-    fused = copy.deepcopy(model)
-    report = fuse_detector(fused)
+    fused, report = fused_copy(model)
     logger(f'[fuse] removed {report["removed_norms"]} norm layers from {type(model.backbone).__name__}; '
            f'output norms {report["output_norms"]}')
 
@@ -223,5 +217,5 @@ def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, t
     return dict(config=config_path, checkpoint=ckpt_path, report=report, diff=diff, image=image)
 
 
-__all__ = ['compare_detections', 'compare_features', 'count_norm_layers', 'deploy_config', 'fuse_checkpoint',
-           'fuse_detector']
+__all__ = ['count_norm_layers', 'deploy_config', 'deployable_detector', 'fuse_checkpoint', 'fuse_detector',
+           'fused_copy']

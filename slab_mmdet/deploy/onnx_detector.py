@@ -7,8 +7,14 @@ import time
 import numpy as np
 import torch
 import torch.nn.functional as F
+from mmdet.registry import DATASETS, METRICS, MODELS
+from mmengine.dataset import pseudo_collate
+from mmengine.registry import init_default_scope
+from mmengine.structures import InstanceData
 
+from .. import apis
 from .detector_graph import DETECTOR_INPUTS
+from .graph import onnx_session
 
 
 class NotADetectorGraph(ValueError):
@@ -28,7 +34,6 @@ class OnnxDetector:
     """
 
     def __init__(self, path, threads=None):
-        from .onnx_export import onnx_session
         self.path = path
         self.session = onnx_session(path, threads)
         inputs = [i.name for i in self.session.get_inputs()]
@@ -110,7 +115,6 @@ def to_instances(outputs, scale_factor, ori_shape, mask_thr_binary=0.5):
     """The graph's outputs for one image as mmdet's ``pred_instances``: boxes divided by the
     preprocessing's ``scale_factor`` (w, h) into the original image (``ori_shape`` (h, w)),
     masks pasted into it."""
-    from mmengine.structures import InstanceData
     boxes = torch.from_numpy(outputs['boxes']).float()
     sx, sy = scale_factor
     boxes = boxes / boxes.new_tensor([sx, sy, sx, sy])
@@ -128,17 +132,12 @@ class Preprocessor:
     ``image_shape``), ``scale_factor`` and ``ori_shape`` (for :func:`to_instances`)."""
 
     def __init__(self, config, cfg_options=None):
-        from mmdet.registry import MODELS
-        from mmengine.registry import init_default_scope
-
-        from .. import apis
         self.cfg = apis.load_config(config, cfg_options)
         init_default_scope(self.cfg.get('default_scope', 'mmdet'))
         self.pipeline = apis.inference_pipeline(self.cfg)
         self.data_preprocessor = MODELS.build(self.cfg.model.data_preprocessor)
 
     def __call__(self, image, img_id=0):
-        from mmengine.dataset import pseudo_collate
         with torch.no_grad():
             data = self.data_preprocessor(pseudo_collate([self.pipeline(dict(img_path=image, img_id=img_id))]), False)
         return data['inputs'].numpy(), data['data_samples'][0]
@@ -150,8 +149,6 @@ def evaluate_onnx_detector(config, onnx_path, cfg_options=None, threads=None, ma
     pipeline and data preprocessor (:class:`Preprocessor`), the graph runs in ONNX Runtime,
     the detections are mapped back and evaluated. Returns ``(metrics, per-image seconds
     of the graph)``."""
-    from mmdet.registry import DATASETS, METRICS
-
     detector = OnnxDetector(onnx_path, threads)
     preprocess = Preprocessor(config, cfg_options)
     cfg = preprocess.cfg

@@ -1,26 +1,21 @@
-"""ONNX export of a fused SLAB detector's backbone + neck, checked in ONNX Runtime.
+"""Writing a detector as an ONNX graph, the one way: backbone + neck (optionally with the RPN
+head's raw outputs) or the whole detector (:class:`~.detector_graph.DetectorGraph`), dynamic or
+fixed in height and width, traced in memory and written once, atomically, after an optional
+check of the written file."""
+import io
+import json
 
-:func:`export_features_onnx` writes ``model.extract_feat`` (backbone + neck, the part
-that fusion changes) as an ONNX graph with dynamic height and width; its outputs are
-the neck's levels in the order of ``extract_feat`` (:func:`slab_mmdet.deploy.export.deployable_detector`
-gives the model to export, fused where it folds).
-:func:`check_onnx_features` runs the file in ONNX Runtime and compares with PyTorch;
-:func:`norm_nodes` and :func:`token_by_token_products` read the graph.
-"""
-import copy
-import os
-import os.path as osp
-
+import onnx
 import torch
 import torch.nn as nn
 
+from .. import apis
 from ..utils import is_int
-from .fuse import compare_features
+from .detector_graph import DETECTOR_INPUTS, DetectorGraph, graph_metadata
 
-# ONNX operators that normalise: a fused SLAB backbone must hold none.
-NORM_OPS = ('LayerNormalization', 'BatchNormalization', 'InstanceNormalization', 'GroupNormalization',
-            'SimplifiedLayerNormalization', 'SkipLayerNormalization')
 DEFAULT_OPSET = 18
+# RoiAlign with half_pixel coordinates (mmcv's aligned=True) needs opset 16.
+MIN_DETECTOR_OPSET = 16
 # Inputs reach the backbone padded to multiples of 32 by mmdet's data preprocessor.
 SIZE_DIVISOR = 32
 
@@ -65,123 +60,90 @@ def check_export_size(height, width, minimum=SIZE_DIVISOR):
                              f'({minimum}: the smallest input the backbone takes)')
 
 
-def export_features_onnx(model, out, input_hw=(800, 1216), opset=DEFAULT_OPSET, dynamic=True, with_rpn_head=False,
-                         logger=print):
-    """Export ``model.extract_feat`` (backbone + neck) of a detector to ONNX at ``out``.
+def _detector_trace(model, height, width, static, minimum):
+    """(module, example, input names, output names, dynamic axes, metadata) of the whole detector."""
+    graph = DetectorGraph(model).eval()
+    example = (torch.randn(1, 3, height, width, generator=torch.Generator().manual_seed(0)),
+               torch.tensor([height, width], dtype=torch.int64))
+    axes = {} if static else {'images': {2: 'height', 3: 'width'}}
+    axes.update({name: {0: 'detections'} for name in graph.output_names})
+    metadata = graph_metadata(model, graph, minimum)
+    if static:
+        metadata['slab_mmdet.static_input_hw'] = json.dumps([height, width])
+    return graph, example, list(DETECTOR_INPUTS), graph.output_names, axes, metadata
+
+
+def _features_trace(model, height, width, static, with_rpn_head):
+    """(module, example, input names, output names, dynamic axes, metadata) of backbone + neck."""
+    wrapper = FeatureExtractor(model, with_rpn_head).eval()
+    example = (torch.zeros(1, 3, height, width),)
+    with torch.no_grad():
+        num_outputs = len(wrapper(*example))
+    outputs = wrapper.output_names(num_outputs // (3 if with_rpn_head else 1))
+    axes = None
+    if not static:
+        axes = {'images': {2: 'height', 3: 'width'}}
+        axes.update({name: {2: f'height_{i}', 3: f'width_{i}'} for i, name in enumerate(outputs)})
+    return wrapper, example, ['images'], outputs, axes, {}
+
+
+def export_onnx(model, out, detector=False, with_rpn_head=False, input_hw=(800, 1216), opset=DEFAULT_OPSET,
+                static=False, check=None, logger=print):
+    """Export ``model`` (an mmdet detector in eval mode; fused, for deployment) as ``out``.
 
     Args:
-        model: an mmdet detector in eval mode (fused, for deployment).
+        model: the detector.
         out (str): the .onnx file to write (its folder is created).
-        input_hw (tuple[int, int]): the example input's (height, width), traced
-            with batch 1.
-        opset (int): ONNX opset. Default: 18.
-        dynamic (bool): Height and width of input ``images`` (and so of every
-            output) are dynamic. Default: True.
-        with_rpn_head (bool): Also export the RPN head's raw outputs
+        detector (bool): the whole detector (:class:`~.detector_graph.DetectorGraph`: inputs
+            ``images`` and ``image_shape``, outputs the detections; opset at least 16) instead
+            of ``extract_feat`` (backbone + neck: input ``images``, outputs ``feat0``, ... in
+            the order of ``extract_feat``). Default: False.
+        with_rpn_head (bool): backbone + neck only: also the RPN head's raw outputs
             (``rpn_cls{i}``, ``rpn_bbox{i}`` after the features). Default: False.
+        input_hw (tuple[int, int]): the example input's (height, width), traced with batch 1.
+        opset (int): ONNX opset. Default: 18.
+        static (bool): height and width fixed at ``input_hw`` instead of dynamic.
+        check (callable | None): ``check(path, proto, module)`` on the written temporary file
+            before it is moved to ``out`` (``module``: the traced module); whatever it raises
+            leaves no file at ``out``.
 
     Returns:
-        dict: ``path``, ``inputs`` (['images']), ``outputs`` (['feat0', ...], the
-        order of ``extract_feat``, then the RPN outputs), ``opset``, ``dynamic``.
+        dict: ``path``, ``inputs``, ``outputs``, ``opset``, ``static``, ``detector``,
+        ``with_rpn_head``, and what ``check`` returned as ``check``.
     """
     height, width = input_hw
-    check_export_size(height, width, min_input_size(model))
     if model.training:
         raise ValueError('export: the model is in training mode; call model.eval() first')
-    wrapper = FeatureExtractor(model, with_rpn_head).eval()
-    example = torch.zeros(1, 3, height, width)
+    if detector and with_rpn_head:
+        raise ValueError('export: with_rpn_head adds the RPN outputs to a backbone + neck graph; the whole detector '
+                         'graph (detector=True) already runs the RPN')
+    minimum = min_input_size(model)
+    check_export_size(height, width, minimum)
+    if detector:
+        opset = max(int(opset), MIN_DETECTOR_OPSET)
+        module, example, inputs, outputs, axes, metadata = _detector_trace(model, height, width, static, minimum)
+    else:
+        module, example, inputs, outputs, axes, metadata = _features_trace(model, height, width, static,
+                                                                           with_rpn_head)
+    buffer = io.BytesIO()
     with torch.no_grad():
-        num_outputs = len(wrapper(example))
-    outputs = wrapper.output_names(num_outputs // (3 if with_rpn_head else 1))
-    axes = {'images': {2: 'height', 3: 'width'}} if dynamic else None
-    if dynamic:
-        for i, name in enumerate(outputs):
-            axes[name] = {2: f'height_{i}', 3: f'width_{i}'}
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    with torch.no_grad():
-        torch.onnx.export(wrapper, (example,), out, input_names=['images'], output_names=outputs,
-                          dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
-    logger(f'[export] wrote {out} (opset {opset}, input images 1x3x{"HxW" if dynamic else f"{height}x{width}"}, '
-           f'{num_outputs} outputs)')
-    return dict(path=out, inputs=['images'], outputs=outputs, opset=opset, dynamic=dynamic,
-                with_rpn_head=with_rpn_head)
+        torch.onnx.export(module, example, buffer, input_names=inputs, output_names=outputs, dynamic_axes=axes,
+                          opset_version=opset, dynamo=False, do_constant_folding=True)
+    proto = onnx.load_from_string(buffer.getvalue())
+    for key, value in metadata.items():
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    checked = None
+    with apis.atomic_output(out, suffix='.onnx') as tmp:
+        onnx.save(proto, tmp)
+        if check is not None:
+            checked = check(tmp, proto, module)
+    size = f'{height}x{width}' if static else 'HxW'
+    what = (f'the whole detector: inputs images 1x3x{size} and image_shape, outputs {", ".join(outputs)}' if detector
+            else f'input images 1x3x{size}, {len(outputs)} outputs')
+    logger(f'[export] wrote {out} (opset {opset}, {what})')
+    return dict(path=out, inputs=inputs, outputs=outputs, opset=opset, static=static, detector=detector,
+                with_rpn_head=with_rpn_head, check=checked)
 
 
-def onnx_session(path, threads=None):
-    """An ONNX Runtime CPU session for ``path`` (``threads`` intra-op threads; None: ORT's default)."""
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-    if not osp.isfile(path):
-        raise FileNotFoundError(f'ONNX graph {path!r} does not exist')
-    from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
-    unreadable = (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.Fail, ort_errors.NoModel)
-    try:
-        return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
-    except unreadable as e:   # a truncated or corrupt file
-        reason = str(e).strip().splitlines()[0].split(' failed:')[-1].strip() if str(e).strip() else ''
-        raise ValueError(f'{path} is not a readable ONNX graph ({type(e).__name__}: {reason[:300]}); export it '
-                         f'again with tools/export_onnx.py') from None
-
-
-def check_onnx_features(model, path, sizes, seed=0, session=None, with_rpn_head=False):
-    """Largest relative difference (max |a - b| / max |a| per output) between PyTorch's
-    outputs (``extract_feat``, and the RPN head's with ``with_rpn_head``) and ONNX
-    Runtime's outputs of ``path``, for a random image of each (height, width) in
-    ``sizes``: ``{(h, w): difference}``."""
-    session = session or onnx_session(path)
-    wrapper = FeatureExtractor(model, with_rpn_head).eval()
-    gen = torch.Generator().manual_seed(seed)
-    result = {}
-    for h, w in sizes:
-        image = torch.randn(1, 3, h, w, generator=gen)
-        with torch.no_grad():
-            expected = wrapper(image)
-        got = session.run(None, {'images': image.numpy()})
-        if len(got) != len(expected):
-            raise AssertionError(f'ONNX Runtime gave {len(got)} outputs, PyTorch {len(expected)}')
-        result[(h, w)] = compare_features(expected, tuple(torch.from_numpy(g) for g in got))
-    return result
-
-
-def norm_nodes(onnx_model):
-    """The op types of the normalisation nodes (``NORM_OPS``) in an ONNX graph (with its
-    functions), one entry per node."""
-    nodes = list(onnx_model.graph.node)
-    for function in onnx_model.functions:
-        nodes.extend(function.node)
-    return [n.op_type for n in nodes if n.op_type in NORM_OPS]
-
-
-def token_by_token_products(onnx_model, input_hw, token_counts):
-    """MatMul/Einsum/Gemm nodes of an exported graph whose output's last two dims are both
-    token counts (``token_counts``: e.g. each SLA stage's number of tokens at
-    ``input_hw``): the N x N (or N x N_kv) attention matrix that SLA must never form.
-
-    The shapes are the ones ONNX Runtime actually produces for a (1, 3, *input_hw) input
-    (the graph's size arithmetic is not resolved statically), so the check holds for
-    dynamic graphs too. Returns ``[(node name, output shape)]``.
-    """
-    import numpy as np
-    import onnx
-    import onnxruntime as ort
-    probe = copy.deepcopy(onnx_model)
-    products = [n for n in probe.graph.node if n.op_type in ('MatMul', 'Einsum', 'Gemm')]
-    known = {o.name for o in probe.graph.output}
-    for node in products:
-        if node.output[0] not in known:
-            probe.graph.output.append(onnx.helper.make_empty_tensor_value_info(node.output[0]))
-    session = ort.InferenceSession(probe.SerializeToString(), providers=['CPUExecutionProvider'])
-    names = [o.name for o in session.get_outputs()]
-    values = session.run(None, {session.get_inputs()[0].name: np.zeros((1, 3, *input_hw), np.float32)})
-    shapes = dict(zip(names, (v.shape for v in values)))
-    counts = set(token_counts)
-    return [(n.name, tuple(shapes[n.output[0]])) for n in products
-            if len(shapes[n.output[0]]) >= 2 and shapes[n.output[0]][-1] in counts
-            and shapes[n.output[0]][-2] in counts]
-
-
-__all__ = ['FeatureExtractor', 'NORM_OPS', 'check_onnx_features', 'export_features_onnx',
-           'norm_nodes', 'onnx_session', 'token_by_token_products']
+__all__ = ['DEFAULT_OPSET', 'FeatureExtractor', 'check_export_size', 'export_onnx', 'min_input_size']

@@ -2,10 +2,14 @@
 int8 per-channel weights, uint8 activations), calibrated on images through a config's test pipeline, and a count of
 what stayed in float (a fused SLAB graph has no normalisation node to leave there)."""
 import collections
-import os
-import os.path as osp
 
 import numpy as np
+import onnx
+from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+from .. import apis
+from .graph import NORM_OPS, nodes_in_modules, read_graph
+from .onnx_detector import Preprocessor
 
 # The operators that carry the compute and that ONNX Runtime runs in int8 (QLinearConv,
 # QLinearMatMul, ...): quantised in the backbone and neck.
@@ -19,7 +23,6 @@ CALIBRATION_METHODS = ('MinMax', 'Percentile', 'Entropy')
 def calibration_inputs(config, images, input_names, cfg_options=None):
     """Each image file through ``config``'s test pipeline and data preprocessor, as the graph
     takes it: a list of ``{'images': (1, 3, H, W)[, 'image_shape': (2,)]}``."""
-    from .onnx_detector import Preprocessor
     preprocess = Preprocessor(config, cfg_options)
     feeds = []
     for path in images:
@@ -41,22 +44,14 @@ class _Feeds:
         return next(self.feeds, None)
 
 
-def nodes_by_scope(onnx_model, parts, op_types=QUANTIZED_OPS):
-    """Names of the ``op_types`` nodes inside the module scopes ``parts`` (``/backbone/...``)."""
-    prefixes = tuple(f'/{p}/' for p in parts)
-    return [n.name for n in onnx_model.graph.node if n.op_type in op_types and n.name.startswith(prefixes)]
-
-
 def float_compute_nodes(onnx_model, parts, op_types=QUANTIZED_OPS):
     """``{op type: count}`` of the nodes in ``parts`` that run in float in a QDQ graph: every
     node but the quantised ops and the Q/DQ nodes themselves (LayerNormalization, Softmax,
     the elementwise ops between the quantised ones)."""
-    prefixes = tuple(f'/{p}/' for p in parts)
     skip = set(op_types) | {'QuantizeLinear', 'DequantizeLinear', 'Constant', 'Shape', 'Gather', 'Unsqueeze',
                                  'Concat', 'Reshape', 'Cast', 'Slice', 'Squeeze', 'Transpose', 'Range', 'Expand',
                                  'ConstantOfShape', 'Equal', 'Where', 'Identity', 'Flatten'}
-    counts = collections.Counter(n.op_type for n in onnx_model.graph.node
-                                 if n.name.startswith(prefixes) and n.op_type not in skip)
+    counts = collections.Counter(n.op_type for n in nodes_in_modules(onnx_model, parts) if n.op_type not in skip)
     return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
@@ -72,25 +67,20 @@ def quantize_graph(float_path, out, config, calibration_images, cfg_options=None
     left in float in ``parts`` (:func:`float_compute_nodes`), and the normalisation nodes
     among them.
     """
-    import onnx
-    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
-
-    from .onnx_export import NORM_OPS
     if method not in CALIBRATION_METHODS:
         raise ValueError(f'calibration method must be one of {CALIBRATION_METHODS}, got {method!r}')
     images = list(calibration_images)
     if not images:
         raise ValueError('int8 calibration needs at least one image; give a folder of images (e.g. a few dozen '
                          'of the training set)')
-    model = onnx.load(float_path)
-    nodes = nodes_by_scope(model, parts, op_types)
+    model = read_graph(float_path)
+    nodes = [n.name for n in nodes_in_modules(model, parts, op_types)]
     if not nodes:
         raise ValueError(f'{float_path}: no {"/".join(op_types)} node in the scopes {list(parts)}: nothing to '
                          f'quantise (is it a graph exported by slab-mmdet?)')
     feeds = calibration_inputs(config, images, [i.name for i in model.graph.input], cfg_options)
     logger(f'[int8] calibrating {len(nodes)} nodes of {", ".join(parts)} on {len(feeds)} images ({method})')
-    tmp = f'{out}.tmp{os.getpid()}.onnx'
-    try:
+    with apis.atomic_output(out, suffix='.onnx') as tmp:
         # uint8 activations with int8 weights (U8S8): ONNX Runtime's fast x86 int8 kernels (VNNI);
         # int8 activations (S8S8) measured slower than float here (docs/benchmarks.md, "Int8").
         quantize_static(float_path, tmp, _Feeds(feeds), quant_format=QuantFormat.QDQ, per_channel=per_channel,
@@ -99,11 +89,6 @@ def quantize_graph(float_path, out, config, calibration_images, cfg_options=None
                         calibrate_method=getattr(CalibrationMethod, method),
                         extra_options=dict(WeightSymmetric=True))
         quantized = onnx.load(tmp)
-        os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-        os.replace(tmp, out)
-    finally:
-        if osp.exists(tmp):
-            os.remove(tmp)
     left = float_compute_nodes(quantized, parts, op_types)
     report = dict(path=out, quantized_nodes=len(nodes), float_nodes=left,
                   float_norm_nodes={op: n for op, n in left.items() if op in NORM_OPS},
@@ -113,4 +98,4 @@ def quantize_graph(float_path, out, config, calibration_images, cfg_options=None
 
 
 __all__ = ['CALIBRATION_METHODS', 'DEFAULT_PARTS', 'QUANTIZED_OPS', 'calibration_inputs', 'float_compute_nodes',
-           'nodes_by_scope', 'quantize_graph']
+           'quantize_graph']

@@ -11,7 +11,7 @@ import torch
 
 from slab_mmdet import apis
 from slab_mmdet.deploy.export import ExportCheckFailed, export_checked
-from slab_mmdet.deploy.fuse import compare_detections
+from slab_mmdet.deploy.equivalence import compare_detections
 from slab_mmdet.deploy.onnx_detector import NotADetectorGraph, OnnxDetector, to_instances
 from slab_mmdet.models.layers import FusionError
 from testing_utils.helpers import annealed_mask_rcnn, light_two_stage, mini_config, run_python
@@ -37,7 +37,7 @@ def data_options(mini_coco):
 def same_detections_as_eager(config, checkpoint, onnx_path, mini_coco, num_images=2):
     """Per image: ONNX Runtime's detections (mapped back, masks pasted) against mmdet's
     ``model.predict`` in PyTorch eager, through the config's test pipeline."""
-    from slab_mmdet.deploy.export import deployable_detector
+    from slab_mmdet.deploy import deployable_detector
     model, _, _ = deployable_detector(config, checkpoint, data_options(mini_coco), logger=None)
     runner = OnnxDetector(onnx_path)
     pipeline = apis.inference_pipeline(model.cfg)

@@ -190,8 +190,7 @@ def _instances(boxes, scores, labels):
 def test_detection_check_ignores_the_order_of_tied_scores():
     """An untrained model ties scores by the dozen; float-level differences then reorder
     them, and at the max_per_img cut-off keep one or the other. Neither is a difference."""
-    from slab_mmdet.deploy import compare_detections
-    from slab_mmdet.deploy.fuse import detections_equivalent
+    from slab_mmdet.deploy import compare_detections, detections_equivalent
     boxes = [[0, 0, 10, 10], [5, 5, 15, 15], [10, 2, 20, 12], [1, 8, 9, 18]]
     a = _instances(boxes, [0.9, 0.5, 0.5, 0.2], [1, 2, 3, 0])
     reordered = _instances([boxes[0], boxes[2], boxes[1], boxes[3]], [0.9, 0.5 + 1e-7, 0.5, 0.2], [1, 3, 2, 0])

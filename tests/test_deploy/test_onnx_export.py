@@ -8,15 +8,15 @@ to find the one softmax attention forms); models that cannot be fused are refuse
 import copy
 import os.path as osp
 
-import onnx
 import pytest
 import torch
 from mmengine.config import Config
 
 from slab_mmdet import apis
 from slab_mmdet.deploy import deploy_config, fuse_detector
-from slab_mmdet.deploy.onnx_export import (NORM_OPS, check_onnx_features, export_features_onnx, norm_nodes,
-                                          token_by_token_products)
+from slab_mmdet.deploy.equivalence import onnx_feature_differences
+from slab_mmdet.deploy.graph import NORM_OPS, norm_nodes, onnx_session, read_graph, token_by_token_products
+from slab_mmdet.deploy.onnx_export import FeatureExtractor, export_onnx
 from testing_utils.helpers import REPO_ROOT, annealed_mask_rcnn, run_python
 
 PVT = 'configs/mini/mask_rcnn_slab_pvt_t.py'
@@ -35,13 +35,13 @@ def exported(request, tmp_path_factory):
     model = annealed_mask_rcnn(request.param)
     report = fuse_detector(model)
     path = str(tmp_path_factory.mktemp('onnx') / 'features.onnx')
-    info = export_features_onnx(model, path, input_hw=EXPORT_HW, logger=lambda *a: None)
+    info = export_onnx(model, path, input_hw=EXPORT_HW, logger=lambda *a: None)
     return request.param, model, report, path, info
 
 
 def test_onnx_runtime_gives_pytorch_features_at_other_sizes(exported):
     _, model, _, path, info = exported
-    diffs = check_onnx_features(model, path, [EXPORT_HW] + CHECK_SIZES)
+    diffs = onnx_feature_differences(FeatureExtractor(model).eval(), onnx_session(path), [EXPORT_HW] + CHECK_SIZES)
     assert set(diffs) == {EXPORT_HW, *CHECK_SIZES}
     assert max(diffs.values()) < 1e-4, diffs
     assert info['outputs'] == [f'feat{i}' for i in range(5)]   # the FPN's 5 levels, in extract_feat's order
@@ -50,14 +50,14 @@ def test_onnx_runtime_gives_pytorch_features_at_other_sizes(exported):
 def test_fused_graph_holds_no_normalisation_node(exported):
     _, model, report, path, _ = exported
     assert report['removed_norms'] > 20 and report['kept_norms'] == 0
-    graph = onnx.load(path)
+    graph = read_graph(path)
     assert norm_nodes(graph) == []
     # ...while the same detector unfused exports BatchNormalization nodes (the check can fail).
     config = exported[0]
     unfused = annealed_mask_rcnn(config)
     unfused_path = osp.join(osp.dirname(path), 'unfused.onnx')
-    export_features_onnx(unfused, unfused_path, input_hw=EXPORT_HW, logger=lambda *a: None)
-    assert 'BatchNormalization' in norm_nodes(onnx.load(unfused_path))
+    export_onnx(unfused, unfused_path, input_hw=EXPORT_HW, logger=lambda *a: None)
+    assert 'BatchNormalization' in norm_nodes(read_graph(unfused_path))
 
 
 def sla_token_counts(model, hw):
@@ -83,8 +83,8 @@ def test_sla_stages_form_no_token_by_token_matrix(config, tmp_path):
     model = annealed_mask_rcnn(config)
     fuse_detector(model)
     path = str(tmp_path / 'static.onnx')
-    export_features_onnx(model, path, input_hw=TOKEN_HW, dynamic=False, logger=lambda *a: None)
-    assert token_by_token_products(onnx.load(path), TOKEN_HW, sla_token_counts(model, TOKEN_HW)) == []
+    export_onnx(model, path, input_hw=TOKEN_HW, static=True, logger=lambda *a: None)
+    assert token_by_token_products(read_graph(path), TOKEN_HW, sla_token_counts(model, TOKEN_HW)) == []
 
 
 def test_token_by_token_check_finds_softmax_attention(tmp_path):
@@ -96,9 +96,9 @@ def test_token_by_token_check_finds_softmax_attention(tmp_path):
     model = annealed_mask_rcnn(str(config))
     fuse_detector(model)
     path = str(tmp_path / 'softmax.onnx')
-    export_features_onnx(model, path, input_hw=TOKEN_HW, dynamic=False, logger=lambda *a: None)
+    export_onnx(model, path, input_hw=TOKEN_HW, static=True, logger=lambda *a: None)
     counts = sla_token_counts(annealed_mask_rcnn(PVT), TOKEN_HW)   # the same sizes, from the SLA model
-    found = token_by_token_products(onnx.load(path), TOKEN_HW, counts)
+    found = token_by_token_products(read_graph(path), TOKEN_HW, counts)
     assert len(found) >= 4, found   # at least one per stage
     h, w = TOKEN_HW[0] // 4, TOKEN_HW[1] // 4
     assert any(shape[-2:] == (h * w, (h // 8) * (w // 8)) for _, shape in found)   # stage 1: N x N/64
@@ -108,20 +108,21 @@ def test_rpn_head_exports_with_the_features(tmp_path):
     model = annealed_mask_rcnn(PVT)
     fuse_detector(model)
     path = str(tmp_path / 'rpn.onnx')
-    info = export_features_onnx(model, path, input_hw=EXPORT_HW, with_rpn_head=True, logger=lambda *a: None)
+    info = export_onnx(model, path, input_hw=EXPORT_HW, with_rpn_head=True, logger=lambda *a: None)
     levels = [f'feat{i}' for i in range(5)]
     assert info['outputs'] == levels + [f'rpn_cls{i}' for i in range(5)] + [f'rpn_bbox{i}' for i in range(5)]
-    assert [o.name for o in onnx.load(path).graph.output] == info['outputs']
-    diffs = check_onnx_features(model, path, [EXPORT_HW, (250, 333)], with_rpn_head=True)
+    assert [o.name for o in read_graph(path).graph.output] == info['outputs']
+    diffs = onnx_feature_differences(FeatureExtractor(model, with_rpn_head=True).eval(), onnx_session(path),
+                                     [EXPORT_HW, (250, 333)])
     assert max(diffs.values()) < 1e-4, diffs
 
 
 def test_export_refuses_bad_input(tmp_path):
     model = annealed_mask_rcnn(PVT)
     with pytest.raises(ValueError, match='training mode'):
-        export_features_onnx(copy.deepcopy(model).train(), str(tmp_path / 'a.onnx'))
+        export_onnx(copy.deepcopy(model).train(), str(tmp_path / 'a.onnx'))
     with pytest.raises(ValueError, match=r'height must be an int >= 32, got 16'):
-        export_features_onnx(model, str(tmp_path / 'a.onnx'), input_hw=(16, 320))
+        export_onnx(model, str(tmp_path / 'a.onnx'), input_hw=(16, 320))
 
 
 @pytest.fixture(scope='module')
@@ -149,7 +150,7 @@ def test_cli_exports_and_checks(checkpoints, config, checkpoint, tmp_path):
     proc = run_python(['tools/export_onnx.py', config, str(checkpoints / checkpoint), '--out', str(out),
                        '--shape', '256x320', '--check', '250x333', '192x448'])
     assert proc.returncode == 0, proc.stderr[-2000:]
-    assert out.is_file() and norm_nodes(onnx.load(str(out))) == []
+    assert out.is_file() and norm_nodes(read_graph(str(out))) == []
     for size in ('256x320', '250x333', '192x448'):
         assert f'ONNX Runtime vs PyTorch at {size}: largest relative difference' in proc.stdout
     assert ('already fused' in proc.stdout) == (checkpoint == 'fused.pth')
@@ -196,7 +197,7 @@ def test_the_authors_recipe_exports_with_its_layernorm_output_norms_named(detect
     result = export_checked(PVT, str(path), str(out), detector=detector, input_hw=(256, 320), check_sizes=[],
                             cfg_options=options, logger=None)
     assert result['kept_norms'] == [f'backbone.norm{i}' for i in range(4)]
-    norms = [n.name for n in onnx.load(str(out)).graph.node if n.op_type in NORM_OPS]
+    norms = [n.name for n in read_graph(str(out)).graph.node if n.op_type in NORM_OPS]
     assert len(norms) == 4 and all(n.startswith(tuple(f'/backbone/norm{i}/' for i in range(4))) for n in norms)
 
 

@@ -2,12 +2,12 @@
 neck's Conv/MatMul/Gemm nodes go to QDQ int8, nothing of a fused SLAB graph's normalisation stays
 in float (it has none), the int8 graph stays close to the float one, and bad input is refused."""
 import numpy as np
-import onnx
 import pytest
 
 from slab_mmdet.benchmark.images import list_mini_coco_val
 from slab_mmdet.deploy import fuse_detector
-from slab_mmdet.deploy.onnx_export import export_features_onnx, onnx_session
+from slab_mmdet.deploy.graph import onnx_session, read_graph
+from slab_mmdet.deploy.onnx_export import export_onnx
 from slab_mmdet.deploy.quantize import calibration_inputs, quantize_graph
 from testing_utils.helpers import REPO_ROOT, annealed_mask_rcnn
 
@@ -19,7 +19,7 @@ def float_graph(tmp_path_factory):
     model = annealed_mask_rcnn('configs/mini/mask_rcnn_slab_pvt_t.py')
     fuse_detector(model)
     path = str(tmp_path_factory.mktemp('int8') / 'features.onnx')
-    export_features_onnx(model, path, input_hw=(256, 320), logger=lambda *a: None)
+    export_onnx(model, path, input_hw=(256, 320), logger=lambda *a: None)
     return path
 
 
@@ -28,7 +28,7 @@ def test_int8_graph_quantises_backbone_and_neck_and_stays_close(float_graph, min
     out = str(tmp_path / 'int8.onnx')
     lines = []
     report = quantize_graph(float_graph, out, CONFIG, images, logger=lines.append)
-    graph = onnx.load(out)
+    graph = read_graph(out)
     ops = [n.op_type for n in graph.graph.node]
     assert report['quantized_nodes'] > 20 and ops.count('QuantizeLinear') >= report['quantized_nodes'] // 2
     assert report['float_norm_nodes'] == {} and report['calibration_images'] == 3

@@ -138,11 +138,11 @@ def test_alpha_is_learned():
 def test_fused_dyt_detector_exports_tanh_and_no_normalisation(tmp_path):
     """The fused DyT SLAB-PVT-T Mask R-CNN exports to ONNX: its tanhs are Tanh nodes, no
     normalisation node is left, and ONNX Runtime gives PyTorch's features."""
-    import onnx
-
     from slab_mmdet import apis
     from slab_mmdet.deploy import fuse_detector
-    from slab_mmdet.deploy.onnx_export import check_onnx_features, export_features_onnx, norm_nodes
+    from slab_mmdet.deploy.equivalence import onnx_feature_differences
+    from slab_mmdet.deploy.graph import norm_nodes, onnx_session, read_graph
+    from slab_mmdet.deploy.onnx_export import FeatureExtractor, export_onnx
     from testing_utils import REPO_ROOT
     torch.manual_seed(0)
     model = apis.load_detector(f'{REPO_ROOT}/benchmarks/table3_mini/configs/slab_pvt_t_dyt.py', None)
@@ -151,9 +151,9 @@ def test_fused_dyt_detector_exports_tanh_and_no_normalisation(tmp_path):
     assert report['removed_norms'] == dyts and report['kept_norms'] == 0
     assert report['output_norms'] == 'folded into neck'
     path = str(tmp_path / 'dyt.onnx')
-    export_features_onnx(model, path, input_hw=(256, 320), logger=lambda *a: None)
-    graph = onnx.load(path)
+    export_onnx(model, path, input_hw=(256, 320), logger=lambda *a: None)
+    graph = read_graph(path)
     assert norm_nodes(graph) == []
     assert sum(node.op_type == 'Tanh' for node in graph.graph.node) == dyts
-    diffs = check_onnx_features(model, path, [(256, 320), (250, 333)])
+    diffs = onnx_feature_differences(FeatureExtractor(model).eval(), onnx_session(path), [(256, 320), (250, 333)])
     assert max(diffs.values()) < 1e-4, diffs
