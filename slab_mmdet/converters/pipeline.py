@@ -34,7 +34,7 @@ from mmengine.registry import DefaultScope
 import slab_mmdet.models  # noqa: F401  (registers the backbones)
 
 from ..apis.checkpoint import save_checkpoint
-from ..models.backbones.checkpoint_fit import OWN_LAYOUTS, layout_of
+from ..models.backbones.checkpoint_fit import OWN_LAYOUTS, layout_of, split_backbone
 from ..models.layers.prepbn import iter_prepbn
 from .errors import FAMILIES, ConversionError
 from .mmdet_pvt import mmdet_pvt
@@ -219,13 +219,11 @@ def convert_state_dict(state_dict, family='auto', num_heads=None):
             the key and both shapes), or weights our backbone needs but the
             checkpoint lacks.
     """
-    sd = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v) for k, v in state_dict.items())
-    if not any(k.startswith('backbone.') for k in sd):
-        return _convert_backbone(sd, family, num_heads)
-    backbone_sd = OrderedDict((k[len('backbone.'):], v) for k, v in sd.items() if k.startswith('backbone.'))
+    backbone_sd, kept = split_backbone(state_dict)
+    if kept is None:
+        return _convert_backbone(backbone_sd, family, num_heads)
     converted, report = _convert_backbone(backbone_sd, family, num_heads)
     out = OrderedDict(('backbone.' + k, v) for k, v in converted.items())
-    kept = OrderedDict((k, v) for k, v in sd.items() if not k.startswith('backbone.'))
     out.update(kept)
     report.detector = True
     report.kept = list(OrderedDict.fromkeys(k.split('.')[0] for k in kept))

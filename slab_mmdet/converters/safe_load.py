@@ -15,6 +15,7 @@ import torch
 
 from ..apis import mmengine_allowlist  # noqa: F401  (numpy and mmengine types)
 from ..apis.checkpoint import globals_named_in, unsafe_checkpoint
+from ..models.backbones.checkpoint_fit import state_dict_in
 from .errors import ConversionError
 
 
@@ -98,14 +99,9 @@ def _load_legacy(path):
 
 
 def extract_state_dict(ckpt):
-    """The weights in a checkpoint: its 'state_dict' / 'model' / 'module' entry, or itself."""
-    if isinstance(ckpt, dict):
-        for key in ('state_dict', 'model', 'module'):
-            if key in ckpt and isinstance(ckpt[key], dict):
-                return ckpt[key]
-        if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
-            return ckpt
-        raise ConversionError(
-            "no state dict found in the checkpoint: expected a dict of tensors or a dict with a 'state_dict' or "
-            f"'model' entry; its top-level keys are {sorted(map(str, ckpt))[:10]}")
-    raise ConversionError(f'no state dict found in the checkpoint: it holds a {type(ckpt).__name__}, not a dict')
+    """The weights in a checkpoint (:func:`~slab_mmdet.models.backbones.checkpoint_fit.state_dict_in`),
+    refused as a :class:`ConversionError`."""
+    try:
+        return state_dict_in(ckpt)
+    except ValueError as e:
+        raise ConversionError(str(e)) from None

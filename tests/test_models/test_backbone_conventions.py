@@ -6,7 +6,6 @@ from testing_utils.backbone_utils import (PVT_MINI, SWIN_MINI, assert_checkpoint
                                           assert_norm_eval, assert_save_load_round_trip, build_backbone)
 
 
-
 def pvt_frozen_prefixes(frozen_stages):
     """SLAB-PVT's patch embeddings live in its stages: frozen_stages=0 is stage 0's."""
     if frozen_stages == 0:
@@ -241,3 +240,25 @@ def test_training_one_image_too_small_for_batch_statistics_is_refused_with_the_s
     model(torch.randn(2, 3, 32, 32))
     set_prepbn_g(model, 1.0)
     model(torch.randn(1, 3, 32, 32))
+
+
+def test_a_subclass_missing_part_of_the_contract_is_refused_when_created():
+    """What every SLAB backbone must define is checked when the class is created, naming it."""
+    from slab_mmdet.models.backbones.base import SLABBackboneBase
+    from slab_mmdet.models.backbones.slab_pvt import SLABPyramidVisionTransformer
+
+    with pytest.raises(TypeError, match=r'Half does not define stage_channels\(\), _stem_modules\(\), which every '
+                                        r'SLABBackboneBase subclass must'):
+        class Half(SLABBackboneBase):
+            arch_zoo = dict(tiny=dict(depths=(1,)))
+            ARCH_KEYS = ARCH_STAGE_KEYS = ('depths',)
+
+            def forward(self, x):
+                return x
+    with pytest.raises(TypeError, match=r"NoTiny.arch_zoo has no 'tiny' arch .* only \['small'\]"):
+        class NoTiny(SLABPyramidVisionTransformer):
+            arch_zoo = dict(small=SLABPyramidVisionTransformer.arch_zoo['small'])
+
+    class Wider(SLABPyramidVisionTransformer):   # a subclass that inherits the whole contract is fine
+        pass
+    assert Wider.stage_channels('tiny') == SLABPyramidVisionTransformer.stage_channels('tiny')

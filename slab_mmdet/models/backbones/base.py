@@ -17,7 +17,10 @@ from ..layers.fusion import FusionError, fold_into_next, norm_affine, norm_to_ch
 from ..layers.norms import FOLDABLE_NORM_CFG_TYPES, check_token_norm_cfg, norm_remainder
 from ..layers.prepbn import PRepBN, RepBN
 from ..layers.transformer import build_token_norm, check_foldable_norm_cfg, nlc_to_nchw
-from .checkpoint_fit import check_checkpoint_fits, resize_tables_to, strip_to_backbone
+from .checkpoint_fit import check_checkpoint_fits, resize_tables_to, state_dict_in, strip_to_backbone
+
+
+DEFAULT_ARCH_NAME = 'tiny'   # the default ``arch`` of every SLAB backbone
 
 
 def check_choice(name, value, valid):
@@ -28,11 +31,14 @@ def check_choice(name, value, valid):
 class SLABBackboneBase(BaseModule):
     """Base class of the SLAB backbones.
 
-    Subclasses define ``arch_zoo`` (named archs), ``ARCH_KEYS`` (the keys of an arch dict)
-    and ``ARCH_STAGE_KEYS`` (those with one entry per stage), build their stages in
-    ``self.stages`` from ``self.arch`` (with ``self.block_drop_path``, the rate of each block),
-    then call :meth:`_init_outputs`, and implement :meth:`_stem_modules` (what
-    ``frozen_stages=0`` freezes).
+    Subclasses define ``arch_zoo`` (named archs, 'tiny' among them), ``ARCH_KEYS`` (the keys
+    of an arch dict) and ``ARCH_STAGE_KEYS`` (those with one entry per stage, 'depths' among
+    them), build their stages in ``self.stages`` from ``self.arch`` (with
+    ``self.block_drop_path``, the rate of each block), then call :meth:`_init_outputs`, and
+    implement ``forward``, the classmethod ``stage_channels(arch)`` and ``_stem_modules()``
+    (what ``frozen_stages=0`` freezes); a subclass that lacks one is refused when it is
+    created (``REQUIRED_CLASS_ATTRIBUTES``, ``REQUIRED_METHODS``). Fusion reaches every block
+    by mmpretrain's convention: a child with ``switch_to_deploy(name)`` folds itself.
 
     Args (shared by the subclasses, which take them as keyword arguments):
         arch (str | dict): A name in the subclass's ``arch_zoo`` or an arch dict; default
@@ -152,10 +158,29 @@ class SLABBackboneBase(BaseModule):
         return nlc_to_nchw(getattr(self, f'norm{i}')(tokens), hw_shape).contiguous()
 
     # --- architecture --------------------------------------------------------------------
-    DEFAULT_ARCH = 'tiny'   # the default ``arch`` of both backbones
+    DEFAULT_ARCH = DEFAULT_ARCH_NAME
     arch_zoo = {}
     ARCH_KEYS = ()
     ARCH_STAGE_KEYS = ()
+    # What a subclass must define, checked when it is created (a missing piece would otherwise
+    # surface only when a config builds it, or when frozen_stages or fusion first needs it).
+    REQUIRED_CLASS_ATTRIBUTES = ('arch_zoo', 'ARCH_KEYS', 'ARCH_STAGE_KEYS')
+    REQUIRED_METHODS = ('forward', 'stage_channels', '_stem_modules')
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        missing = [a for a in cls.REQUIRED_CLASS_ATTRIBUTES if not getattr(cls, a)]
+        missing += [f'{m}()' for m in cls.REQUIRED_METHODS
+                    if getattr(cls, m, None) is None or getattr(cls, m) is getattr(SLABBackboneBase, m, None)]
+        if missing:
+            raise TypeError(f'{cls.__name__} does not define {", ".join(missing)}, which every SLABBackboneBase '
+                            f'subclass must (see its docstring)')
+        if DEFAULT_ARCH_NAME not in cls.arch_zoo:
+            raise TypeError(f'{cls.__name__}.arch_zoo has no {DEFAULT_ARCH_NAME!r} arch (the default of every '
+                            f'SLAB backbone), only {sorted(cls.arch_zoo)}')
+        if not set(cls.ARCH_STAGE_KEYS) <= set(cls.ARCH_KEYS) or 'depths' not in cls.ARCH_STAGE_KEYS:
+            raise TypeError(f"{cls.__name__}: ARCH_STAGE_KEYS {cls.ARCH_STAGE_KEYS} must include 'depths' and be "
+                            f'among ARCH_KEYS {cls.ARCH_KEYS}')
 
     @classmethod
     def resolve_arch(cls, arch):
@@ -202,10 +227,6 @@ class SLABBackboneBase(BaseModule):
         return [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths))]
 
     # --- training modes --------------------------------------------------------------------
-    def _stem_modules(self):
-        """The modules before the first stage, frozen from ``frozen_stages=0`` (subclasses)."""
-        raise NotImplementedError
-
     def _frozen_modules(self):
         """The modules that ``frozen_stages`` freezes: the stem, then stages 0..k-1 with their output norms."""
         if self.frozen_stages < 0:
@@ -338,16 +359,13 @@ class SLABBackboneBase(BaseModule):
         """Load backbone weights (our layout, e.g. written by tools/convert_checkpoint.py).
 
         Accepts ``{'state_dict': ...}``, ``{'model': ...}`` or a bare state dict; strips a
-        ``backbone.`` / ``module.`` prefix (so a detector checkpoint works too), resizes
+        ``module.`` / ``backbone.`` prefix (so a detector checkpoint works too), resizes
         positional tables and relative position bias tables whose grid differs, and
         logs the keys it did not load.
         """
         logger = logger or MMLogger.get_current_instance()
         ckpt = CheckpointLoader.load_checkpoint(checkpoint, map_location='cpu', logger=logger)
-        state_dict = ckpt.get('state_dict', ckpt.get('model', ckpt)) if isinstance(ckpt, dict) else ckpt
-        if not isinstance(state_dict, dict):
-            raise ValueError(f'{type(self).__name__}: {checkpoint} holds a {type(state_dict).__name__}, not a state '
-                             f"dict: expected a dict of tensors or a dict with a 'state_dict' or 'model' entry")
+        state_dict = state_dict_in(ckpt, f'{type(self).__name__}: {checkpoint}')
         state_dict = resize_tables_to(self, strip_to_backbone(state_dict), logger)
         load_state_dict(self, state_dict, strict=False, logger=logger)
 

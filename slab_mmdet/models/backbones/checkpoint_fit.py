@@ -1,10 +1,13 @@
-"""Whether a checkpoint fits a SLAB backbone: which layout its keys are in, which architecture
-they describe, and the refusals (with the fix) of pairings that would load without an error
-but compute something else; positional tables resized to the model's grids."""
+"""Reading a checkpoint's weights for a SLAB backbone: the state dict unwrapped and its keys
+made backbone-relative (one way for the backbones, the converters and the tools), which layout
+its keys are in and which architecture they describe, the refusals (with the fix) of pairings
+that would load without an error but compute something else; positional tables resized to the
+model's grids."""
 import math
 import re
 from collections import OrderedDict
 
+import torch
 import torch.nn.functional as F
 
 from ..layers.dyt import ScaledTanh
@@ -150,12 +153,43 @@ def _check_same_structure(backbone, own, state, out_norms, where):
                 f'from tools/fuse_norms.py for a fused checkpoint).')
 
 
+# Where a checkpoint keeps its weights: mmengine/mmdet 'state_dict', timm/DeiT-style 'model',
+# a pickled DataParallel's 'module'; else the dict itself holds the tensors.
+STATE_DICT_ENTRIES = ('state_dict', 'model', 'module')
+
+
+def state_dict_in(checkpoint, source='the checkpoint'):
+    """The weights of a loaded checkpoint: its first ``STATE_DICT_ENTRIES`` entry that is a
+    dict, or the checkpoint itself when it is a dict of tensors. Anything else is refused
+    with a ValueError naming ``source`` and what it holds."""
+    if not isinstance(checkpoint, dict):
+        raise ValueError(f'{source} holds a {type(checkpoint).__name__}, not a state dict: expected a dict of '
+                         f"tensors or a dict with a 'state_dict' or 'model' entry")
+    for key in STATE_DICT_ENTRIES:
+        if isinstance(checkpoint.get(key), dict):
+            return checkpoint[key]
+    if checkpoint and all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        return checkpoint
+    raise ValueError(f"no state dict found in {source}: expected a dict of tensors or a dict with a 'state_dict' "
+                     f"or 'model' entry; its top-level keys are {sorted(map(str, checkpoint))[:10]}")
+
+
+def split_backbone(state_dict):
+    """``(backbone, rest)``: a state dict's keys with any ``module.`` prefix (a DataParallel
+    wrapper, outermost) stripped first, then split into the detector's ``backbone.`` weights
+    (relative to the backbone) and the others (neck, heads; keys unchanged). A state dict
+    without ``backbone.`` keys is a backbone's own: ``(state_dict, None)``."""
+    unwrapped = OrderedDict((k[len('module.'):] if k.startswith('module.') else k, v) for k, v in state_dict.items())
+    if not any(k.startswith('backbone.') for k in unwrapped):
+        return unwrapped, None
+    backbone = OrderedDict((k[len('backbone.'):], v) for k, v in unwrapped.items() if k.startswith('backbone.'))
+    rest = OrderedDict((k, v) for k, v in unwrapped.items() if not k.startswith('backbone.'))
+    return backbone, rest
+
+
 def strip_to_backbone(state_dict):
-    """A checkpoint's weights relative to the backbone: a detector's ``backbone.`` keys (the
-    rest dropped), then any ``module.`` prefix stripped."""
-    if any(k.startswith('backbone.') for k in state_dict):
-        state_dict = OrderedDict((k[9:], v) for k, v in state_dict.items() if k.startswith('backbone.'))
-    return OrderedDict((k[7:] if k.startswith('module.') else k, v) for k, v in state_dict.items())
+    """A checkpoint's weights relative to the backbone (:func:`split_backbone`, the rest dropped)."""
+    return split_backbone(state_dict)[0]
 
 
 def resize_tables_to(backbone, state_dict, logger):
