@@ -21,7 +21,7 @@ import matplotlib
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 
-from run_study import VARIANTS, scalars  # noqa: E402
+from run_study import VARIANTS, training_scalars  # noqa: E402
 
 
 def load_runs(out):
@@ -30,7 +30,7 @@ def load_runs(out):
         m = re.fullmatch(r'(.+)_s(\d+)', osp.basename(work_dir))
         if not m or m[1] not in VARIANTS or not osp.exists(osp.join(work_dir, 'stdout.txt')):
             continue
-        rows = scalars(work_dir)
+        rows = training_scalars(work_dir)
         train = [r for r in rows if 'loss' in r]
         with open(osp.join(work_dir, 'stdout.txt')) as f:
             log = f.read()

@@ -10,7 +10,6 @@ Each run is ``tools/train.py benchmarks/anneal_study/configs/anneal_mini.py`` wi
     python benchmarks/anneal_study/run_study.py --list
 """
 import argparse
-import glob
 import json
 import math
 import os
@@ -23,6 +22,8 @@ from concurrent.futures import ThreadPoolExecutor
 HERE = osp.dirname(osp.abspath(__file__))
 ROOT = osp.dirname(osp.dirname(HERE))
 CONFIG = osp.join(HERE, 'configs', 'anneal_mini.py')
+sys.path.insert(0, ROOT)
+from slab_mmdet.engine.training_log import training_scalars  # noqa: E402 (after the checkout is importable)
 
 B2 = ['train_dataloader.batch_size=2']
 # Each variant: its cfg-options. 'b2' is the failing baseline; each b2_* changes one thing.
@@ -121,16 +122,8 @@ CONFIGS.update({
 NPROC = {'p2b2': 2, 'p2b2_fix': 2, 'lnr_slab_p2b2': 2}
 
 
-def scalars(work_dir):
-    files = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
-    if not files:
-        return []
-    with open(files[-1]) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def summarise(name, seed, work_dir, rc, seconds):
-    rows = [r for r in scalars(work_dir) if 'loss' in r]
+    rows = [r for r in training_scalars(work_dir) if 'loss' in r]
     with open(osp.join(work_dir, 'stdout.txt')) as f:
         log = f.read()
     diverged = 'ANNEAL DIVERGED' in log or any(not math.isfinite(r['loss']) for r in rows)

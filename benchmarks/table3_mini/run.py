@@ -18,8 +18,6 @@ runs at one thread each took 0.90-1.0 s per iteration, one run alone at two thre
 Commit ``benchmarks/results/table3_mini/`` after every few runs.
 """
 import argparse
-import glob
-import json
 import math
 import os
 import os.path as osp
@@ -33,6 +31,10 @@ HERE = osp.dirname(osp.abspath(__file__))
 ROOT = osp.dirname(osp.dirname(HERE))
 RESULTS = osp.join(ROOT, 'benchmarks', 'results', 'table3_mini')
 WORK = osp.join(ROOT, 'work_dirs', 'table3_mini')
+sys.path.insert(0, ROOT)
+from slab_mmdet.apis import write_json  # noqa: E402 (after the checkout is importable)
+from slab_mmdet.benchmark.report import cpu_model  # noqa: E402
+from slab_mmdet.engine.training_log import training_scalars  # noqa: E402
 MINI = osp.join(ROOT, 'configs', 'mini')
 # row -> (its config, what it is). The first three rows of a family are the paper's (twin,
 # PRepBN alone, SLAB); the slab_pvt_t_* rows change only SLAB-PVT-T's norm.
@@ -60,15 +62,6 @@ def pending_runs(rows, seeds, results):
     return [(row, seed) for seed in seeds for row in rows if not osp.exists(result_path(results, row, seed))]
 
 
-def read_scalars(work_dir):
-    """mmengine's scalars.json lines of the newest run in ``work_dir`` (train and val rows)."""
-    files = sorted(glob.glob(osp.join(work_dir, '*', 'vis_data', 'scalars.json')))
-    if not files:
-        return []
-    with open(files[-1]) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def summarise_run(rows, log_text):
     """The result of one training from its scalars and its log: metrics, the largest loss, and
     whether (and at which g and iteration) it diverged: a non-finite loss, or a log that says so."""
@@ -89,20 +82,12 @@ def summarise_run(rows, log_text):
 
 
 def host_facts():
-    from slab_mmdet.benchmark.report import cpu_model   # noqa: E402 (the checkout is on sys.path)
     try:
         commit = subprocess.run(['git', 'rev-parse', '--short', 'HEAD'], cwd=ROOT, capture_output=True,
                                 text=True, check=True).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         commit = None
     return dict(cpu=cpu_model(), cpu_count=os.cpu_count(), python=platform.python_version(), commit=commit)
-
-
-def write_json_atomically(path, data):
-    tmp = path + '.tmp'
-    with open(tmp, 'w') as f:
-        json.dump(data, f, indent=1)
-    os.replace(tmp, path)
 
 
 def run_one(row, seed, results, work_root, threads, extra_options, log=print):
@@ -123,7 +108,7 @@ def run_one(row, seed, results, work_root, threads, extra_options, log=print):
     with open(osp.join(work_dir, 'stdout.txt')) as f:
         text = f.read()
     result = dict(row=row, seed=seed, config=osp.relpath(config, ROOT), rc=rc, seconds=round(seconds),
-                  threads=threads, options=list(extra_options), **summarise_run(read_scalars(work_dir), text),
+                  threads=threads, options=list(extra_options), **summarise_run(training_scalars(work_dir), text),
                   **facts, date=time.strftime('%Y-%m-%dT%H:%M:%S%z'))
     if rc != 0:
         result['error'] = f'exit {rc}: ' + ' | '.join(text.strip().splitlines()[-3:])[-400:]
@@ -131,7 +116,7 @@ def run_one(row, seed, results, work_root, threads, extra_options, log=print):
         # Not a finding of the study (a crash, a kill): no result file, so a re-run retries it.
         log(f'[table3] FAILED {row} seed {seed} after {seconds:.0f} s ({result["error"]}); not recorded')
         return result
-    write_json_atomically(result_path(results, row, seed), result)
+    write_json(result_path(results, row, seed), result)
     log(f'[table3] done {row} seed {seed} in {seconds:.0f} s: bbox mAP {result["bbox_mAP"]}, '
         f'diverged {result["diverged"]}')
     return result
@@ -190,5 +175,4 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    sys.path.insert(0, ROOT)
     main()
