@@ -53,8 +53,10 @@ def resolve_config_path(config):
 
 
 def load_config(config, cfg_options=None):
-    """Load a config (path or ``package::path``) and apply `cfg_options` (a dict as from --cfg-options)."""
-    resolve_config_path(config)
+    """Load a config (path or ``package::path``; a loaded Config is copied) and apply `cfg_options`
+    (a dict as from --cfg-options); BenchmarkError for a config file that does not exist."""
+    if not isinstance(config, Config):
+        resolve_config_path(config)
     return apis.load_config(config, cfg_options)
 
 

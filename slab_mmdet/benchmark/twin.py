@@ -42,8 +42,8 @@ def twin_backbone_cfg(config, cfg_options=None):
 def write_twin_config(config, out_dir, cfg_options=None):
     """Write ``<out_dir>/<config stem>_twin.py``, the twin of ``config`` (inheriting it: only the
     backbone and the hooks change); returns its path."""
-    twin = twin_backbone_cfg(config, cfg_options)
     cfg = load_config(config, cfg_options)
+    twin = twin_backbone_cfg(cfg)
     hooks = [h.to_dict() if hasattr(h, 'to_dict') else dict(h) for h in cfg.get('custom_hooks', [])]
     hooks = [h for h in hooks if h.get('type') not in ANNEALING_HOOKS]
     source = osp.abspath(resolve_config_path(config))
