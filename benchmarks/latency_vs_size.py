@@ -66,8 +66,7 @@ def set_input_size(models, short_side):
 def backbone_gflops(model, input_hw):
     """The backbone's GFLOPs on one (1, 3, H, W) input (model_complexity.py's counter)."""
     import torch
-    sys.path.insert(0, osp.join(REPO, 'benchmarks'))
-    from model_complexity import flops
+    from model_complexity import flops  # a sibling script: benchmarks/ is sys.path[0] when run
     with torch.no_grad():
         return flops(model.model.backbone, (torch.zeros(1, 3, *input_hw),))[1] / 1e9
 
