@@ -28,9 +28,8 @@ import os
 import os.path as osp
 import sys
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
-from slab_mmdet.benchmark.peers import PVTV2_BACKBONES, TIMM_PEERS, timm_peer_options  # noqa: E402 (after the checkout is importable)
+from bootstrap import REPO
+from slab_mmdet.benchmark.peers import PVTV2_BACKBONES, TIMM_PEERS, timm_peer_options
 
 
 def baseline_vs_slab(baseline, slab):

@@ -22,7 +22,7 @@ import os
 import os.path as osp
 import sys
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from bootstrap import REPO
 SHORT_SIDES = (512, 800, 1024, 1333, 2048)
 # family -> [(display name, config, fuse mode, timm peer replacing the backbone or None)];
 # the first of a family (its twin) is the reference of its ratios.
@@ -128,7 +128,6 @@ def main(argv=None):
     bad = [s for s in args.short_sides if s < 32]
     if bad:
         parser.error(f"--short-sides {bad}: a short side must be at least 32 pixels (the backbones' stride)")
-    sys.path.insert(0, REPO)
     import torch
     from slab_mmdet.apis import load_config
     from slab_mmdet.benchmark import benchmark_backbones, resolve_images

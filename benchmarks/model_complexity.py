@@ -17,16 +17,14 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 
 import torch
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
+from bootstrap import REPO
+from slab_mmdet.benchmark.peers import PVTV2_BACKBONES as PVTV2
+from slab_mmdet.benchmark.peers import TIMM_PEER_BACKBONES as TIMM, TIMM_PEER_CHANNELS
 
 HW = (800, 1280)
-from slab_mmdet.benchmark.peers import PVTV2_BACKBONES as PVTV2  # noqa: E402
-from slab_mmdet.benchmark.peers import TIMM_PEER_BACKBONES as TIMM, TIMM_PEER_CHANNELS  # noqa: E402
 # name -> (config, backbone override, neck in_channels override)
 COMPLEXITY_MODELS = {
     'PVT-T': ('configs/mask_rcnn_pvt_t.py', None, None),

@@ -22,7 +22,7 @@ import statistics
 import sys
 import time
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from bootstrap import REPO
 COCO_SCALE = (1333, 800)
 
 
@@ -148,7 +148,6 @@ def main(argv=None):
         args.ops = [op for op in args.ops.split(',') if op]
     if min(args.num_calib, args.threads, args.images, args.rounds) < 1:
         parser.error('--num-calib, --threads, --images and --rounds must be >= 1')
-    sys.path.insert(0, REPO)
     import torch
     torch.set_num_threads(args.threads)
     log = print

@@ -20,13 +20,10 @@ import os
 import os.path as osp
 import platform
 import statistics
-import sys
 import time
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
-sys.path.insert(0, REPO)
-
-from slab_mmdet.benchmark.peers import PVTV2_BACKBONES  # noqa: E402
+from bootstrap import REPO
+from slab_mmdet.benchmark.peers import PVTV2_BACKBONES
 
 PVTV2_B2 = PVTV2_BACKBONES['b2']
 # comparison -> [(name, config, backbone override)]: the first is the reference of the ratios.

@@ -10,12 +10,10 @@ report gives the median time of each and their ratio per round.
     python benchmarks/prepbn_blend.py --threads 2 --rounds 20
 """
 import argparse
-import os.path as osp
 import statistics
-import sys
 import time
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+import bootstrap  # noqa: F401  (the checkout importable)
 
 
 def written_form(m, x):
@@ -37,7 +35,6 @@ def main(argv=None):
     parser.add_argument('--rounds', type=int, default=20)
     parser.add_argument('--g', type=float, default=0.5)
     args = parser.parse_args(argv)
-    sys.path.insert(0, REPO)
     global torch
     import torch
     from slab_mmdet.models.layers import PRepBN

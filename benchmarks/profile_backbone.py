@@ -15,10 +15,9 @@ for the COCO configs). Reports, per model:
 import argparse
 import collections
 import os.path as osp
-import sys
 import time
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from bootstrap import REPO
 
 
 def module_kind_timer(model):
@@ -51,7 +50,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.runs < 1:
         parser.error(f'--runs must be >= 1, got {args.runs}')
-    sys.path.insert(0, REPO)
     import torch
     from torch.profiler import ProfilerActivity, profile
 

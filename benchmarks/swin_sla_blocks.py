@@ -16,10 +16,9 @@ and the stage-2 map 100x136 (192 channels, 6 heads, window 28). Timed, interleav
 import argparse
 import json
 import os.path as osp
-import sys
 import time
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from bootstrap import REPO
 # (stage, channels, heads, SLA window, map at 800x1088)
 STAGES = [(1, 96, 3, 56, (200, 272)), (2, 192, 6, 28, (100, 136))]
 
@@ -47,7 +46,6 @@ def main(argv=None):
     parser.add_argument('--rounds', type=int, default=10)
     parser.add_argument('--out', default=osp.join(REPO, 'work_dirs', 'benchmarks', 'swin_sla_blocks.json'))
     args = parser.parse_args(argv)
-    sys.path.insert(0, REPO)
     import torch
     from mmdet.models.backbones.swin import ShiftWindowMSA
     from slab_mmdet.models.layers.window_attention import ShiftedWindowAttention, WindowLinearAttention

@@ -21,10 +21,9 @@ import json
 import os
 import os.path as osp
 import statistics
-import sys
 import time
 
-REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+from bootstrap import REPO
 TIMED_MODELS = [
     ('mmdet PVT-S (LN)', 'configs/mini/mask_rcnn_pvt_s.py'),
     ('SLAB-PVT-S (g = 0.5)', 'configs/mini/mask_rcnn_slab_pvt_s.py'),
@@ -82,7 +81,6 @@ def main(argv=None):
                         help='what one iteration trains: the whole detector (default) or the backbone alone')
     parser.add_argument('--out', default=osp.join(REPO, 'work_dirs', 'benchmarks', 'train_step_time.json'))
     args = parser.parse_args(argv)
-    sys.path.insert(0, REPO)
     import torch
     import slab_mmdet  # noqa: F401
     if args.threads:
