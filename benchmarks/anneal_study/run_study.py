@@ -144,7 +144,8 @@ def run_one(name, seed, out, extra):
               f'--master_port={29500 + abs(hash((name, seed))) % 1000}'] if nproc > 1 else [sys.executable]
     cmd = [*launch, osp.join(ROOT, 'tools', 'train.py'), CONFIGS.get(name, CONFIG), '--work-dir', work_dir,
            *(['--launcher', 'pytorch'] if nproc > 1 else []), '--cfg-options', *opts]
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=os.pathsep.join([HERE, os.environ.get('PYTHONPATH', '')]))
+    env = dict(os.environ, OMP_NUM_THREADS='1',
+               PYTHONPATH=os.pathsep.join([HERE, ROOT, os.environ.get('PYTHONPATH', '')]))
     start = time.time()
     os.makedirs(work_dir, exist_ok=True)
     with open(osp.join(work_dir, 'stdout.txt'), 'w') as f:

@@ -98,7 +98,10 @@ def run_one(row, seed, results, work_root, threads, extra_options, log=print):
     os.makedirs(work_dir, exist_ok=True)
     cmd = [sys.executable, osp.join(ROOT, 'tools', 'train.py'), config, '--work-dir', work_dir,
            '--cfg-options', f'randomness.seed={seed}', *extra_options]
-    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    # This checkout first: a cached environment shared by several clones may have its editable
+    # install pointing at another one (tools/setup_env.sh re-points it; a direct run does not).
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+               PYTHONPATH=os.pathsep.join([ROOT, os.environ.get('PYTHONPATH', '')]))
     log(f'[table3] start {row} seed {seed} ({threads} thread(s)) -> {work_dir}')
     facts = host_facts()   # the commit the run starts from
     start = time.time()
