@@ -1,10 +1,10 @@
 """The table and plot of the mini-scale detection study from whatever result files exist
 (``run.py`` writes them): per row bbox/segm mAP mean +- sd over its seeds, the largest loss,
-diverged runs, the missing seeds, and, where the latency record measured the row's model, its
-fused latency against its LayerNorm twin at COCO test resolution (backbone and Mask R-CNN).
+diverged runs, the missing seeds, and, from each run of latency.py found, the trained
+detector's fused latency against its trained LayerNorm twin at COCO test resolution (backbone
+and Mask R-CNN).
 
-    python benchmarks/table3_mini/report.py --record work_dirs/record_run1/record.json \\
-        --out docs/table3_mini
+    python benchmarks/table3_mini/report.py --out docs/table3_mini
 
 Writes ``<out>/table3_mini.md`` and ``<out>/map_vs_latency.png`` and prints the table.
 """
@@ -29,17 +29,6 @@ def _load_runner():
 _runner = _load_runner()
 RESULTS, ROOT, ROWS, SEEDS = _runner.RESULTS, _runner.ROOT, _runner.ROWS, _runner.SEEDS
 
-# row -> (record comparison of the backbone, of the whole detector, the model's name there):
-# the latency record (benchmarks/latency_record.py) times COCO-size models with random weights.
-LATENCY = {
-    'pvt_t_twin': ('pvt_t_twin_backbone', 'pvt_t_twin_mask_rcnn', 'mask_rcnn_pvt_t_twin'),
-    'slab_pvt_t': ('pvt_t_twin_backbone', 'pvt_t_twin_mask_rcnn', 'mask_rcnn_slab_pvt_t (fused)'),
-    'swin_t_twin': ('swin_t_twin_backbone', 'swin_t_twin_mask_rcnn', 'mask_rcnn_swin_t_twin'),
-    'slab_swin_t': ('swin_t_twin_backbone', 'swin_t_twin_mask_rcnn', 'mask_rcnn_slab_swin_t (fused)'),
-    'slab_pvt_t_dyt': ('pvt_t_dyt_backbone', 'pvt_t_dyt_mask_rcnn', 'mask_rcnn_slab_pvt_t (DyT) (fused)'),
-}
-
-
 def load_results(results):
     """{row: [result dicts]} of every result file of a known row, in seed order."""
     found = {}
@@ -58,33 +47,42 @@ def mean_sd(values):
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
 
 
-def latency_ratios(record, row):
-    """(backbone, detector) paired ratio to the twin from the record, or None where not measured."""
-    if record is None or row not in LATENCY:
-        return None, None
-    out = []
-    for comparison in LATENCY[row][:2]:
-        rows = record['comparisons'].get(comparison, [])
-        match = [r for r in rows if r['model'] == LATENCY[row][2]]
-        out.append(match[0]['median'] if match else None)
-    return tuple(out)
+def load_latency(folder):
+    """The runs of latency.py found in `folder` (``run<N>.json``), in run order."""
+    numbered = {}
+    for path in glob.glob(osp.join(folder, 'run*.json')):
+        number = osp.basename(path)[len('run'):-len('.json')]
+        if number.isdigit():
+            numbered[int(number)] = path
+    runs = []
+    for number in sorted(numbered):
+        with open(numbered[number]) as f:
+            runs.append(json.load(f))
+    return runs
 
 
-def summarise(results, record=None, seeds=SEEDS):
+def latency_ratios(latency_runs, row):
+    """([backbone paired ratio to the twin per run], [the whole detector's per run]), runs that
+    did not time `row` left out."""
+    timed = [run['rows'][row] for run in latency_runs if row in run.get('rows', {})]
+    return [t['backbone']['median'] for t in timed], [t['detector']['median'] for t in timed]
+
+
+def summarise(results, latency_runs=(), seeds=SEEDS):
     """One dict per row of ROWS, in order, with its statistics (None where nothing ran)."""
     table = []
     for row, (_, what) in ROWS.items():
         runs = results.get(row, [])
         finished = [r for r in runs if not r['diverged']]
         bbox, segm = mean_sd([r['bbox_mAP'] for r in finished]), mean_sd([r['segm_mAP'] for r in finished])
-        backbone, detector = latency_ratios(record, row)
+        backbone, detector = latency_ratios(latency_runs, row)
         table.append(dict(
             row=row, what=what, runs=len(runs), seeds=[r['seed'] for r in runs],
             missing=[s for s in seeds if s not in {r['seed'] for r in runs}],
             bbox_mean=bbox[0], bbox_sd=bbox[1], segm_mean=segm[0], segm_sd=segm[1],
             max_loss=max((r['max_loss'] for r in runs if r['max_loss'] is not None), default=None),
             diverged=[(r['seed'], r['diverged_at_g'], r['diverged_at_iter']) for r in runs if r['diverged']],
-            backbone_ratio=backbone, detector_ratio=detector,
+            backbone_ratios=backbone, detector_ratios=detector,
             minutes=mean_sd([r['seconds'] / 60 for r in runs])[0]))
     return table
 
@@ -99,6 +97,11 @@ def _num(value, fmt='{:.2f}'):
     return '–' if value is None else fmt.format(value)
 
 
+def _runs(values):
+    """'0.72 / 0.74' (one value per latency run), '–' where none."""
+    return ' / '.join(f'{v:.2f}' for v in values) or '–'
+
+
 def render_table(table):
     lines = ['| row | model | runs | bbox mAP | segm mAP | largest loss | diverged (seed, g, iter) | '
              'backbone vs twin | Mask R-CNN vs twin | min/run | missing seeds |',
@@ -107,26 +110,26 @@ def render_table(table):
         diverged = ', '.join(f'({s}, {_num(g, "{:.3g}")}, {_num(i, "{}")})' for s, g, i in t['diverged']) or 'none'
         lines.append(f"| {t['row']} | {t['what']} | {t['runs']} | {_pm(t['bbox_mean'], t['bbox_sd'])} | "
                      f"{_pm(t['segm_mean'], t['segm_sd'])} | {_num(t['max_loss'])} | "
-                     f"{diverged if t['runs'] else '–'} | {_num(t['backbone_ratio'])} | "
-                     f"{_num(t['detector_ratio'])} | {_num(t['minutes'], '{:.1f}')} | "
+                     f"{diverged if t['runs'] else '–'} | {_runs(t['backbone_ratios'])} | "
+                     f"{_runs(t['detector_ratios'])} | {_num(t['minutes'], '{:.1f}')} | "
                      f"{', '.join(map(str, t['missing'])) or '–'} |")
     return '\n'.join(lines)
 
 
 def plot(table, path):
-    """bbox mAP (mean, sd bars) against the backbone's latency relative to its twin, as the
-    paper's Figure 5 plots AP against latency (the backbone's: the whole detector's ratio with
-    random weights did not converge, docs/benchmarks.md); rows without both are left out."""
+    """bbox mAP (mean, sd bars) against the whole detector's latency relative to its twin (the
+    mean of the latency runs), as the paper's Figure 5 plots AP against latency; rows without
+    both are left out."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     fig = Figure(figsize=(6.4, 4.4), layout='constrained')
     FigureCanvasAgg(fig)
     ax = fig.subplots()
-    shown = [t for t in table if t['bbox_mean'] is not None and t['backbone_ratio'] is not None]
+    shown = [t for t in table if t['bbox_mean'] is not None and t['detector_ratios']]
     for t in shown:
-        ax.errorbar(t['backbone_ratio'], t['bbox_mean'], yerr=t['bbox_sd'] or 0, fmt='o', capsize=4,
+        ax.errorbar(statistics.fmean(t['detector_ratios']), t['bbox_mean'], yerr=t['bbox_sd'] or 0, fmt='o', capsize=4,
                     label=t['what'])
-    ax.set_xlabel('backbone latency / its LayerNorm twin (fused, CPU, batch 1, 800x1333 class)')
+    ax.set_xlabel('Mask R-CNN latency / its LayerNorm twin (trained, fused, CPU, batch 1, 800x1067)')
     ax.set_ylabel('bbox mAP, mini COCO val (mean ± sd over seeds)')
     left_out = [t['row'] for t in table if t not in shown]
     ax.set_title('mini-scale Table 3' + (f' ({len(left_out)} rows without both numbers)' if left_out else ''),
@@ -139,18 +142,16 @@ def plot(table, path):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--results', default=RESULTS, help='result files (default: %(default)s)')
-    parser.add_argument('--record', default=None, help="the latency record's record.json (optional)")
+    parser.add_argument('--latency', default=None,
+                        help="latency.py's runs (default: <results>/latency; none found: no latency columns)")
     parser.add_argument('--out', default=osp.join(ROOT, 'docs', 'table3_mini'), help='default: %(default)s')
     args = parser.parse_args(argv)
     if not osp.isdir(args.results):
         parser.error(f'results folder not found: {args.results} (run benchmarks/table3_mini/run.py first)')
-    record = None
-    if args.record:
-        if not osp.isfile(args.record):
-            parser.error(f'--record: no such file: {args.record}')
-        with open(args.record) as f:
-            record = json.load(f)
-    table = summarise(load_results(args.results), record)
+    latency = args.latency or osp.join(args.results, 'latency')
+    if args.latency and not osp.isdir(args.latency):
+        parser.error(f'--latency: no such folder: {args.latency}')
+    table = summarise(load_results(args.results), load_latency(latency))
     os.makedirs(args.out, exist_ok=True)
     text = render_table(table)
     with open(osp.join(args.out, 'table3_mini.md'), 'w') as f:

@@ -6,7 +6,10 @@ import os.path as osp
 
 import pytest
 
+from testing_utils import REPO_ROOT
 from testing_utils.helpers import load_script
+
+STUDY = osp.join(REPO_ROOT, 'benchmarks', 'table3_mini')
 
 
 def _load(name):
@@ -14,6 +17,22 @@ def _load(name):
 
 
 runner, report = _load('run'), _load('report')
+
+
+@pytest.fixture
+def latency(monkeypatch):
+    """latency.py, which imports its folder's run.py as a script does (its folder on sys.path)."""
+    monkeypatch.syspath_prepend(STUDY)
+    return _load('latency')
+
+
+def _latency_run(folder, number, ratios):
+    """A run<N>.json as latency.py writes it: {row: (backbone ratio, detector ratio)}."""
+    rows = {row: dict(backbone=dict(median=b, p10=b, p90=b, n=1), detector=dict(median=d, p10=d, p90=d, n=1))
+            for row, (b, d) in ratios.items()}
+    folder.mkdir(exist_ok=True)
+    with open(folder / f'run{number}.json', 'w') as f:
+        json.dump(dict(rows=rows), f)
 
 
 def _result(row, seed, bbox, segm=0.3, diverged=False, max_loss=2.0, g=None):
@@ -27,9 +46,12 @@ def _write(folder, result):
         json.dump(result, f)
 
 
-def test_every_row_config_exists():
+def test_every_row_config_exists(latency):
     assert all(osp.isfile(config) for config, _ in runner.ROWS.values())
-    assert set(report.LATENCY) <= set(runner.ROWS)
+    timed = [row for family in latency.FAMILIES.values() for row, _ in family]
+    assert sorted(timed) == sorted(runner.ROWS)   # every row timed once, in its family
+    # The twin, the reference of its family's ratios, is first and unfused.
+    assert all(family[0] == (f'{name}_twin', 'none') for name, family in latency.FAMILIES.items())
 
 
 def test_pending_runs_skip_finished_ones_seed_major(tmp_path):
@@ -87,17 +109,22 @@ def test_report_on_a_partial_results_folder(tmp_path):
         _write(tmp_path, _result('slab_pvt_t', seed, bbox))
     _write(tmp_path, _result('pvt_t_twin', 1, 0.31))
     _write(tmp_path, _result('slab_pvt_t_repbn', 0, None, diverged=True, max_loss=40.0, g=0.0))
-    record = dict(comparisons={'pvt_t_twin_mask_rcnn': [dict(model='mask_rcnn_pvt_t_twin', median=1.0),
-                                                        dict(model='mask_rcnn_slab_pvt_t (fused)', median=0.8)]})
-    table = {t['row']: t for t in report.summarise(report.load_results(str(tmp_path)), record)}
+    _latency_run(tmp_path / 'latency', 2, {'pvt_t_twin': (1.0, 1.0), 'slab_pvt_t': (0.74, 0.9)})
+    _latency_run(tmp_path / 'latency', 1, {'pvt_t_twin': (1.0, 1.0), 'slab_pvt_t': (0.72, 0.88)})
+    _latency_run(tmp_path / 'latency', 10, {'slab_swin_t': (0.98, 0.99)})
+    runs = report.load_latency(str(tmp_path / 'latency'))
+    assert [sorted(r['rows']) for r in runs] == [['pvt_t_twin', 'slab_pvt_t']] * 2 + [['slab_swin_t']]   # 1, 2, 10
+    table = {t['row']: t for t in report.summarise(report.load_results(str(tmp_path)), runs)}
     slab = table['slab_pvt_t']
     assert slab['bbox_mean'] == pytest.approx(0.32) and slab['bbox_sd'] == pytest.approx(0.02)
-    assert slab['missing'] == [] and slab['detector_ratio'] == 0.8 and slab['backbone_ratio'] is None
+    assert slab['missing'] == [] and slab['backbone_ratios'] == [0.72, 0.74] and slab['detector_ratios'] == [0.88, 0.9]
+    assert table['slab_swin_t']['detector_ratios'] == [0.99] and table['swin_t_twin']['detector_ratios'] == []
     assert table['pvt_t_twin']['missing'] == [0, 2] and table['pvt_t_twin']['bbox_sd'] is None
     assert table['slab_pvt_t_repbn']['diverged'] == [(0, 0.0, 120)]
     assert table['slab_pvt_t_dyt']['runs'] == 0 and table['slab_pvt_t_dyt']['missing'] == [0, 1, 2]
     text = report.render_table(list(table.values()))
     assert '| slab_pvt_t | SLAB-PVT-T (SLA, PRepBN) | 3 | 0.320 ± 0.020 |' in text
+    assert '| 0.72 / 0.74 | 0.88 / 0.90 |' in text
     assert '| slab_pvt_t_repbn |' in text and '(0, 0, 120)' in text
     assert '| slab_pvt_t_dyt | SLAB-PVT-T, DyT | 0 | – | – | – | – |' in text
 
@@ -113,3 +140,34 @@ def test_report_cli_writes_table_and_plot(tmp_path, capsys):
     with pytest.raises(SystemExit):
         report.main(['--results', str(tmp_path / 'nowhere')])
     assert 'results folder not found' in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        report.main(['--results', str(results), '--latency', str(tmp_path / 'nowhere')])
+    assert '--latency: no such folder' in capsys.readouterr().err
+
+
+def test_latency_ratios_pair_each_rows_backbone_and_detector_with_the_twins(latency):
+    # Two images; the backbone times come from the same pass's breakdown.
+    def model(name, total, backbone):
+        return dict(name=name, fused=name != 'twin', latency_ms=dict(mean=sum(total) / 2),
+                    breakdown_ms=dict(backbone=sum(backbone) / 2),
+                    ratio_to_first=dict(paired=dict(median=None)),
+                    raw=dict(total_ms=total, breakdown_ms=dict(backbone=backbone)))
+    summary = dict(models=[model('twin', [100.0, 200.0], [50.0, 100.0]),
+                           model('slab', [90.0, 180.0], [40.0, 70.0])])
+    summary['models'][1]['ratio_to_first']['paired'] = dict(median=0.9)
+    out = latency.row_ratios(summary, ['pvt_t_twin', 'slab_pvt_t'])
+    assert out['slab_pvt_t']['backbone']['median'] == pytest.approx(0.75)   # median of 0.8 and 0.7
+    assert out['slab_pvt_t']['detector']['median'] == 0.9 and out['slab_pvt_t']['backbone_ms'] == 55.0
+    assert out['pvt_t_twin']['backbone']['median'] == 1.0
+
+
+def test_latency_needs_each_rows_trained_checkpoint(latency, tmp_path):
+    with pytest.raises(SystemExit, match='no trained checkpoint for slab_pvt_t seed 0.*run.py --rows slab_pvt_t'):
+        latency.trained_checkpoint(str(tmp_path), 'slab_pvt_t', 0)
+    work = tmp_path / 'slab_pvt_t_s0'
+    work.mkdir()
+    (work / 'last_checkpoint').write_text(str(work / 'epoch_5.pth'))
+    with pytest.raises(SystemExit, match='epoch_5.pth, which does not exist'):
+        latency.trained_checkpoint(str(tmp_path), 'slab_pvt_t', 0)
+    (work / 'epoch_5.pth').write_bytes(b'')
+    assert latency.trained_checkpoint(str(tmp_path), 'slab_pvt_t', 0) == str(work / 'epoch_5.pth')
