@@ -50,7 +50,7 @@ def build_parser():
     parser.add_argument('--checkpoint', nargs='+', default=[], metavar='CKPT',
                         help='zero or one checkpoint per config, same order (default: random weights)')
     parser.add_argument('--fuse', nargs='?', const='yes', default='none', choices=FUSE_MODES,
-                        help='fold norms with slab_mmdet.deploy.fuse_detector: yes = fused only, both = unfused '
+                        help='fold norms with slab_mmdet.deploy.fused_copy: yes = fused only, both = unfused '
                              'and fused variants (bare --fuse means yes; default: none)')
     parser.add_argument('--device', default=None,
                         help="cpu, cuda or cuda:N (default: cuda when available, else cpu)")

@@ -95,28 +95,28 @@ def finish_random_prepbn(model):
     return len(layers)
 
 
-def _import_fuse_detector():
+def _import_fused_copy():
     try:
-        from slab_mmdet.deploy import fuse_detector
+        from slab_mmdet.deploy import fused_copy
     except ImportError as e:
-        raise BenchmarkError(f'--fuse needs slab_mmdet.deploy.fuse_detector, which cannot be imported: {e}') from e
-    return fuse_detector
+        raise BenchmarkError(f'--fuse needs slab_mmdet.deploy.fused_copy, which cannot be imported: {e}') from e
+    return fused_copy
 
 
-def fuse_copy(model, config, fuse_detector, device):
-    """A fused copy of `model` (same weights), and fuse_detector's report.
+def fuse_copy(model, config, fused_copy, device):
+    """A fused copy of `model` (same weights, made by deploy's ``fused_copy``), and the fusion report.
 
-    Raises FusionRefused if fuse_detector refuses the model, BenchmarkError if it returns
+    Raises FusionRefused if the fusion refuses the model, BenchmarkError if it returns
     something other than its report.
     """
-    fused = copy.deepcopy(model)
     try:
-        info = fuse_detector(fused)
+        fused, info = fused_copy(model)
     except FusionError as e:   # not a SLAB backbone / not foldable (LayerNorm, still annealing)
         raise FusionRefused(f'cannot fuse the model of {config}: {e}. Benchmark it without --fuse, or with '
                             f'--fuse both (which measures it unfused)') from e
     if not isinstance(info, dict) or 'removed_norms' not in info:
-        raise BenchmarkError(f"fuse_detector returned {info!r} for {config}; expected a dict with 'removed_norms'")
+        raise BenchmarkError(f"fused_copy returned the report {info!r} for {config}; expected a dict with "
+                             f"'removed_norms'")
     return fused.to(device).eval(), info
 
 
@@ -163,7 +163,7 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
         checkpoints: at most one per config, in the order of the configs (None, or none left:
             random weights).
         fuse: 'none', 'yes' (fused only) or 'both' (unfused, then fused: a copy with the same
-            weights, folded by ``slab_mmdet.deploy.fuse_detector``). With 'both', a model that
+            weights, folded by ``slab_mmdet.deploy.fused_copy``). With 'both', a model that
             cannot be fused (e.g. a LayerNorm baseline) is kept unfused only, with a log line;
             with 'yes' it is an error.
         device: where the models live.
@@ -177,7 +177,7 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
     configs = list(configs)
     checkpoints = check_inputs(configs, checkpoints, fuse)
     cfgs = [load_config(c, cfg_options) for c in configs]   # all configs checked before any model is built
-    fuse_detector = _import_fuse_detector() if fuse != 'none' else None
+    fused_copy = _import_fused_copy() if fuse != 'none' else None
     variants = []
     for config, cfg, ckpt, name in zip(configs, cfgs, checkpoints, unique_names(configs)):
         model = apis.load_detector(cfg, ckpt, device=device, strict=False)
@@ -190,7 +190,7 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
             variants.append(BenchModel(name, config, model, pipeline, ckpt))
         if fuse in ('yes', 'both'):
             try:
-                fused, info = fuse_copy(model, config, fuse_detector, device)
+                fused, info = fuse_copy(model, config, fused_copy, device)
             except FusionRefused as e:
                 if fuse == 'yes':
                     raise

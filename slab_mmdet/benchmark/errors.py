@@ -6,5 +6,5 @@ class BenchmarkError(Exception):
 
 
 class FusionRefused(BenchmarkError):
-    """``fuse_detector`` refused a model (a LayerNorm model, one still annealing, a backbone
+    """The fusion (``slab_mmdet.deploy.fused_copy``) refused a model (a LayerNorm model, one still annealing, a backbone
     without ``switch_to_deploy``): ``--fuse both`` then measures it unfused only."""

@@ -5,6 +5,7 @@ Behaviour, never speed: the call order (interleaving), what the timed region con
 ratios recomputed from the raw timings, the report files, the per-part breakdown of two-
 and one-stage detectors, --fuse plumbing with a stand-in fuse function, and the errors.
 """
+import copy
 import json
 import os
 import os.path as osp
@@ -229,14 +230,14 @@ def test_default_images_are_the_configs_test_dataset_in_order(mini_coco):
 
 def test_fuse_without_deploy_module_is_a_clear_error(monkeypatch):
     monkeypatch.setitem(sys.modules, 'slab_mmdet.deploy', None)   # makes the import fail
-    with pytest.raises(BenchmarkError, match='--fuse needs slab_mmdet.deploy.fuse_detector'):
+    with pytest.raises(BenchmarkError, match='--fuse needs slab_mmdet.deploy.fused_copy'):
         load_models([MASK_RCNN], fuse='yes', log=None)
 
 
 def test_fuse_failure_stops_naming_the_config(monkeypatch, capsys, mini_coco):
     def refuse(model):
-        raise FusionError('backbone has LayerNorm, nothing to fold')   # what fuse_detector raises
-    monkeypatch.setitem(sys.modules, 'slab_mmdet.deploy', types.SimpleNamespace(fuse_detector=refuse))
+        raise FusionError('backbone has LayerNorm, nothing to fold')   # what fused_copy raises
+    monkeypatch.setitem(sys.modules, 'slab_mmdet.deploy', types.SimpleNamespace(fused_copy=refuse))
     with pytest.raises(SystemExit):
         _load_cli().main([MASK_RCNN, '--fuse', 'yes', '--mini', mini_coco, '--device', 'cpu'])
     err = capsys.readouterr().err
@@ -245,8 +246,8 @@ def test_fuse_failure_stops_naming_the_config(monkeypatch, capsys, mini_coco):
 
 def test_fuse_both_keeps_a_model_that_cannot_be_fused_unfused_and_says_so(monkeypatch):
     def refuse(model):
-        raise FusionError('backbone has LayerNorm, nothing to fold')   # what fuse_detector raises
-    monkeypatch.setitem(sys.modules, 'slab_mmdet.deploy', types.SimpleNamespace(fuse_detector=refuse))
+        raise FusionError('backbone has LayerNorm, nothing to fold')   # what fused_copy raises
+    monkeypatch.setitem(sys.modules, 'slab_mmdet.deploy', types.SimpleNamespace(fused_copy=refuse))
     messages = []
     models = load_models([MASK_RCNN], fuse='both', log=messages.append)
     assert [(m.name, m.fused) for m in models] == [('mask_rcnn_pvt_t', False)]
@@ -255,11 +256,13 @@ def test_fuse_both_keeps_a_model_that_cannot_be_fused_unfused_and_says_so(monkey
 
 
 
-def test_fuse_both_still_stops_when_fuse_detector_misbehaves(monkeypatch):
-    """Only a refusal (the model has nothing to fold) is measured unfused; a fuse_detector that
+def test_fuse_both_still_stops_when_the_fusion_misbehaves(monkeypatch):
+    """Only a refusal (the model has nothing to fold) is measured unfused; a fusion that
     returns no report is a bug, and stops the run under --fuse both too."""
-    monkeypatch.setitem(sys.modules, 'slab_mmdet.deploy', types.SimpleNamespace(fuse_detector=lambda model: None))
-    with pytest.raises(BenchmarkError, match="fuse_detector returned None for .*expected a dict with 'removed_norms'"):
+    monkeypatch.setitem(sys.modules, 'slab_mmdet.deploy',
+                        types.SimpleNamespace(fused_copy=lambda model: (model, None)))
+    with pytest.raises(BenchmarkError,
+                       match="fused_copy returned the report None for .*expected a dict with 'removed_norms'"):
         load_models([MASK_RCNN], fuse='both', log=None)
 
 # --------------------------------------------------------------------------- the benchmark loop
@@ -359,11 +362,12 @@ def test_latency_only_runs_no_memory_pass_and_says_so(small_configs, mini_coco):
 def test_cli_fuse_both_writes_consistent_report(mini_coco, tmp_path, monkeypatch, keep_torch_threads):
     calls = []
 
-    def fake_fuse(model):
-        calls.append(model)
-        model.fake_fused = True
-        return {'removed_norms': 7}
-    monkeypatch.setitem(sys.modules, 'slab_mmdet.deploy', types.SimpleNamespace(fuse_detector=fake_fuse))
+    def fake_fused_copy(model):
+        fused = copy.deepcopy(model)
+        calls.append(fused)
+        fused.fake_fused = True
+        return fused, {'removed_norms': 7}
+    monkeypatch.setitem(sys.modules, 'slab_mmdet.deploy', types.SimpleNamespace(fused_copy=fake_fused_copy))
     out_dir = str(tmp_path / 'out')
     argv = [MASK_RCNN, '--fuse', 'both', '--mini', mini_coco, '--device', 'cpu', '--threads', '1',
             '--num-images', '2', '--warmup', '1', '--out-dir', out_dir, '--cfg-options'] + SMALL_MASK_RCNN_OPTIONS
