@@ -12,20 +12,17 @@ from mmengine.model.weight_init import trunc_normal_
 from mmengine.runner.checkpoint import CheckpointLoader, load_state_dict
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ...utils import is_int, is_number
 from ..layers.fusion import FusionError, fold_into_next, norm_affine, norm_to_channel_affine
-from ..layers.norms import FOLDABLE_NORM_CFG_TYPES, check_token_norm_cfg, norm_remainder
+from ..layers.norms import FOLDABLE_NORM_CFG_TYPES, norm_remainder
 from ..layers.prepbn import PRepBN, RepBN
 from ..layers.transformer import build_token_norm, check_foldable_norm_cfg, nlc_to_nchw
+from .arguments import (check_attn_types, check_choice, check_drop_path_rate, check_frozen_stages, check_init_cfg,
+                        check_norms, check_positive_int, check_probability, checked_out_indices,
+                        resolved_out_norm_cfg)
 from .checkpoint_fit import check_checkpoint_fits, resize_tables_to, state_dict_in, strip_to_backbone
 
 
 DEFAULT_ARCH_NAME = 'tiny'   # the default ``arch`` of every SLAB backbone
-
-
-def check_choice(name, value, valid):
-    if value not in valid:
-        raise ValueError(f'{name} must be one of {sorted(valid)}, got {value!r}')
 
 
 class SLABBackboneBase(BaseModule):
@@ -93,49 +90,27 @@ class SLABBackboneBase(BaseModule):
         name = type(self).__name__
         self.arch = self.resolve_arch(arch)
         num_stages = len(self.arch['depths'])
-        for what, value in (('in_channels', in_channels), ('patch_size', patch_size)):
-            if not is_int(value) or value < 1:
-                raise ValueError(f'{name}: {what} must be an int >= 1, got {value!r}')
-        for what, value in (('drop_rate', drop_rate), ('attn_drop_rate', attn_drop_rate)):
-            if not is_number(value) or not 0 <= value < 1:
-                raise ValueError(f'{name}: {what} must be a probability in [0, 1), got {value!r}')
+        check_positive_int(name, 'in_channels', in_channels)
+        check_positive_int(name, 'patch_size', patch_size)
+        check_probability(name, 'drop_rate', drop_rate)
+        check_probability(name, 'attn_drop_rate', attn_drop_rate)
+        check_attn_types(name, attn_types, num_stages)
+        out_indices = checked_out_indices(name, out_indices, num_stages)
+        check_frozen_stages(name, frozen_stages, num_stages)
+        check_norms(name, norm_cfg, deploy, out_norms_folded)
+        check_init_cfg(name, init_cfg)
+        out_norm_cfg = resolved_out_norm_cfg(name, out_norm_cfg, norm_cfg, norm_eval, out_norms_folded)
         self.block_drop_path = self.drop_path_rates(drop_path_rate, self.arch['depths'])
         self.in_channels, self.patch_size, self.qkv_bias = in_channels, patch_size, qkv_bias
         self.drop_rate, self.attn_drop_rate, self.kernel_size = drop_rate, attn_drop_rate, kernel_size
         self.act_cfg, self.with_cp = act_cfg, with_cp
-        if not isinstance(attn_types, str) or len(attn_types) != num_stages or set(attn_types) - {'L', 'S'}:
-            raise ValueError(f"{name}: attn_types needs one letter per stage ({num_stages}), each 'L' (SLA) "
-                             f"or 'S' (softmax), got {attn_types!r}")
-        out_indices = tuple(out_indices) if not isinstance(out_indices, int) else (out_indices,)
-        if not out_indices or any(not is_int(i) or not 0 <= i < num_stages for i in out_indices):
-            raise ValueError(f'{name}: out_indices must be stage indices (ints) in [0, {num_stages - 1}], '
-                             f'got {out_indices}')
-        if list(out_indices) != sorted(set(out_indices)):
-            # The neck reads the outputs in this order; fusion pairs output i with lateral conv i.
-            raise ValueError(f'{name}: out_indices must be increasing without repeats (the order of the outputs), '
-                             f'got {out_indices}; use {tuple(sorted(set(out_indices)))}')
-        if not is_int(frozen_stages) or not -1 <= frozen_stages <= num_stages:
-            raise ValueError(f'{name}: frozen_stages must be an int in [-1, {num_stages}], got {frozen_stages!r}')
-        check_token_norm_cfg(norm_cfg, name)
-        if out_norms_folded and not deploy:
-            raise ValueError(f'{name}: out_norms_folded=True only makes sense with deploy=True')
-        check_foldable_norm_cfg(norm_cfg, deploy, name)
-        if init_cfg is not None and init_cfg.get('type') != 'Pretrained':
-            raise ValueError(f"{name}: init_cfg must be None or dict(type='Pretrained', checkpoint=...), "
-                             f'got {init_cfg}')
         self.attn_types = attn_types
         self.out_indices = out_indices
         self.frozen_stages = frozen_stages
         self.norm_eval = norm_eval
         self.norm_cfg = norm_cfg
-        if out_norm_cfg is None:
-            out_norm_cfg = dict(type='LN', eps=norm_cfg.get('eps', 1e-6)) if norm_eval else norm_cfg
-        check_token_norm_cfg(out_norm_cfg, name, 'out_norm_cfg')
         self.out_norm_cfg = out_norm_cfg
         self.out_norms_foldable = out_norm_cfg.get('type') in FOLDABLE_NORM_CFG_TYPES
-        if out_norms_folded and not self.out_norms_foldable:
-            raise ValueError(f"{name}: out_norms_folded=True, but out_norm_cfg type {out_norm_cfg.get('type')!r} "
-                             f"cannot be folded (one of {', '.join(FOLDABLE_NORM_CFG_TYPES)} can)")
         self.deploy = deploy
         self.out_norms_folded = out_norms_folded
         self._estimated_bns = set()  # ids of the frozen BatchNorms found estimated
@@ -162,6 +137,9 @@ class SLABBackboneBase(BaseModule):
     arch_zoo = {}
     ARCH_KEYS = ()
     ARCH_STAGE_KEYS = ()
+    # The smallest input side beyond the stride that a subclass needs (SLAB-PVT: larger with a
+    # large spatial reduction of keys and values); read by coarsest_stride and the ONNX export.
+    min_input_size = 0
     # What a subclass must define, checked when it is created (a missing piece would otherwise
     # surface only when a config builds it, or when frozen_stages or fusion first needs it).
     REQUIRED_CLASS_ATTRIBUTES = ('arch_zoo', 'ARCH_KEYS', 'ARCH_STAGE_KEYS')
@@ -221,9 +199,7 @@ class SLABBackboneBase(BaseModule):
     @classmethod
     def drop_path_rates(cls, drop_path_rate, depths):
         """Stochastic depth per block, rising linearly from 0 to ``drop_path_rate`` over all blocks."""
-        if not is_number(drop_path_rate) or not 0 <= drop_path_rate < 1:
-            raise ValueError(f'{cls.__name__}: drop_path_rate must be a number in [0, 1) (the largest probability '
-                             f'of dropping a block), got {drop_path_rate!r}')
+        check_drop_path_rate(cls.__name__, drop_path_rate)
         return [r.item() for r in torch.linspace(0, drop_path_rate, sum(depths))]
 
     # --- training modes --------------------------------------------------------------------
@@ -272,7 +248,7 @@ class SLABBackboneBase(BaseModule):
     def coarsest_stride(self):
         """The largest stride at which a norm sees tokens (the last stage; for SLAB-PVT also a
         large spatial reduction of keys and values)."""
-        return max(int(getattr(self, 'min_input_size', 0)), self.patch_size * 2 ** (len(self.arch['depths']) - 1))
+        return max(self.min_input_size, self.patch_size * 2 ** (len(self.arch['depths']) - 1))
 
     def _check_batch_statistics(self, x):
         """Training through a BatchNorm (a RepBN, or a PRepBN with g < 1) needs 2 or more values
