@@ -20,13 +20,21 @@ DEFAULT_PARTS = ('backbone', 'neck')
 CALIBRATION_METHODS = ('MinMax', 'Percentile', 'Entropy')
 
 
-def calibration_inputs(config, images, input_names, cfg_options=None):
+def calibration_inputs(config, images, input_names, cfg_options=None, logger=None):
     """Each image file through ``config``'s test pipeline and data preprocessor, as the graph
-    takes it: a list of ``{'images': (1, 3, H, W)[, 'image_shape': (2,)]}``."""
+    takes it: a list of ``{'images': (1, 3, H, W)[, 'image_shape': (2,)]}``. A file that
+    cannot be read as an image is refused by name (ValueError)."""
     preprocess = Preprocessor(config, cfg_options)
     feeds = []
-    for path in images:
-        array, sample = preprocess(path)
+    images = list(images)
+    for k, path in enumerate(images, 1):
+        try:
+            array, sample = preprocess(path)
+        except (AssertionError, OSError, ValueError) as e:   # mmcv asserts 'failed to load image'
+            raise ValueError(f'calibration image {path!r} cannot be read ({e}); remove it from the calibration '
+                             f'images or replace it with a readable one') from None
+        if logger and (k % 10 == 0 or k == len(images)):
+            logger(f'[int8] preprocessed {k}/{len(images)} calibration images')
         feed = {'images': array.astype(np.float32)}
         if 'image_shape' in input_names:
             feed['image_shape'] = np.asarray(sample.img_shape, dtype=np.int64)
@@ -78,7 +86,7 @@ def quantize_graph(float_path, out, config, calibration_images, cfg_options=None
     if not nodes:
         raise ValueError(f'{float_path}: no {"/".join(op_types)} node in the scopes {list(parts)}: nothing to '
                          f'quantise (is it a graph exported by slab-mmdet?)')
-    feeds = calibration_inputs(config, images, [i.name for i in model.graph.input], cfg_options)
+    feeds = calibration_inputs(config, images, [i.name for i in model.graph.input], cfg_options, logger)
     logger(f'[int8] calibrating {len(nodes)} nodes of {", ".join(parts)} on {len(feeds)} images ({method})')
     with apis.atomic_output(out, suffix='.onnx') as tmp:
         # uint8 activations with int8 weights (U8S8): ONNX Runtime's fast x86 int8 kernels (VNNI);

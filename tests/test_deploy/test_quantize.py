@@ -32,7 +32,8 @@ def test_int8_graph_quantises_backbone_and_neck_and_stays_close(float_graph, min
     ops = [n.op_type for n in graph.graph.node]
     assert report['quantized_nodes'] > 20 and ops.count('QuantizeLinear') >= report['quantized_nodes'] // 2
     assert report['float_norm_nodes'] == {} and report['calibration_images'] == 3
-    assert lines[0].startswith(f'[int8] calibrating {report["quantized_nodes"]} nodes of backbone, neck on 3 images')
+    assert lines[0] == '[int8] preprocessed 3/3 calibration images'
+    assert lines[1].startswith(f'[int8] calibrating {report["quantized_nodes"]} nodes of backbone, neck on 3 images')
     # The int8 graph answers like the float one (8-bit activations: a few percent of the range).
     feed = calibration_inputs(CONFIG, images[:1], ['images'])[0]
     ref = onnx_session(float_graph).run(None, feed)
