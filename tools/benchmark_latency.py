@@ -25,8 +25,8 @@ import time
 
 from mmengine.config import DictAction
 
-from slab_mmdet.benchmark import (BREAKDOWN_MODES, DEFAULT_MINI_ROOT, FUSE_MODES, TARGETS, BenchmarkError,
-                                  render_markdown, run_benchmark)
+from slab_mmdet.benchmark import (BREAKDOWN_MODES, COMPILE_MODES, DEFAULT_MINI_ROOT, FUSE_MODES, TARGETS,
+                                  BenchmarkError, render_markdown, run_benchmark)
 
 
 def _int_at_least(low):
@@ -70,6 +70,11 @@ def build_parser():
                         help='also time the first config\'s LayerNorm + softmax twin (same arch and code, softmax '
                              'attention and LayerNorm everywhere, random weights), first: the reference of the '
                              'ratios, i.e. what SLAB itself buys. Needs a SLAB backbone')
+    parser.add_argument('--compile', nargs='?', const='default', default=None, choices=COMPILE_MODES,
+                        metavar='MODE', help='put every model\'s backbone and neck through torch.compile (inductor) '
+                                             f'in MODE ({", ".join(COMPILE_MODES)}; bare --compile: default); the '
+                                             'warm-up then covers every distinct image and the report gives each '
+                                             'model\'s first (compiling) forward')
     parser.add_argument('--part', choices=TARGETS, default='detector',
                         help='what to time: the whole detector (default) or model.backbone(inputs) alone')
     parser.add_argument('--breakdown', choices=BREAKDOWN_MODES, default='auto',
@@ -96,7 +101,7 @@ def main(argv=None):
             args.configs, args.checkpoint, fuse=args.fuse, device=args.device, threads=args.threads,
             num_images=args.num_images, warmup=args.warmup, images_dir=args.images, mini_root=args.mini,
             target=args.part, breakdown=args.breakdown, cfg_options=args.cfg_options, out_dir=out_dir,
-            command=command, twin=args.twin)
+            command=command, twin=args.twin, compile_mode=args.compile)
     except BenchmarkError as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
     print()

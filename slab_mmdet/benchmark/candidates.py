@@ -16,6 +16,12 @@ from .errors import BenchmarkError, FusionRefused
 
 FUSE_MODES = ('none', 'yes', 'both')
 FUSED_SUFFIX = ' (fused)'
+# torch.compile modes offered (inductor; 'max-autotune-no-cudagraphs' also searches kernels)
+# and the parts compiled: the feature extractor, whose code is what SLAB changes. The heads
+# stay eager (mmcv ops, data-dependent proposal counts: graph breaks, nothing to compare).
+COMPILE_MODES = ('default', 'max-autotune-no-cudagraphs')
+COMPILED_PARTS = ('backbone', 'neck')
+COMPILED_SUFFIX = ' (compiled)'
 # cfg_options that make a two-stage detector keep its 100 best detections whatever their
 # scores, so that models compared with random (or differently trained) weights do the same
 # RoI/mask-head work.
@@ -33,6 +39,7 @@ class BenchModel:
     checkpoint: Optional[str] = None
     fused: bool = False
     fuse_info: Optional[dict] = field(default=None)
+    compiled: Optional[str] = None   # the torch.compile mode of its backbone and neck
 
     def prepare(self, img_path, img_id=0):
         """The untimed part of one inference: test pipeline, collation and data_preprocessor
@@ -120,6 +127,21 @@ def fuse_copy(model, config, fused_copy, device):
     return fused.to(device).eval(), info
 
 
+def compile_parts(model, mode):
+    """Replace ``model``'s backbone and neck (those it has) by their ``torch.compile`` (inductor,
+    ``mode``), in place; returns the names compiled. Compilation happens at the first forward
+    of each new input shape (the benchmark's warm-up)."""
+    if mode not in COMPILE_MODES:
+        raise BenchmarkError(f'compile mode {mode!r} is not valid; valid: {", ".join(COMPILE_MODES)}')
+    compiled = []
+    for name in COMPILED_PARTS:
+        part = getattr(model, name, None)
+        if isinstance(part, nn.Module):
+            setattr(model, name, torch.compile(part, mode=mode))
+            compiled.append(name)
+    return compiled
+
+
 def unique_names(configs):
     """Short, distinct display names: the config file stem, with its folder or a counter when stems repeat."""
     stems = [osp.splitext(osp.basename(c.split('::')[-1]))[0] for c in configs]
@@ -155,7 +177,7 @@ def check_inputs(configs, checkpoints=(), fuse='none'):
     return checkpoints + [None] * (len(configs) - len(checkpoints))
 
 
-def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=None, log=print):
+def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=None, log=print, compile_mode=None):
     """Load the variants to benchmark, in order: per config, unfused and/or fused as `fuse` says.
 
     Args:
@@ -169,6 +191,8 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
         device: where the models live.
         cfg_options: dict merged into every config (as --cfg-options).
         log: prints progress messages (None: quiet).
+        compile_mode: None, or a mode of COMPILE_MODES: every variant's backbone and neck
+            go through ``torch.compile`` (after fusion), named with COMPILED_SUFFIX.
 
     Raises BenchmarkError naming the bad value (unknown config, too many checkpoints, a
     missing checkpoint file, with fuse='yes' a model that cannot be fused).
@@ -176,6 +200,8 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
     log = log or (lambda message: None)
     configs = list(configs)
     checkpoints = check_inputs(configs, checkpoints, fuse)
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise BenchmarkError(f'compile mode {compile_mode!r} is not valid; valid: {", ".join(COMPILE_MODES)}')
     cfgs = [load_config(c, cfg_options) for c in configs]   # all configs checked before any model is built
     fused_copy = _import_fused_copy() if fuse != 'none' else None
     variants = []
@@ -200,4 +226,11 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
                 continue
             log(f'[benchmark] fused {name}: removed {info["removed_norms"]} norms')
             variants.append(BenchModel(name + FUSED_SUFFIX, config, fused, pipeline, ckpt, True, info))
+    if compile_mode is not None:
+        for variant in variants:
+            parts = compile_parts(variant.model, compile_mode)
+            variant.name += COMPILED_SUFFIX
+            variant.compiled = compile_mode
+            log(f'[benchmark] {variant.name}: {" and ".join(parts)} through torch.compile (mode {compile_mode!r}); '
+                f'compiled at the first forward of each input shape, in the warm-up')
     return variants

@@ -33,6 +33,7 @@ class ModelTimings:
     memory_mib: list = field(default_factory=list)         # peak memory the forward added
     device_peak_mib: list = field(default_factory=list)    # CUDA: the device's absolute peak
     detections: list = field(default_factory=list)         # predicted instances per image
+    warmup_ms: list = field(default_factory=list)          # each warm-up forward (the first compiles, if any)
 
 
 @dataclass
@@ -173,7 +174,11 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
             k = w % len(images.paths)
             batch = [m.prepare(images.paths[k], k) for m in models]
             for i, data in enumerate(batch):
+                sync()
+                start = clock()
                 run(i, data, 'warmup', k)
+                sync()
+                timings[i].warmup_ms.append((clock() - start) * 1e3)
             if bar:
                 bar.update()
         for k, path in enumerate(images.paths):

@@ -8,7 +8,7 @@ from ..utils import is_int
 from .errors import BenchmarkError
 from .images import dataset_signature, resolve_images
 from .measure import check_device
-from .candidates import check_inputs, load_config, load_models
+from .candidates import COMPILE_MODES, check_inputs, load_config, load_models
 from .report import machine_facts, summarize_result, write_report
 from .twin import write_twin_config
 from .interleave import TARGETS, benchmark_backbones, benchmark_detectors, resolve_breakdown
@@ -16,7 +16,8 @@ from .interleave import TARGETS, benchmark_backbones, benchmark_detectors, resol
 
 def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=None, num_images=100, warmup=10,
                   images_dir=None, mini_root=None, target='detector', breakdown='auto', cfg_options=None,
-                  out_dir=None, command=None, clock=time.perf_counter, progress=True, log=print, twin=False):
+                  out_dir=None, command=None, clock=time.perf_counter, progress=True, log=print, twin=False,
+                  compile_mode=None):
     """Validate the inputs, load the models, time them interleaved, and write the report.
 
     Every argument mirrors an option of tools/benchmark_latency.py; `device` None means CUDA
@@ -27,7 +28,9 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
     by :func:`~slab_mmdet.benchmark.twin.write_twin_config`, written to `out_dir` or a temporary
     folder; random weights, unfused) first, as the reference of every ratio. Returns
     ``(summary, paths)``: the JSON summary and the written files ({'md', 'json', 'png'}; empty
-    when `out_dir` is None).
+    when `out_dir` is None). ``compile_mode``: every model's backbone and neck through
+    ``torch.compile`` in that mode (``COMPILE_MODES``); the warm-up then covers every distinct
+    image (each new shape compiles), so that no timed forward compiles.
     """
     log = log or (lambda message: None)
     device = check_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -39,6 +42,8 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
     if target not in TARGETS:
         raise BenchmarkError(f'target {target!r} is not valid; valid: {", ".join(TARGETS)}')
     resolve_breakdown(breakdown, device, target)
+    if compile_mode is not None and compile_mode not in COMPILE_MODES:
+        raise BenchmarkError(f'compile mode {compile_mode!r} is not valid; valid: {", ".join(COMPILE_MODES)}')
     configs = list(configs)
     checkpoints = check_inputs(configs, checkpoints, fuse)
     if twin:
@@ -59,8 +64,14 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
     if images.num_unique < len(images.paths):
         log(f'[benchmark] note: only {images.num_unique} images available; they are reused in order')
 
-    twin_models = load_models([twin_path], device=device, cfg_options=cfg_options, log=log) if twin else []
-    models = twin_models + load_models(configs, checkpoints, fuse, device, cfg_options, log=log)
+    if compile_mode is not None and warmup < images.num_unique:
+        log(f'[benchmark] --compile: warm-up {warmup} -> {images.num_unique} rounds, one per distinct image, so '
+            f'that every input shape is compiled before timing')
+        warmup = images.num_unique
+    twin_models = (load_models([twin_path], device=device, cfg_options=cfg_options, log=log,
+                               compile_mode=compile_mode) if twin else [])
+    models = twin_models + load_models(configs, checkpoints, fuse, device, cfg_options, log=log,
+                                       compile_mode=compile_mode)
     if target == 'detector':
         result = benchmark_detectors(models, images, warmup, breakdown, clock=clock, progress=progress)
     else:

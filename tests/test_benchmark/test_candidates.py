@@ -74,3 +74,26 @@ def test_fuse_both_still_stops_when_the_fusion_misbehaves(monkeypatch):
     with pytest.raises(BenchmarkError,
                        match="fused_copy returned the report None for .*expected a dict with 'removed_norms'"):
         load_models([MASK_RCNN], fuse='both', log=None)
+
+
+def test_compile_replaces_backbone_and_neck_of_every_variant(monkeypatch):
+    """--compile: each variant's backbone and neck go through torch.compile in the given mode
+    (a stand-in here: compiling a Mask R-CNN takes minutes), the heads stay eager, and the
+    variant's name and record say so. A mode torch.compile does not offer here is refused."""
+    from slab_mmdet.benchmark import candidates
+    calls = []
+
+    def fake_compile(module, mode):
+        calls.append((type(module).__name__, mode))
+        wrapper = torch.nn.Sequential(module)   # a different module standing in for the compiled one
+        return wrapper
+    monkeypatch.setattr(candidates.torch, 'compile', fake_compile)
+    models = load_models([MASK_RCNN], compile_mode='max-autotune-no-cudagraphs', log=None)
+    assert calls == [('PyramidVisionTransformer', 'max-autotune-no-cudagraphs'), ('FPN', 'max-autotune-no-cudagraphs')]
+    (model,) = models
+    assert model.name == 'mask_rcnn_pvt_t (compiled)' and model.compiled == 'max-autotune-no-cudagraphs'
+    assert isinstance(model.model.backbone, torch.nn.Sequential) and isinstance(model.model.neck, torch.nn.Sequential)
+    assert not isinstance(model.model.roi_head, torch.nn.Sequential)
+    with pytest.raises(BenchmarkError, match="compile mode 'reduce-overhead' is not valid; valid: default, "
+                                             "max-autotune-no-cudagraphs"):
+        load_models([MASK_RCNN], compile_mode='reduce-overhead', log=None)

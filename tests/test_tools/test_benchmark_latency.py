@@ -150,3 +150,26 @@ def test_cli_images_dir_and_backbone_only(mini_coco, tmp_path, keep_torch_thread
     assert model['breakdown_ms'] is None and model['raw']['detections'] == [None] * 4
     assert len(model['raw']['total_ms']) == 4
     assert sorted(os.listdir(out_dir)) == ['latency.json', 'latency.md', 'latency.png']
+
+
+@pytest.mark.slow
+def test_cli_compile_warms_every_image_shape_and_reports_the_first_forward(mini_coco, tmp_path, monkeypatch,
+                                                                          keep_torch_threads, capsys):
+    """With --compile the warm-up covers every distinct image (each new shape compiles), so
+    no timed forward compiles; the report gives each model's first forward. torch.compile
+    is a stand-in here (compiling a Mask R-CNN takes minutes)."""
+    from slab_mmdet.benchmark import candidates
+    compiled = []
+    monkeypatch.setattr(candidates.torch, 'compile', lambda module, mode: compiled.append(mode) or module)
+    out_dir = str(tmp_path / 'out')
+    summary = load_benchmark_cli().main([MASK_RCNN, '--compile', '--mini', mini_coco, '--device', 'cpu',
+                                         '--threads', '1', '--num-images', '3', '--warmup', '1', '--breakdown', 'off',
+                                         '--out-dir', out_dir, '--cfg-options'] + SMALL_MASK_RCNN_OPTIONS)
+    assert compiled == ['default', 'default']   # backbone and neck
+    assert summary['settings']['warmup'] == 3   # raised from 1: the mini split's 4 val images, 3 used
+    assert '--compile: warm-up 1 -> 3 rounds, one per distinct image' in capsys.readouterr().out
+    (model,) = summary['models']
+    assert model['name'] == 'mask_rcnn_pvt_t (compiled)' and model['compiled'] == 'default'
+    assert len(model['raw']['warmup_ms']) == 3 and model['first_forward_ms'] == model['raw']['warmup_ms'][0]
+    markdown = open(osp.join(out_dir, 'latency.md')).read()
+    assert '## torch.compile' in markdown and '| mask_rcnn_pvt_t (compiled) | default |' in markdown
