@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
-from ...utils import is_int
+from ...utils import exporting_graph, is_int
 from .fusion import fold_norm
 from .norms import NORM_LAYER_TYPES
 from .transformer import build_token_norm, nchw_to_nlc, nlc_to_nchw, resize_pos_table
@@ -30,7 +30,7 @@ def normalised_linear_attention(q, k, v, eps=SLA_EPS, residual=None):
     normaliser = q @ k.sum(dim=-2).unsqueeze(-1)                    # (..., N, 1)
     operands = (q, k, v) if residual is None else (q, k, v, residual)
     # Out of place under autograd, and traced (ONNX has no in-place ops nor addcdiv).
-    if torch.jit.is_tracing() or any(t.requires_grad for t in operands):
+    if exporting_graph() or any(t.requires_grad for t in operands):
         attended = (q @ kv) / (normaliser + eps)
         return attended if residual is None else residual + attended.to(residual.dtype)
     if residual is None:
@@ -54,6 +54,10 @@ def merge_heads(x):
     """(B, h, N, d) -> (B, N, h*d), contiguous (for one head the reshape alone can stay a
     transposed view, which the output projection would read strided)."""
     b, h, n, d = x.shape
+    if exporting_graph():
+        # Always a copy: torch.export decides reshape-as-view from the example's strides, and
+        # CPU SDPA's output strides differ from those of the decomposed graph it exports.
+        return x.transpose(1, 2).clone(memory_format=torch.contiguous_format).view(b, n, h * d)
     return x.transpose(1, 2).reshape(b, n, h * d).contiguous()
 
 

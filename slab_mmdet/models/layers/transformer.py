@@ -10,7 +10,6 @@ Every module that owns a norm implements ``switch_to_deploy()``, which folds the
 into its neighbour (see :mod:`.fusion`) and leaves the structure that
 ``deploy=True`` builds directly.
 """
-import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
@@ -18,6 +17,7 @@ from mmcv.cnn import build_activation_layer, build_norm_layer
 from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
+from ...utils import exporting_graph
 from .dyt import DyT
 from .fusion import FusionError, fold_norm, norm_to_channel_affine
 from .norms import FOLDABLE_NORM_CFG_TYPES, NORM_LAYER_TYPES, deployed_norm, keeps_a_nonlinearity
@@ -61,7 +61,7 @@ def resize_pos_table(table, src_hw, dst_hw, mode='bilinear'):
     (bilinear to the same size is the identity), so that the graph does not keep the
     example input's branch.
     """
-    if not torch.jit.is_tracing() and tuple(src_hw) == tuple(dst_hw):
+    if not exporting_graph() and tuple(src_hw) == tuple(dst_hw):
         return table
     c = table.shape[-1]
     grid = table.reshape(1, src_hw[0], src_hw[1], c).permute(0, 3, 1, 2)
@@ -80,7 +80,7 @@ def pad_to_multiple(x, multiple, channels_last=True):
     pad_h, pad_w = (-h) % mh, (-w) % mw
     # Traced for ONNX, the sizes are symbolic: always pad (by 0 where nothing is needed), so
     # that the graph does not keep the example input's branch.
-    if torch.jit.is_tracing() or (x.requires_grad and (pad_h or pad_w)):
+    if exporting_graph() or (x.requires_grad and (pad_h or pad_w)):
         return F.pad(x, (0, 0, 0, pad_w, 0, pad_h) if channels_last else (0, pad_w, 0, pad_h)), (pad_h, pad_w)
     if pad_h or pad_w:
         # F.pad fills the whole output before copying x in; write each element once instead

@@ -19,6 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from mmengine.model import BaseModule
 
+from ...utils import exporting_graph
 from .attention import at_least_fp32, merge_heads, normalised_linear_attention, split_heads, ValueDWConv
 from .transformer import pad_to_multiple
 
@@ -50,7 +51,9 @@ def window_regions(hw_shape, padded_hw, ws, shift, device):
     rows = torch.arange(hp, device=device)
     cols = torch.arange(wp, device=device)
     # Position in the original (unshifted, padded) map of each shifted position.
-    src_rows, src_cols = (rows + shift) % hp, (cols + shift) % wp
+    # (i + shift) mod size without a modulo by a size (0 <= shift < size): the dynamo ONNX
+    # exporter cannot translate a remainder by a symbolic scalar.
+    src_rows, src_cols = ((t + shift) - size * (t + shift >= size).long() for t, size in ((rows, hp), (cols, wp)))
     valid = (src_rows < h)[:, None] & (src_cols < w)[None, :]
     if shift > 0:
         region = (rows >= hp - shift).long()[:, None] * 2 + (cols >= wp - shift).long()[None, :]
@@ -105,7 +108,7 @@ class WindowAttentionBase(BaseModule):
 
     def forward(self, x, shift=0):
         """x: (B, H, W, C) -> (B, H, W, C); windows shifted by ``shift``."""
-        if torch.jit.is_tracing():
+        if exporting_graph():
             return self._forward_traced(x, shift)
         b, h, w, c = x.shape
         qkv = self.qkv(x.reshape(-1, c)).view(b, h, w, 3 * c)          # on the real tokens only
@@ -292,7 +295,9 @@ class WindowLinearAttention(WindowAttentionBase):
         if real is not None:
             real = real.reshape(r // wh, wh, s // ww, ww).transpose(1, 2).reshape(1, -1, 1, wh * ww, 1).to(k.dtype)
             k, v = ((t.view((b, -1) + t.shape[1:]) * real).flatten(0, 1) for t in (k, v))
-        out = self.value_conv(v.transpose(1, 2).flatten(2), (wh, ww), heads)  # (B*nW, N, C)
+        # Token-major already in PyTorch (contiguous() is then free); after the traced path's
+        # masking a copy, which torch.export must be told of (its reshape would not prove it).
+        out = self.value_conv(v.transpose(1, 2).contiguous().flatten(2), (wh, ww), heads)  # (B*nW, N, C)
         out = out.view(out.shape[0], wh * ww, heads, d).transpose(1, 2)       # (B*nW, heads, N, d)
         with torch.autocast(device_type=qkv.device.type, enabled=False):
             return normalised_linear_attention(*at_least_fp32(q, k, v), residual=out)
