@@ -49,6 +49,9 @@ def parse_args(argv=None):
                         help='largest relative difference from PyTorch accepted (default: 1e-4)')
     parser.add_argument('--opset', type=int, default=18, help='ONNX opset (default: 18)')
     parser.add_argument('--static', action='store_true', help='fixed input size (--shape) instead of dynamic H, W')
+    parser.add_argument('--exporter', choices=('torchscript', 'dynamo'), default='torchscript',
+                        help="torch's exporter: torchscript (default; torch.onnx.export(..., dynamo=False)) or dynamo "
+                             '(torch.export; backbone + neck only; dynamic H, W multiples of 32)')
     kind = parser.add_mutually_exclusive_group()
     kind.add_argument('--with-rpn-head', action='store_true',
                       help="also export the RPN head's raw outputs (rpn_cls{i}, rpn_bbox{i})")
@@ -75,6 +78,9 @@ def main(argv=None):
     if not args.tolerance > 0:
         raise SystemExit(f'error: --tolerance must be > 0, got {args.tolerance}')
 
+    if args.exporter == 'dynamo' and args.detector:
+        raise SystemExit("error: --exporter dynamo writes backbone + neck; export the whole detector (--detector) "
+                         "with the default torchscript exporter")
     if osp.isdir(args.out):
         raise SystemExit(f'error: --out {args.out} is a directory; give a .onnx file name')
 
@@ -84,7 +90,8 @@ def main(argv=None):
     try:
         result = export_checked(args.config, args.checkpoint, args.out, detector=args.detector, input_hw=args.shape,
                                 check_sizes=args.check, tolerance=args.tolerance, opset=args.opset,
-                                static=args.static, with_rpn_head=args.with_rpn_head, cfg_options=args.cfg_options)
+                                static=args.static, with_rpn_head=args.with_rpn_head, cfg_options=args.cfg_options,
+                                exporter=args.exporter)
     except (ValueError, OSError) as e:   # not fusable, a checkpoint that does not fit, a failed check
         raise SystemExit(f'error: {e}')
     norms = f'{len(result["kept_norms"])} norm layers kept' if result['kept_norms'] else 'no normalisation node'

@@ -53,10 +53,11 @@ def _check_graph(model, kept, layernorm_model, sizes, detector, static, toleranc
 
 
 def export_checked(config, checkpoint, out, detector=False, input_hw=(800, 1216), check_sizes=(), tolerance=1e-4,
-                   opset=18, static=False, with_rpn_head=False, cfg_options=None, logger=print):
+                   opset=18, static=False, with_rpn_head=False, cfg_options=None, logger=print, exporter='torchscript'):
     """Export ``config`` + ``checkpoint`` to ``out`` and check it; see the module docstring.
 
-    ``detector``: the whole detector instead of backbone + neck. The graph is written to a
+    ``detector``: the whole detector instead of backbone + neck; ``exporter``: 'torchscript' or
+    'dynamo' (backbone + neck; see :func:`~.onnx_export.export_onnx`). The graph is written to a
     temporary file and moved to ``out`` only when every check passed: a static graph is
     checked at ``input_hw`` (and, for a detector, nothing else), a dynamic one also at each of
     ``check_sizes`` (a detector first on the config's first test image, when it can be read).
@@ -74,7 +75,7 @@ def export_checked(config, checkpoint, out, detector=False, input_hw=(800, 1216)
     check = _check_graph(model, kept, layernorm_model, sizes, detector, static, tolerance, logger)
     try:
         info = export_onnx(model, out, detector=detector, with_rpn_head=with_rpn_head, input_hw=input_hw,
-                           opset=opset, static=static, check=check, logger=logger)
+                           opset=opset, static=static, check=check, logger=logger, exporter=exporter)
     except RUN_ERRORS as e:   # ONNX Runtime failed at another size: the trace kept the example's sizes
         if static:
             raise

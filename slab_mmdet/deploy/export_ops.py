@@ -13,10 +13,12 @@ import math
 import torch
 import torchvision
 
+from ..utils import exporting_graph
+
 
 def topk_count(x, k, dim=0):
     """``min(k, x.shape[dim])``, symbolic under tracing (an input to ONNX TopK)."""
-    if torch.jit.is_tracing():
+    if exporting_graph():
         size = torch._shape_as_tensor(x)[dim].unsqueeze(0)
         return torch.min(torch.cat([torch.tensor([k], dtype=size.dtype), size]))
     return min(k, x.shape[dim])
@@ -34,7 +36,7 @@ def grid_anchors(base_anchors, stride, feat):
     Returns:
         Tensor: (H * W * A, 4) anchors (x1, y1, x2, y2).
     """
-    size = torch._shape_as_tensor(feat) if torch.jit.is_tracing() else feat.shape
+    size = torch._shape_as_tensor(feat) if exporting_graph() else feat.shape
     h, w = size[-2], size[-1]
     shift_x = torch.arange(0, w, dtype=torch.float32, device=feat.device) * stride[0]
     shift_y = torch.arange(0, h, dtype=torch.float32, device=feat.device) * stride[1]

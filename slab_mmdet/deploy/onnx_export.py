@@ -18,6 +18,11 @@ DEFAULT_OPSET = 18
 MIN_DETECTOR_OPSET = 16
 # Inputs reach the backbone padded to multiples of 32 by mmdet's data preprocessor.
 SIZE_DIVISOR = 32
+# The TorchScript-based exporter (torch.onnx.export(..., dynamo=False)) and torch's dynamo
+# exporter (torch.export -> ONNX; backbone + neck only).
+EXPORTERS = ('torchscript', 'dynamo')
+# The largest input side a dynamo graph is declared for (torch.export needs a bound).
+DYNAMO_MAX_SIDE = 8192
 
 
 class FeatureExtractor(nn.Module):
@@ -87,8 +92,22 @@ def _features_trace(model, height, width, static, with_rpn_head):
     return wrapper, example, ['images'], outputs, axes, {}
 
 
+def _dynamo_proto(module, example, inputs, outputs, static, minimum, opset):
+    """The graph of ``module`` through torch's dynamo exporter; dynamic H and W are declared as
+    multiples of SIZE_DIVISOR (as mmdet pads), which lets torch.export reason about the padding."""
+    from torch.export import Dim
+    dynamic_shapes = None
+    if not static:
+        low, high = -(-minimum // SIZE_DIVISOR), DYNAMO_MAX_SIDE // SIZE_DIVISOR
+        dynamic_shapes = ({2: SIZE_DIVISOR * Dim('height_blocks', min=low, max=high),
+                           3: SIZE_DIVISOR * Dim('width_blocks', min=low, max=high)},)
+    program = torch.onnx.export(module, example, input_names=inputs, output_names=outputs,
+                                dynamic_shapes=dynamic_shapes, opset_version=opset, dynamo=True, verbose=False)
+    return program.model_proto
+
+
 def export_onnx(model, out, detector=False, with_rpn_head=False, input_hw=(800, 1216), opset=DEFAULT_OPSET,
-                static=False, check=None, logger=print):
+                static=False, check=None, logger=print, exporter='torchscript'):
     """Export ``model`` (an mmdet detector in eval mode; fused, for deployment) as ``out``.
 
     Args:
@@ -106,6 +125,9 @@ def export_onnx(model, out, detector=False, with_rpn_head=False, input_hw=(800, 
         check (callable | None): ``check(path, proto, module)`` on the written temporary file
             before it is moved to ``out`` (``module``: the traced module); whatever it raises
             leaves no file at ``out``.
+        exporter (str): 'torchscript' (default: ``torch.onnx.export(..., dynamo=False)``) or
+            'dynamo' (torch.export -> ONNX; backbone + neck only; a dynamic graph takes
+            heights and widths that are multiples of 32, as mmdet pads them).
 
     Returns:
         dict: ``path``, ``inputs``, ``outputs``, ``opset``, ``static``, ``detector``,
@@ -117,19 +139,30 @@ def export_onnx(model, out, detector=False, with_rpn_head=False, input_hw=(800, 
     if detector and with_rpn_head:
         raise ValueError('export: with_rpn_head adds the RPN outputs to a backbone + neck graph; the whole detector '
                          'graph (detector=True) already runs the RPN')
+    if exporter not in EXPORTERS:
+        raise ValueError(f'export: exporter must be one of {EXPORTERS}, got {exporter!r}')
+    if exporter == 'dynamo' and detector:
+        raise ValueError("export: the whole detector exports through the 'torchscript' exporter only; the "
+                         "'dynamo' exporter writes backbone + neck")
     minimum = min_input_size(model)
     check_export_size(height, width, minimum)
+    if exporter == 'dynamo' and not static and (height % SIZE_DIVISOR or width % SIZE_DIVISOR):
+        raise ValueError(f'export: a dynamic dynamo graph is traced at a multiple of {SIZE_DIVISOR}, as mmdet pads '
+                         f'its inputs; got {height}x{width}')
     if detector:
         opset = max(int(opset), MIN_DETECTOR_OPSET)
         module, example, inputs, outputs, axes, metadata = _detector_trace(model, height, width, static, minimum)
     else:
         module, example, inputs, outputs, axes, metadata = _features_trace(model, height, width, static,
                                                                            with_rpn_head)
-    buffer = io.BytesIO()
     with torch.no_grad():
-        torch.onnx.export(module, example, buffer, input_names=inputs, output_names=outputs, dynamic_axes=axes,
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
-    proto = onnx.load_from_string(buffer.getvalue())
+        if exporter == 'dynamo':
+            proto = _dynamo_proto(module, example, inputs, outputs, static, minimum, opset)
+        else:
+            buffer = io.BytesIO()
+            torch.onnx.export(module, example, buffer, input_names=inputs, output_names=outputs,
+                              dynamic_axes=axes, opset_version=opset, dynamo=False, do_constant_folding=True)
+            proto = onnx.load_from_string(buffer.getvalue())
     for key, value in metadata.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -141,9 +174,9 @@ def export_onnx(model, out, detector=False, with_rpn_head=False, input_hw=(800, 
     size = f'{height}x{width}' if static else 'HxW'
     what = (f'the whole detector: inputs images 1x3x{size} and image_shape, outputs {", ".join(outputs)}' if detector
             else f'input images 1x3x{size}, {len(outputs)} outputs')
-    logger(f'[export] wrote {out} (opset {opset}, {what})')
+    logger(f'[export] wrote {out} (opset {opset}, {exporter} exporter, {what})')
     return dict(path=out, inputs=inputs, outputs=outputs, opset=opset, static=static, detector=detector,
-                with_rpn_head=with_rpn_head, check=checked)
+                with_rpn_head=with_rpn_head, exporter=exporter, check=checked)
 
 
-__all__ = ['DEFAULT_OPSET', 'FeatureExtractor', 'check_export_size', 'export_onnx', 'min_input_size']
+__all__ = ['DEFAULT_OPSET', 'EXPORTERS', 'FeatureExtractor', 'check_export_size', 'export_onnx', 'min_input_size']

@@ -209,3 +209,31 @@ def test_a_corrupt_graph_is_refused_naming_the_file(tmp_path):
     assert proc.returncode != 0
     assert f'error: {bad} is not a readable ONNX graph (InvalidProtobuf: Protobuf parsing failed.)' in proc.stderr
     assert 'Traceback' not in proc.stderr
+
+
+def test_dynamo_exporter_writes_backbone_and_neck_with_dynamic_size(tmp_path):
+    """torch's dynamo exporter (torch.export -> ONNX), dynamic H and W declared as multiples of
+    32: ONNX Runtime gives PyTorch's features at sizes other than the traced one, and the
+    fused graph holds no normalisation node. (SLAB-Swin-T exports the same way but takes
+    minutes: docs/deploy.md.)"""
+    model = annealed_mask_rcnn(PVT)
+    fuse_detector(model)
+    path = str(tmp_path / 'features.onnx')
+    lines = []
+    info = export_onnx(model, path, input_hw=EXPORT_HW, logger=lines.append, exporter='dynamo')
+    assert info['exporter'] == 'dynamo' and 'dynamo exporter' in lines[-1]
+    sizes = [EXPORT_HW, (320, 448), (416, 288)]   # padded inputs: multiples of 32
+    diffs = onnx_feature_differences(FeatureExtractor(model).eval(), onnx_session(path), sizes)
+    assert max(diffs.values()) < 1e-4, diffs
+    assert norm_nodes(read_graph(path)) == []
+
+
+def test_dynamo_exporter_refuses_what_it_cannot_write(tmp_path):
+    model = annealed_mask_rcnn(PVT)
+    with pytest.raises(ValueError, match="the whole detector exports through the 'torchscript' exporter only"):
+        export_onnx(model, str(tmp_path / 'd.onnx'), detector=True, exporter='dynamo')
+    with pytest.raises(ValueError, match='traced at a multiple of 32, as mmdet pads its inputs; got 250x320'):
+        export_onnx(model, str(tmp_path / 'd.onnx'), input_hw=(250, 320), exporter='dynamo')
+    with pytest.raises(ValueError, match=r"exporter must be one of \('torchscript', 'dynamo'\), got 'jit'"):
+        export_onnx(model, str(tmp_path / 'd.onnx'), exporter='jit')
+    assert not (tmp_path / 'd.onnx').exists()
