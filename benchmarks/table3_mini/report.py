@@ -129,7 +129,7 @@ def plot(table, path):
     for t in shown:
         ax.errorbar(statistics.fmean(t['detector_ratios']), t['bbox_mean'], yerr=t['bbox_sd'] or 0, fmt='o', capsize=4,
                     label=t['what'])
-    ax.set_xlabel('Mask R-CNN latency / its LayerNorm twin (trained, fused, CPU, batch 1, 800x1067)')
+    ax.set_xlabel('Mask R-CNN latency / its LayerNorm twin (trained, fused, CPU, batch 1, COCO test size)')
     ax.set_ylabel('bbox mAP, mini COCO val (mean ± sd over seeds)')
     left_out = [t['row'] for t in table if t not in shown]
     ax.set_title('mini-scale Table 3' + (f' ({len(left_out)} rows without both numbers)' if left_out else ''),
