@@ -61,3 +61,17 @@ def quiet_mmengine_logger():
         yield
     finally:
         logger.setLevel(level)
+
+
+@pytest.fixture(scope='session')
+def slab_pvt_t_features_onnx(tmp_path_factory):
+    """A fused mini SLAB-PVT-T's backbone + neck as an ONNX graph (traced at 256x320), shared
+    by the int8 tests of the library and of tools/quantize_onnx.py."""
+    from slab_mmdet.deploy import fuse_detector
+    from slab_mmdet.deploy.onnx_export import export_onnx
+    from testing_utils.helpers import annealed_mask_rcnn
+    model = annealed_mask_rcnn('configs/mini/mask_rcnn_slab_pvt_t.py')
+    fuse_detector(model)
+    path = str(tmp_path_factory.mktemp('features_onnx') / 'features.onnx')
+    export_onnx(model, path, input_hw=(256, 320), logger=lambda *a: None)
+    return path

@@ -5,22 +5,16 @@ import numpy as np
 import pytest
 
 from slab_mmdet.benchmark.images import list_mini_coco_val
-from slab_mmdet.deploy import fuse_detector
 from slab_mmdet.deploy.graph import onnx_session, read_graph
-from slab_mmdet.deploy.onnx_export import export_onnx
 from slab_mmdet.deploy.quantize import calibration_inputs, quantize_graph
-from testing_utils.helpers import REPO_ROOT, annealed_mask_rcnn
+from testing_utils.helpers import REPO_ROOT
 
 CONFIG = f'{REPO_ROOT}/configs/mini/mask_rcnn_slab_pvt_t.py'
 
 
-@pytest.fixture(scope='module')
-def float_graph(tmp_path_factory):
-    model = annealed_mask_rcnn('configs/mini/mask_rcnn_slab_pvt_t.py')
-    fuse_detector(model)
-    path = str(tmp_path_factory.mktemp('int8') / 'features.onnx')
-    export_onnx(model, path, input_hw=(256, 320), logger=lambda *a: None)
-    return path
+@pytest.fixture
+def float_graph(slab_pvt_t_features_onnx):
+    return slab_pvt_t_features_onnx
 
 
 def test_int8_graph_quantises_backbone_and_neck_and_stays_close(float_graph, mini_coco, tmp_path):

@@ -5,10 +5,8 @@ import os
 
 import pytest
 
-from slab_mmdet.deploy import fuse_detector
 from slab_mmdet.deploy.graph import read_graph
-from slab_mmdet.deploy.onnx_export import export_onnx
-from testing_utils.helpers import REPO_ROOT, annealed_mask_rcnn, load_script
+from testing_utils.helpers import REPO_ROOT, load_script
 
 CONFIG = f'{REPO_ROOT}/configs/mini/mask_rcnn_slab_pvt_t.py'
 
@@ -17,13 +15,9 @@ def _main(argv):
     return load_script('tools/quantize_onnx.py', 'quantize_onnx_under_test').main(argv)
 
 
-@pytest.fixture(scope='module')
-def float_graph(tmp_path_factory):
-    model = annealed_mask_rcnn('configs/mini/mask_rcnn_slab_pvt_t.py')
-    fuse_detector(model)
-    path = str(tmp_path_factory.mktemp('quantize_cli') / 'features.onnx')
-    export_onnx(model, path, input_hw=(256, 320), logger=lambda *a: None)
-    return path
+@pytest.fixture
+def float_graph(slab_pvt_t_features_onnx):
+    return slab_pvt_t_features_onnx
 
 
 def test_quantises_with_the_first_images_of_the_folder_and_reports(float_graph, mini_coco, tmp_path, capsys):
@@ -50,7 +44,7 @@ def test_bad_input_is_refused_naming_it(float_graph, mini_coco, tmp_path, capsys
     cases = [
         ([CONFIG, float_graph, '--calib', str(tmp_path / 'nowhere'), '--out', out],
          f"--calib: image folder not found: '{tmp_path / 'nowhere'}'"),
-        ([CONFIG, float_graph, '--calib', str(empty), '--out', out], f"--calib: no images (.jpg"),
+        ([CONFIG, float_graph, '--calib', str(empty), '--out', out], "--calib: no images (.jpg"),
         ([CONFIG, float_graph, '--calib', str(bad), '--out', out],
          f"calibration image '{bad / 'broken.jpg'}' cannot be read"),
         ([CONFIG, str(corrupt), '--calib', f'{mini_coco}/val', '--out', out],
