@@ -82,7 +82,7 @@ def main(argv=None):
     if args.run < 1:
         parser.error(f'--run must be >= 1, got {args.run}')
     import torch
-    from slab_mmdet.benchmark import (COCO_TEST_SCALE, FIXED_DETECTIONS, benchmark_detectors, load_models,
+    from slab_mmdet.benchmark import (COCO_TEST_SCALE, FIXED_DETECTIONS, FUSED_SUFFIX, benchmark_detectors, load_models,
                                       resized_test_pipeline_options, resolve_images)
     from slab_mmdet.benchmark.report import machine_facts, render_markdown, summarize_result, write_report
 
@@ -102,7 +102,7 @@ def main(argv=None):
             config = ROWS[row][0]
             options = dict(FIXED_DETECTIONS, **resized_test_pipeline_options(config, COCO_TEST_SCALE))
             loaded = load_models([config], [checkpoints[row]], fuse=fuse, cfg_options=options)
-            loaded[0].name = row + (' (fused)' if loaded[0].fused else '')
+            loaded[0].name = row + (FUSED_SUFFIX if loaded[0].fused else '')
             models += loaded
         images = resolve_images(None, args.num_images, images_dir=args.images)
         result = benchmark_detectors(models, images, warmup=args.warmup, breakdown='same-pass', memory=False)

@@ -127,12 +127,17 @@ def fuse_copy(model, config, fused_copy, device):
     return fused.to(device).eval(), info
 
 
+def check_compile_mode(mode):
+    """Refuse a torch.compile mode this benchmark does not offer (None: no compilation)."""
+    if mode is not None and mode not in COMPILE_MODES:
+        raise BenchmarkError(f'compile mode {mode!r} is not valid; valid: {", ".join(COMPILE_MODES)}')
+
+
 def compile_parts(model, mode):
     """Replace ``model``'s backbone and neck (those it has) by their ``torch.compile`` (inductor,
     ``mode``), in place; returns the names compiled. Compilation happens at the first forward
     of each new input shape (the benchmark's warm-up)."""
-    if mode not in COMPILE_MODES:
-        raise BenchmarkError(f'compile mode {mode!r} is not valid; valid: {", ".join(COMPILE_MODES)}')
+    check_compile_mode(mode)
     compiled = []
     for name in COMPILED_PARTS:
         part = getattr(model, name, None)
@@ -200,8 +205,7 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
     log = log or (lambda message: None)
     configs = list(configs)
     checkpoints = check_inputs(configs, checkpoints, fuse)
-    if compile_mode is not None and compile_mode not in COMPILE_MODES:
-        raise BenchmarkError(f'compile mode {compile_mode!r} is not valid; valid: {", ".join(COMPILE_MODES)}')
+    check_compile_mode(compile_mode)
     cfgs = [load_config(c, cfg_options) for c in configs]   # all configs checked before any model is built
     fused_copy = _import_fused_copy() if fuse != 'none' else None
     variants = []

@@ -8,7 +8,7 @@ from ..utils import is_int
 from .errors import BenchmarkError
 from .images import dataset_signature, resolve_images
 from .measure import check_device
-from .candidates import COMPILE_MODES, check_inputs, load_config, load_models
+from .candidates import check_compile_mode, check_inputs, load_config, load_models
 from .report import machine_facts, summarize_result, write_report
 from .twin import write_twin_config
 from .interleave import TARGETS, benchmark_backbones, benchmark_detectors, resolve_breakdown
@@ -42,8 +42,7 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
     if target not in TARGETS:
         raise BenchmarkError(f'target {target!r} is not valid; valid: {", ".join(TARGETS)}')
     resolve_breakdown(breakdown, device, target)
-    if compile_mode is not None and compile_mode not in COMPILE_MODES:
-        raise BenchmarkError(f'compile mode {compile_mode!r} is not valid; valid: {", ".join(COMPILE_MODES)}')
+    check_compile_mode(compile_mode)
     configs = list(configs)
     checkpoints = check_inputs(configs, checkpoints, fuse)
     if twin:
