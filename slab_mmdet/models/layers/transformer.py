@@ -18,6 +18,7 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
 from ...utils import exporting_graph
+from .cache_blocking import cache_blocked
 from .dyt import DyT
 from .fusion import FusionError, fold_norm, norm_to_channel_affine
 from .norms import FOLDABLE_NORM_CFG_TYPES, NORM_LAYER_TYPES, deployed_norm, keeps_a_nonlinearity
@@ -96,6 +97,12 @@ def pad_to_multiple(x, multiple, channels_last=True):
     return x, (pad_h, pad_w)
 
 
+# Hidden activations per chunk of tokens in :meth:`Mlp.add_to_in_chunks`: 4 MiB of float32,
+# which stays in a core's cache (2-core Xeon, SLAB-PVT-S stage 1, 60,800 tokens x 512 hidden:
+# the MLP with its residual add 97 ms whole, 35 ms in chunks of 2,048 tokens).
+MLP_CHUNK_ELEMENTS = 2 ** 20
+
+
 class Mlp(BaseModule):
     """The transformer feed-forward network: fc1 -> activation -> dropout -> fc2 -> dropout."""
 
@@ -108,6 +115,23 @@ class Mlp(BaseModule):
 
     def forward(self, x):
         return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+    def add_to_in_chunks(self, x, norm):
+        """Inference only: ``x += mlp(norm(x))`` in place on contiguous tokens (B, N, C), a chunk
+        of tokens at a time, so that the (N, hidden) activations never travel to memory and back:
+        at 60,000 tokens the whole-tensor MLP is bound by that traffic (fc1's output, GELU's
+        input and output, fc2's input). ``norm`` must act on each token alone (any norm in eval
+        mode does). Returns ``x``."""
+        tokens = x.view(-1, x.shape[-1])
+        rows = max(1, MLP_CHUNK_ELEMENTS // self.fc1.out_features)
+        fc2_weight = self.fc2.weight.t()
+        for start in range(0, tokens.shape[0], rows):
+            chunk = tokens[start:start + rows]
+            hidden = self.act(self.fc1(norm(chunk.unsqueeze(0)))).squeeze(0)
+            chunk.addmm_(hidden, fc2_weight)
+            if self.fc2.bias is not None:
+                chunk.add_(self.fc2.bias)
+        return x
 
 
 class PatchEmbed(BaseModule):
@@ -179,6 +203,8 @@ class PreNormBlock(BaseModule):
 
     def _forward(self, x, hw_shape):
         x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
+        if cache_blocked(x, self, self.norm2) and x.is_contiguous():
+            return self.mlp.add_to_in_chunks(x, self.norm2)   # x is this block's own tensor
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def forward(self, x, hw_shape):

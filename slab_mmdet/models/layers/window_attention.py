@@ -21,6 +21,7 @@ from mmengine.model import BaseModule
 
 from ...utils import exporting_graph
 from .attention import at_least_fp32, merge_heads, normalised_linear_attention, split_heads, ValueDWConv
+from .cache_blocking import cache_blocked
 from .transformer import pad_to_multiple
 
 MASKED = -1e4  # additive logit for forbidden pairs: exp() underflows to 0, yet finite in fp16
@@ -110,10 +111,27 @@ class WindowAttentionBase(BaseModule):
         """x: (B, H, W, C) -> (B, H, W, C); windows shifted by ``shift``."""
         if exporting_graph():
             return self._forward_traced(x, shift)
+        if cache_blocked(x, self):
+            return self._forward_in_tiles(x, shift)
         b, h, w, c = x.shape
         qkv = self.qkv(x.reshape(-1, c)).view(b, h, w, 3 * c)          # on the real tokens only
         out = self._attend_in_bands(qkv, h, w, shift)
         return self.proj_drop(self.proj(out.reshape(-1, c)).view(b, h, w, c))
+
+    def _forward_in_tiles(self, x, shift):
+        """Inference: projections and attention one tile of whole windows at a time
+        (:func:`window_tiles`), so that a tile's qkv, its windows' copies and its output stay
+        in cache; of the whole map only x is read and the output written once."""
+        b, h, w, c = x.shape
+        out = x.new_empty(b, h, w, c)
+        for r0, r1, wh, i0 in shifted_window_bands(h, self.window_size, shift):
+            for c0, c1, wc, j0 in shifted_window_bands(w, self.window_size, shift):
+                for rows, cols in window_tiles((r0, r1), (c0, c1), (wh, wc)):
+                    qkv = self.qkv(x[:, rows, cols].contiguous())       # one addmm on rows
+                    tile_shape = qkv.shape[:3]
+                    windows = from_windows(self._attend(qkv, (wh, wc), (i0, j0)), tile_shape, (wh, wc))
+                    out[:, rows, cols] = self.proj(windows.reshape(tile_shape + (c,)))
+        return out
 
     def _attend_in_bands(self, qkv, h, w, shift):
         """The attention of the shifted windows, band by band, on the real tokens only (no padding)."""
@@ -231,6 +249,27 @@ def shifted_window_bands(length, ws, shift):
     if length > whole:
         bands.append((whole, length, length - whole, 0))
     return bands
+
+
+# Tokens per tile of :meth:`WindowAttentionBase._forward_in_tiles`: its qkv (3C channels) and
+# the attention's copies of it fit a core's cache at Swin-T's widths; SLAB-Swin's 56 x 56
+# windows make one window a tile.
+WINDOW_TILE_TOKENS = 4096
+
+
+def window_tiles(row_span, col_span, window):
+    """Tiles of whole (wh, ww) windows covering the band ``row_span`` x ``col_span`` (each a
+    multiple of its window side), of about :data:`WINDOW_TILE_TOKENS` tokens (at least one
+    window): ``[(row_slice, col_slice)]`` in row-major order."""
+    (r0, r1), (c0, c1), (wh, ww) = row_span, col_span, window
+    per_tile = max(1, WINDOW_TILE_TOKENS // (wh * ww))
+    band_cols = (c1 - c0) // ww
+    if per_tile >= band_cols:         # whole rows of windows
+        rows_step, cols_step = wh * max(1, per_tile // band_cols), c1 - c0
+    else:
+        rows_step, cols_step = wh, ww * per_tile
+    return [(slice(r, min(r + rows_step, r1)), slice(col, min(col + cols_step, c1)))
+            for r in range(r0, r1, rows_step) for col in range(c0, c1, cols_step)]
 
 
 def real_tokens(padded_hw, hw_shape, offset, device):

@@ -1,0 +1,38 @@
+"""When the layers may run their cache-blocked inference paths, and the switch that turns them off.
+
+At a detector's stage-1 resolution (~60,000 tokens) a CPU spends more of a block's time
+moving whole token tensors to and from memory than computing: every elementwise op,
+copy and bias add is a pass over tens of megabytes. The cache-blocked paths
+(:meth:`~.transformer.Mlp.add_to_in_chunks`, the window attentions' tiles) run the same
+maths a few thousand tokens at a time, so that intermediates never leave the cache and
+write their result in place. They run only where that is both safe and useful:
+inference (no autograd, modules in eval mode), eager (not traced for export), on a CPU,
+outside autocast, and outside :func:`plain_inference`.
+"""
+from contextlib import contextmanager
+
+import torch
+
+from ...utils import exporting_graph
+
+_plain_inference_depth = 0
+
+
+def cache_blocked(x, *modules):
+    """Whether the cache-blocked path may run on ``x`` in ``modules`` (their dropout,
+    drop-path and batch statistics must be off: none of them in training mode)."""
+    return (_plain_inference_depth == 0 and x.device.type == 'cpu' and not x.requires_grad
+            and not exporting_graph() and not torch.is_autocast_enabled('cpu')
+            and not any(m.training for m in modules))
+
+
+@contextmanager
+def plain_inference():
+    """Run the layers' whole-tensor code in inference too: the reference the cache-blocked
+    paths are tested against and the 'before' of their benchmarks."""
+    global _plain_inference_depth
+    _plain_inference_depth += 1
+    try:
+        yield
+    finally:
+        _plain_inference_depth -= 1
