@@ -6,7 +6,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from slab_mmdet.models.layers import cache_blocking, transformer, window_attention
+from slab_mmdet.models.layers import attention, cache_blocking, transformer, window_attention
+from slab_mmdet.models.layers.attention import SpatialReductionAttention, SpatialReductionLinearAttention
 from slab_mmdet.models.layers.cache_blocking import cache_blocked, plain_inference
 from slab_mmdet.models.layers.transformer import Mlp, PreNormBlock
 from slab_mmdet.models.layers.window_attention import (ShiftedWindowAttention, WindowLinearAttention,
@@ -27,6 +28,9 @@ class TokenwiseAttention(nn.Module):
     def forward(self, x, hw_shape):
         return self.linear(x)
 
+    def add_to(self, x, hw_shape, residual):
+        return residual + self(x, hw_shape)
+
 
 def blocked_and_plain(module, *inputs):
     with torch.no_grad():
@@ -40,9 +44,18 @@ def blocked_and_plain(module, *inputs):
 def test_cache_blocked_only_in_eager_cpu_inference(monkeypatch):
     module = nn.Linear(2, 2).eval()
     x = torch.randn(3, 2)
+    assert not cache_blocked(x, module)           # grad mode on: autograd may record anything after x
+    torch.set_grad_enabled(False)                 # (conftest-free: restored at the end)
+    try:
+        _check_cache_blocked_without_grad(x, module, monkeypatch)
+    finally:
+        torch.set_grad_enabled(True)
+
+
+def _check_cache_blocked_without_grad(x, module, monkeypatch):
     assert cache_blocked(x, module)
-    assert not cache_blocked(x.requires_grad_(), module)
-    x = x.detach()
+    with torch.inference_mode():
+        assert cache_blocked(x, module)
     assert not cache_blocked(x, module.train())
     module.eval()
     with plain_inference():
@@ -56,6 +69,7 @@ def test_cache_blocked_only_in_eager_cpu_inference(monkeypatch):
     assert not cache_blocked(x, module)
 
 
+@torch.no_grad()
 def test_plain_inference_is_restored_after_an_error():
     x = torch.randn(3, 2)
     with pytest.raises(RuntimeError):
@@ -95,7 +109,7 @@ def test_block_runs_its_mlp_in_chunks_in_inference_only(norm, monkeypatch):
     blocked, plain = blocked_and_plain(lambda t: block(t, (4, 5)), x)
     assert len(calls) == 1                       # the plain run did not take it
     torch.testing.assert_close(blocked, plain, rtol=1e-12, atol=1e-12)
-    block(x, (4, 5))                             # under autograd: the whole-tensor code
+    block(x, (4, 5)).sum().backward()            # grad mode: the whole-tensor code (x needs no gradient)
     block.train()
     with torch.no_grad():
         block(x, (4, 5))                         # training mode: dropout and drop-path may act
@@ -110,6 +124,31 @@ def test_block_leaves_its_input_unchanged():
     with torch.no_grad():
         block(x, (4, 5))
     assert torch.equal(x, before)
+
+
+# --- PVT's attentions: the queries in chunks, with the residual ----------------------------------
+@pytest.mark.parametrize('sr_ratio', [1, 2])
+@pytest.mark.parametrize('kind', ['L', 'S'])
+def test_pvt_attention_in_chunks_adds_the_attention_to_the_residual(kind, sr_ratio, monkeypatch):
+    """Chunks of 7 queries (the last shorter) over a 6x9 map, batch 2, in float64; the
+    residual is not written."""
+    monkeypatch.setattr(attention, 'ATTENTION_CHUNK_TOKENS', 7)
+    torch.manual_seed(0)
+    if kind == 'L':
+        attn = SpatialReductionLinearAttention(8, 2, pos_grid=(3, 4), sr_ratio=sr_ratio)
+        with torch.no_grad():
+            attn.positional_encoding.normal_()
+    else:
+        attn = SpatialReductionAttention(8, 2, sr_ratio=sr_ratio)
+    attn = attn.double().eval()
+    x, residual = torch.randn(2, 2, 54, 8, dtype=torch.float64).unbind(0)
+    before = residual.clone()
+    with torch.no_grad():
+        got = attn.add_to(x, (6, 9), residual)
+        with plain_inference():
+            want = residual + attn(x, (6, 9))
+    assert torch.equal(residual, before)
+    torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
 # --- window attention in tiles ------------------------------------------------------------------
@@ -164,6 +203,7 @@ def test_backbones_give_the_same_outputs_blocked_and_plain(cfg, monkeypatch):
     """Small tiles and chunks, so that every stage runs several of them (float64)."""
     monkeypatch.setattr(window_attention, 'WINDOW_TILE_TOKENS', 60)
     monkeypatch.setattr(transformer, 'MLP_CHUNK_ELEMENTS', 500)
+    monkeypatch.setattr(attention, 'ATTENTION_CHUNK_TOKENS', 100)
     model = build_backbone(cfg).double().eval()
     x = torch.randn(1, 3, 150, 226, dtype=torch.float64)
     blocked, plain = blocked_and_plain(model, x)

@@ -143,12 +143,13 @@ def test_reduced_sla_values_are_resized_along_the_token_sequence():
     torch.manual_seed(0)
     attn = SpatialReductionLinearAttention(8, 2, pos_grid=(4, 4), sr_ratio=4).eval()
     seen = {}
-    attn.kv.register_forward_hook(lambda m, i, o: seen.__setitem__('kv', o))
+    attn.norm.register_forward_hook(lambda m, i, o: seen.__setitem__('reduced', o))
     attn.value_conv.register_forward_hook(lambda m, i, o: seen.__setitem__('conv_in', i[0]))
     hw = (18, 23)  # reduced to 4 x 5 keys
     with torch.no_grad():
         attn(torch.randn(2, hw[0] * hw[1], 8), hw)
-    v = seen['kv'].chunk(2, dim=-1)[1]                                  # (B, M, C)
+    with torch.no_grad():
+        v = attn.kv(seen['reduced']).chunk(2, dim=-1)[1]                # (B, M, C)
     assert v.shape[1] == 4 * 5
     expected = F.interpolate(v.transpose(1, 2), size=hw[0] * hw[1], mode='linear', align_corners=False)
     expected = expected.transpose(1, 2)                                 # (B, H*W, C)

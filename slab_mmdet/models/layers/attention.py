@@ -12,23 +12,32 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from ...utils import exporting_graph, is_int
+from .cache_blocking import cache_blocked
 from .fusion import fold_norm
 from .norms import NORM_LAYER_TYPES
 from .transformer import build_token_norm, nchw_to_nlc, nlc_to_nchw, resize_pos_table
 
 SLA_EPS = 1e-6  # added to the normaliser, as in the reference implementation
+# Queries per chunk of SpatialReductionAttentionBase.add_to: their projections and attention
+# output (a few hundred KiB at PVT's widths) stay in a core's cache.
+ATTENTION_CHUNK_TOKENS = 2048
 
 
-def normalised_linear_attention(q, k, v, eps=SLA_EPS, residual=None):
-    """SLA's attention once phi = ReLU has been applied to q and k (by the caller):
-    ``q (k^T v) / (q . sum_j k_j + eps)`` for non-negative q (..., N, d), k (..., M, d), v (..., M, e),
-    plus ``residual`` (..., N, e) when given (the result then has the residual's dtype).
+def linear_attention_sums(k, v):
+    """What SLA sums over all keys (non-negative k (..., M, d), v (..., M, e)): ``k^T v`` (..., d, e)
+    and ``sum_j k_j`` as a column (..., d, 1)."""
+    return k.transpose(-2, -1) @ v, k.sum(dim=-2).unsqueeze(-1)
+
+
+def apply_linear_attention(q, kv, k_sum, eps=SLA_EPS, residual=None):
+    """SLA's output for non-negative queries q (..., N, d) from :func:`linear_attention_sums`:
+    ``q kv / (q k_sum + eps)``, plus ``residual`` (..., N, e) when given (the result then has
+    the residual's dtype).
 
     In inference the sum is accumulated into ``residual`` in place (one pass, ``addcdiv_``):
     the attention's (N, e) output is never a tensor of its own."""
-    kv = k.transpose(-2, -1) @ v                                   # (..., d, e)
-    normaliser = q @ k.sum(dim=-2).unsqueeze(-1)                    # (..., N, 1)
-    operands = (q, k, v) if residual is None else (q, k, v, residual)
+    normaliser = q @ k_sum                                          # (..., N, 1)
+    operands = (q, kv, k_sum) if residual is None else (q, kv, k_sum, residual)
     # Out of place under autograd, and traced (ONNX has no in-place ops nor addcdiv).
     if exporting_graph() or any(t.requires_grad for t in operands):
         attended = (q @ kv) / (normaliser + eps)
@@ -36,6 +45,13 @@ def normalised_linear_attention(q, k, v, eps=SLA_EPS, residual=None):
     if residual is None:
         return (q @ kv).div_(normaliser.add_(eps))
     return residual.addcdiv_(q @ kv, normaliser.add_(eps))
+
+
+def normalised_linear_attention(q, k, v, eps=SLA_EPS, residual=None):
+    """SLA's attention once phi = ReLU has been applied to q and k (by the caller):
+    ``q (k^T v) / (q . sum_j k_j + eps)`` for non-negative q (..., N, d), k (..., M, d), v (..., M, e),
+    plus ``residual`` (..., N, e) when given (see :func:`apply_linear_attention`)."""
+    return apply_linear_attention(q, *linear_attention_sums(k, v), eps=eps, residual=residual)
 
 
 def at_least_fp32(*tensors):
@@ -119,8 +135,38 @@ class SpatialReductionAttentionBase(BaseModule):
             x = self.norm(nchw_to_nlc(reduced))
         else:
             kv_hw = hw_shape
-        k, v = self.kv(x).chunk(2, dim=-1)
+        if not cache_blocked(x, self):
+            k, v = self.kv(x).chunk(2, dim=-1)
+            return k, v, kv_hw
+        # Two products on the halves of the kv weight (the same arithmetic as one): k and v
+        # each come out contiguous, not as strided halves of one (M, 2C) tensor that the conv
+        # on V would copy.
+        c, bias = self.embed_dims, self.kv.bias
+        k, v = (F.linear(x, self.kv.weight[i * c:(i + 1) * c], None if bias is None else bias[i * c:(i + 1) * c])
+                for i in (0, 1))
         return k, v, kv_hw
+
+    def add_to(self, x, hw_shape, residual):
+        """Inference (:func:`~.cache_blocking.cache_blocked`): ``residual + attn(x)`` as a new
+        tensor, where what needs all tokens (keys, values, their sums) is computed first and
+        the queries' side -- q projection, attention, output projection, residual add -- a
+        chunk of :data:`ATTENTION_CHUNK_TOKENS` queries at a time, in cache."""
+        context = self.key_context(x, hw_shape)
+        out = torch.empty_like(residual)
+        for start in range(0, x.shape[1], ATTENTION_CHUNK_TOKENS):
+            rows = slice(start, start + ATTENTION_CHUNK_TOKENS)
+            attended = self.attend_queries(x[:, rows], context, rows)
+            torch.add(residual[:, rows], self.proj(attended), out=out[:, rows])
+        return out
+
+    def key_context(self, x, hw_shape):
+        """Everything the queries attend to, computed from all of ``x`` (B, N, C)."""
+        raise NotImplementedError
+
+    def attend_queries(self, x, context, rows=slice(None)):
+        """The attention (before the output projection) for the queries of ``x``, tokens
+        ``rows`` of the map ``context`` was computed for -> (B, n, C)."""
+        raise NotImplementedError
 
     def switch_to_deploy(self, name='attn'):
         if self.sr_ratio > 1 and isinstance(self.norm, NORM_LAYER_TYPES):
@@ -136,10 +182,16 @@ class SpatialReductionAttention(SpatialReductionAttentionBase):
         self.attn_drop = attn_drop
 
     def forward(self, x, hw_shape):
+        return self.proj_drop(self.proj(self.attend_queries(x, self.key_context(x, hw_shape))))
+
+    def key_context(self, x, hw_shape):
         k, v, _ = self.keys_values(x, hw_shape)
-        q, k, v = (split_heads(t, self.num_heads) for t in (self.q(x), k, v))
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_drop if self.training else 0.)
-        return self.proj_drop(self.proj(merge_heads(out)))
+        return split_heads(k, self.num_heads), split_heads(v, self.num_heads)
+
+    def attend_queries(self, x, context, rows=slice(None)):
+        q = split_heads(self.q(x), self.num_heads)
+        out = F.scaled_dot_product_attention(q, *context, dropout_p=self.attn_drop if self.training else 0.)
+        return merge_heads(out)
 
 
 class SpatialReductionLinearAttention(SpatialReductionAttentionBase):
@@ -166,17 +218,27 @@ class SpatialReductionLinearAttention(SpatialReductionAttentionBase):
         self.value_conv = ValueDWConv(embed_dims // num_heads, kernel_size)
 
     def forward(self, x, hw_shape):
+        return self.proj_drop(self.proj(self.attend_queries(x, self.key_context(x, hw_shape))))
+
+    def key_context(self, x, hw_shape):
+        """(the conv on V as (B, N, C) tokens, k^T v and sum_j k_j per head)."""
         k, v, kv_hw = self.keys_values(x, hw_shape)
-        q = self.q(x)
-        q = F.relu(q, inplace=not q.requires_grad)
         k = F.relu(k + resize_pos_table(self.positional_encoding, self.pos_grid, kv_hw), inplace=True)
         grid_values = v
         if self.sr_ratio > 1:
             grid_values = F.interpolate(v.transpose(1, 2), size=hw_shape[0] * hw_shape[1], mode='linear',
                                         align_corners=False).transpose(1, 2)
-        out = self.value_conv(grid_values, hw_shape, self.num_heads)                    # (B, N, C), contiguous
-        q, k, v = (split_heads(t, self.num_heads) for t in (q, k, v))
+        conv = self.value_conv(grid_values, hw_shape, self.num_heads)                   # (B, N, C), contiguous
         with torch.autocast(device_type=x.device.type, enabled=False):
-            # The attention is summed into the conv's output, seen per head: (B, h, N, d).
-            out = normalised_linear_attention(*at_least_fp32(q, k, v), residual=split_heads(out, self.num_heads))
-        return self.proj_drop(self.proj(out.transpose(1, 2).flatten(2)))
+            sums = linear_attention_sums(*at_least_fp32(*(split_heads(t, self.num_heads) for t in (k, v))))
+        return conv, sums
+
+    def attend_queries(self, x, context, rows=slice(None)):
+        conv, sums = context
+        q = self.q(x)
+        q = split_heads(F.relu(q, inplace=not q.requires_grad), self.num_heads)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            # The attention is summed into the conv's output, seen per head: (B, h, n, d).
+            out = apply_linear_attention(*at_least_fp32(q), *sums,
+                                         residual=split_heads(conv[:, rows], self.num_heads))
+        return out.transpose(1, 2).flatten(2)

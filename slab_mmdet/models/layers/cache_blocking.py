@@ -6,7 +6,7 @@ copy and bias add is a pass over tens of megabytes. The cache-blocked paths
 (:meth:`~.transformer.Mlp.add_to_in_chunks`, the window attentions' tiles) run the same
 maths a few thousand tokens at a time, so that intermediates never leave the cache and
 write their result in place. They run only where that is both safe and useful:
-inference (no autograd, modules in eval mode), eager (not traced for export), on a CPU,
+inference (grad mode off, modules in eval mode), eager (not traced for export), on a CPU,
 outside autocast, and outside :func:`plain_inference`.
 """
 from contextlib import contextmanager
@@ -19,9 +19,11 @@ _plain_inference_depth = 0
 
 
 def cache_blocked(x, *modules):
-    """Whether the cache-blocked path may run on ``x`` in ``modules`` (their dropout,
-    drop-path and batch statistics must be off: none of them in training mode)."""
-    return (_plain_inference_depth == 0 and x.device.type == 'cpu' and not x.requires_grad
+    """Whether the cache-blocked path may run on ``x`` in ``modules``: grad mode off
+    (``torch.no_grad`` / ``torch.inference_mode``, as mmdet's test loop runs), and none of the
+    modules in training mode (their dropout, drop-path and batch statistics must be off)."""
+    # Grad mode, not x.requires_grad: a block's input may need no gradient while its weights do.
+    return (_plain_inference_depth == 0 and x.device.type == 'cpu' and not torch.is_grad_enabled()
             and not exporting_graph() and not torch.is_autocast_enabled('cpu')
             and not any(m.training for m in modules))
 

@@ -177,7 +177,9 @@ class PreNormBlock(BaseModule):
     """A pre-norm transformer block: ``x + attn(norm1(x))``, then ``x + mlp(norm2(x))``.
 
     ``attn`` is any module called as ``attn(x, hw_shape)`` that lists the layers reading
-    its input in ``attn.input_layers()`` (where ``norm1`` is folded in deploy mode).
+    its input in ``attn.input_layers()`` (where ``norm1`` is folded in deploy mode) and
+    gives ``attn.add_to(x, hw_shape, residual)``, ``residual + attn(x, hw_shape)`` as a new
+    tensor, which the block calls on its cache-blocked path (see :mod:`.cache_blocking`).
 
     Args:
         embed_dims (int): Channels C.
@@ -202,9 +204,10 @@ class PreNormBlock(BaseModule):
         self.with_cp = with_cp
 
     def _forward(self, x, hw_shape):
+        if cache_blocked(x, self, self.norm1, self.norm2) and x.is_contiguous():
+            x = self.attn.add_to(self.norm1(x), hw_shape, residual=x)
+            return self.mlp.add_to_in_chunks(x, self.norm2)   # x is now this block's own tensor
         x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))
-        if cache_blocked(x, self, self.norm2) and x.is_contiguous():
-            return self.mlp.add_to_in_chunks(x, self.norm2)   # x is this block's own tensor
         return x + self.drop_path(self.mlp(self.norm2(x)))
 
     def forward(self, x, hw_shape):

@@ -367,6 +367,10 @@ class ShiftedWindowAttention(BaseModule):
     def input_layers(self):
         return self.window_attn.input_layers()
 
+    def add_to(self, x, hw_shape, residual):
+        """``residual + self(x, hw_shape)`` (the windows are already computed in tiles)."""
+        return self(x, hw_shape).add_(residual)
+
     def forward(self, x, hw_shape):
         b, n, c = x.shape
         h, w = hw_shape
