@@ -147,10 +147,12 @@ class SpatialReductionAttentionBase(BaseModule):
         return k, v, kv_hw
 
     def add_to(self, x, hw_shape, residual):
-        """Inference (:func:`~.cache_blocking.cache_blocked`): ``residual + attn(x)`` as a new
-        tensor, where what needs all tokens (keys, values, their sums) is computed first and
-        the queries' side -- q projection, attention, output projection, residual add -- a
-        chunk of :data:`ATTENTION_CHUNK_TOKENS` queries at a time, in cache."""
+        """``residual + attn(x)`` as a new tensor. On the cache-blocked path
+        (:func:`~.cache_blocking.cache_blocked`) what needs all tokens (keys, values, their
+        sums) is computed first and the queries' side -- q projection, attention, output
+        projection, residual add -- a chunk of :data:`ATTENTION_CHUNK_TOKENS` queries at a time, in cache."""
+        if not cache_blocked(x, self):
+            return residual + self(x, hw_shape)
         context = self.key_context(x, hw_shape)
         out = torch.empty_like(residual)
         for start in range(0, x.shape[1], ATTENTION_CHUNK_TOKENS):

@@ -64,16 +64,11 @@ def window_regions(hw_shape, padded_hw, ws, shift, device):
     return region, valid
 
 
-def to_windows(qkv, window, num_heads, token_major=False):
-    """(B, R, S, 3C) tiled by (wh, ww) windows -> q, k, v (B*nW, heads, wh*ww, d), in one copy:
-    contiguous, or with ``token_major`` views of (B*nW, wh*ww, heads, d) memory (the
-    layout in which a window's tokens are rows of C channels)."""
+def to_windows(qkv, window, num_heads):
+    """(B, R, S, 3C) tiled by (wh, ww) windows -> q, k, v (B*nW, heads, wh*ww, d), contiguous, in one copy."""
     b, r, s, c3 = qkv.shape
     (wh, ww), d = window, c3 // 3 // num_heads
     tiled = qkv.reshape(b, r // wh, wh, s // ww, ww, 3, num_heads, d)
-    if token_major:
-        windows = tiled.permute(5, 0, 1, 3, 2, 4, 6, 7).reshape(3, -1, wh * ww, num_heads, d)
-        return windows.transpose(2, 3).unbind(0)
     return tiled.permute(5, 0, 1, 3, 6, 2, 4, 7).reshape(3, -1, num_heads, wh * ww, d).unbind(0)
 
 
@@ -118,10 +113,11 @@ class WindowAttentionBase(BaseModule):
         out = self._attend_in_bands(qkv, h, w, shift)
         return self.proj_drop(self.proj(out.reshape(-1, c)).view(b, h, w, c))
 
-    def _forward_in_tiles(self, x, shift):
+    def _forward_in_tiles(self, x, shift, residual=None):
         """Inference: projections and attention one tile of whole windows at a time
         (:func:`window_tiles`), so that a tile's qkv, its windows' copies and its output stay
-        in cache; of the whole map only x is read and the output written once."""
+        in cache; of the whole map only x (and ``residual``, added to the output when given)
+        is read and the output written once."""
         b, h, w, c = x.shape
         out = x.new_empty(b, h, w, c)
         for r0, r1, wh, i0 in shifted_window_bands(h, self.window_size, shift):
@@ -130,7 +126,11 @@ class WindowAttentionBase(BaseModule):
                     qkv = self.qkv(x[:, rows, cols].contiguous())       # one addmm on rows
                     tile_shape = qkv.shape[:3]
                     windows = from_windows(self._attend(qkv, (wh, wc), (i0, j0)), tile_shape, (wh, wc))
-                    out[:, rows, cols] = self.proj(windows.reshape(tile_shape + (c,)))
+                    projected = self.proj(windows.reshape(tile_shape + (c,)))
+                    if residual is None:
+                        out[:, rows, cols] = projected
+                    else:
+                        torch.add(residual[:, rows, cols], projected, out=out[:, rows, cols])
         return out
 
     def _attend_in_bands(self, qkv, h, w, shift):
@@ -325,17 +325,20 @@ class WindowLinearAttention(WindowAttentionBase):
         Returns (B*nW, heads, wh*ww, d)."""
         b, r, s, _ = qkv.shape
         (wh, ww), heads, ws = window, self.num_heads, self.window_size
-        q, k, v = to_windows(qkv, window, heads, token_major=True)
+        # Head-major and contiguous: the matmuls below read q, k and v without copies.
+        q, k, v = to_windows(qkv, window, heads)
         d = q.shape[-1]
         pos = self.positional_encoding.view(ws, ws, heads, d)[first[0]:first[0] + wh, first[1]:first[1] + ww]
-        # In place where autograd allows it (q is a view of a multi-output unbind).
-        q = F.relu(q, inplace=not q.requires_grad)
-        k = F.relu(k + pos.reshape(wh * ww, heads, d).transpose(0, 1), inplace=True)
+        pos = pos.reshape(wh * ww, heads, d).transpose(0, 1)
+        # In place where autograd and tracing allow it (q, k, v are views of a multi-output unbind).
+        in_place = not (qkv.requires_grad or exporting_graph())
+        q = F.relu(q, inplace=in_place)
+        k = F.relu(k.add_(pos) if in_place else k + pos, inplace=True)
         if real is not None:
             real = real.reshape(r // wh, wh, s // ww, ww).transpose(1, 2).reshape(1, -1, 1, wh * ww, 1).to(k.dtype)
             k, v = ((t.view((b, -1) + t.shape[1:]) * real).flatten(0, 1) for t in (k, v))
-        # Token-major already in PyTorch (contiguous() is then free); after the traced path's
-        # masking a copy, which torch.export must be told of (its reshape would not prove it).
+        # Token-major for the conv (one copy of V), which torch.export must be told of by
+        # contiguous() (a reshape would not prove it).
         out = self.value_conv(v.transpose(1, 2).contiguous().flatten(2), (wh, ww), heads)  # (B*nW, N, C)
         out = out.view(out.shape[0], wh * ww, heads, d).transpose(1, 2)       # (B*nW, heads, N, d)
         with torch.autocast(device_type=qkv.device.type, enabled=False):
@@ -368,8 +371,15 @@ class ShiftedWindowAttention(BaseModule):
         return self.window_attn.input_layers()
 
     def add_to(self, x, hw_shape, residual):
-        """``residual + self(x, hw_shape)`` (the windows are already computed in tiles)."""
-        return self(x, hw_shape).add_(residual)
+        """``residual + self(x, hw_shape)`` as a new tensor; on the cache-blocked path the
+        residual is added tile by tile as each tile's output is written."""
+        if not cache_blocked(x, self):
+            return residual + self(x, hw_shape)
+        b, n, c = x.shape
+        h, w = hw_shape
+        shift = self.shift_size if (h > self.window_size or w > self.window_size) else 0
+        return self.window_attn._forward_in_tiles(x.view(b, h, w, c), shift,
+                                                  residual.view(b, h, w, c)).view(b, n, c)
 
     def forward(self, x, hw_shape):
         b, n, c = x.shape
