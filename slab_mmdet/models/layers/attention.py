@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from mmengine.model import BaseModule
 
 from ...utils import exporting_graph, is_int
-from .cache_blocking import cache_blocked
+from .fast_paths import fast_path
 from .fusion import fold_norm
 from .norms import NORM_LAYER_TYPES
-from .transformer import build_token_norm, nchw_to_nlc, nlc_to_nchw, resize_pos_table
+from .transformer import build_token_norm, conv_on_tokens, nchw_to_nlc, nlc_to_nchw, resize_pos_table
 
 SLA_EPS = 1e-6  # added to the normaliser, as in the reference implementation
 # Queries per chunk of SpatialReductionAttentionBase.add_to: their projections and attention
@@ -127,31 +127,38 @@ class SpatialReductionAttentionBase(BaseModule):
         """The layers that read this module's input (a preceding norm folds into them)."""
         return [self.q, self.sr if self.sr_ratio > 1 else self.kv]
 
+    def kv_source(self, x, hw_shape):
+        """The tokens k and v are projected from (B, M, C) -- spatially reduced and normalised
+        when sr_ratio > 1 -- and the grid (h, w) they live on."""
+        if self.sr_ratio == 1:
+            return x, hw_shape
+        grid = nlc_to_nchw(x, hw_shape)
+        reduced = conv_on_tokens(self.sr, grid) if fast_path(x, self) else self.sr(grid)
+        return self.norm(nchw_to_nlc(reduced)), (reduced.shape[2], reduced.shape[3])
+
+    def kv_halves(self):
+        """(weight, bias) of the k half and of the v half of the kv projection (views)."""
+        c, bias = self.embed_dims, self.kv.bias
+        return tuple((self.kv.weight[i * c:(i + 1) * c], None if bias is None else bias[i * c:(i + 1) * c])
+                     for i in (0, 1))
+
     def keys_values(self, x, hw_shape):
         """k and v (B, M, C) and the grid (h, w) they live on."""
-        if self.sr_ratio > 1:
-            reduced = self.sr(nlc_to_nchw(x, hw_shape))
-            kv_hw = (reduced.shape[2], reduced.shape[3])
-            x = self.norm(nchw_to_nlc(reduced))
-        else:
-            kv_hw = hw_shape
-        if not cache_blocked(x, self):
-            k, v = self.kv(x).chunk(2, dim=-1)
+        source, kv_hw = self.kv_source(x, hw_shape)
+        if not fast_path(x, self):
+            k, v = self.kv(source).chunk(2, dim=-1)
             return k, v, kv_hw
         # Two products on the halves of the kv weight (the same arithmetic as one): k and v
-        # each come out contiguous, not as strided halves of one (M, 2C) tensor that the conv
-        # on V would copy.
-        c, bias = self.embed_dims, self.kv.bias
-        k, v = (F.linear(x, self.kv.weight[i * c:(i + 1) * c], None if bias is None else bias[i * c:(i + 1) * c])
-                for i in (0, 1))
+        # each come out contiguous, not as strided halves of one (M, 2C) tensor.
+        k, v = (F.linear(source, *half) for half in self.kv_halves())
         return k, v, kv_hw
 
     def add_to(self, x, hw_shape, residual):
-        """``residual + attn(x)`` as a new tensor. On the cache-blocked path
-        (:func:`~.cache_blocking.cache_blocked`) what needs all tokens (keys, values, their
+        """``residual + attn(x)`` as a new tensor. On the fast path
+        (:func:`~.fast_paths.fast_path`) what needs all tokens (keys, values, their
         sums) is computed first and the queries' side -- q projection, attention, output
         projection, residual add -- a chunk of :data:`ATTENTION_CHUNK_TOKENS` queries at a time, in cache."""
-        if not cache_blocked(x, self):
+        if not fast_path(x, self):
             return residual + self(x, hw_shape)
         context = self.key_context(x, hw_shape)
         out = torch.empty_like(residual)
@@ -224,8 +231,14 @@ class SpatialReductionLinearAttention(SpatialReductionAttentionBase):
 
     def key_context(self, x, hw_shape):
         """(the conv on V as (B, N, C) tokens, k^T v and sum_j k_j per head)."""
-        k, v, kv_hw = self.keys_values(x, hw_shape)
-        k = F.relu(k + resize_pos_table(self.positional_encoding, self.pos_grid, kv_hw), inplace=True)
+        if fast_path(x, self):
+            source, kv_hw = self.kv_source(x, hw_shape)
+            (k_weight, k_bias), v_half = self.kv_halves()
+            k = self.positioned_keys(source, kv_hw, k_weight, k_bias)
+            v = F.linear(source, *v_half)
+        else:
+            k, v, kv_hw = self.keys_values(x, hw_shape)
+            k = F.relu(k + resize_pos_table(self.positional_encoding, self.pos_grid, kv_hw), inplace=True)
         grid_values = v
         if self.sr_ratio > 1:
             grid_values = F.interpolate(v.transpose(1, 2), size=hw_shape[0] * hw_shape[1], mode='linear',
@@ -234,6 +247,15 @@ class SpatialReductionLinearAttention(SpatialReductionAttentionBase):
         with torch.autocast(device_type=x.device.type, enabled=False):
             sums = linear_attention_sums(*at_least_fp32(*(split_heads(t, self.num_heads) for t in (k, v))))
         return conv, sums
+
+    def positioned_keys(self, source, kv_hw, weight, bias):
+        """Inference: ``relu(source @ weight^T + bias + positional encoding)`` in three passes over
+        the keys instead of five: the resized positional table, with the bias added before the
+        resize (bilinear weights sum to one), is the buffer the product accumulates into."""
+        table = self.positional_encoding.clone() if bias is None else self.positional_encoding + bias
+        k = resize_pos_table(table, self.pos_grid, kv_hw).expand(source.shape[0], -1, -1).contiguous()
+        k.view(-1, k.shape[-1]).addmm_(source.reshape(-1, source.shape[-1]), weight.t())
+        return k.relu_()
 
     def attend_queries(self, x, context, rows=slice(None)):
         conv, sums = context

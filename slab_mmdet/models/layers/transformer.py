@@ -10,6 +10,7 @@ Every module that owns a norm implements ``switch_to_deploy()``, which folds the
 into its neighbour (see :mod:`.fusion`) and leaves the structure that
 ``deploy=True`` builds directly.
 """
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
@@ -18,8 +19,8 @@ from mmcv.cnn.bricks import DropPath
 from mmengine.model import BaseModule
 
 from ...utils import exporting_graph
-from .cache_blocking import cache_blocked
 from .dyt import DyT
+from .fast_paths import fast_path
 from .fusion import FusionError, fold_norm, norm_to_channel_affine
 from .norms import FOLDABLE_NORM_CFG_TYPES, NORM_LAYER_TYPES, deployed_norm, keeps_a_nonlinearity
 
@@ -52,6 +53,15 @@ def nchw_to_nlc(x):
     reading the tokens (fused models have no norm in between to copy them) and every
     residual add after it run on strided memory."""
     return x.flatten(2).transpose(1, 2).contiguous()
+
+
+def conv_on_tokens(conv, x):
+    """Inference: ``conv(x)`` run channels-last (a channels-last copy of its weight makes it so).
+    It reads tokens seen as a grid (``nlc_to_nchw``) without reordering them and writes its
+    output in token order (``nchw_to_nlc`` is then free), where the default layout costs two
+    transposing copies (a 64 -> 128 patch conv on a 200x304 map: 3 ms against 15)."""
+    return F.conv2d(x, conv.weight.contiguous(memory_format=torch.channels_last), conv.bias, conv.stride,
+                    conv.padding, conv.dilation, conv.groups)
 
 
 def resize_pos_table(table, src_hw, dst_hw, mode='bilinear'):
@@ -89,7 +99,10 @@ def pad_to_multiple(x, multiple, channels_last=True):
         hd, wd = (1, 2) if channels_last else (2, 3)
         shape = list(x.shape)
         shape[hd], shape[wd] = h + pad_h, w + pad_w
-        padded = x.new_empty(shape)
+        # In x's layout: a (B, C, H, W) view of tokens stays channels-last.
+        layout = (torch.channels_last if not channels_last and x.dim() == 4
+                  and x.is_contiguous(memory_format=torch.channels_last) else torch.contiguous_format)
+        padded = torch.empty(shape, dtype=x.dtype, device=x.device, memory_format=layout)
         padded.narrow(hd, 0, h).narrow(wd, 0, w).copy_(x)
         padded.narrow(hd, h, pad_h).zero_()
         padded.narrow(hd, 0, h).narrow(wd, w, pad_w).zero_()
@@ -160,7 +173,7 @@ class PatchEmbed(BaseModule):
     def forward(self, x):
         """(B, C, H, W) -> tokens (B, N, C) and their grid (H', W')."""
         x, _ = pad_to_multiple(x, self.patch_size, channels_last=False)
-        x = self.proj(x)
+        x = conv_on_tokens(self.proj, x) if fast_path(x, self) else self.proj(x)
         hw_shape = (x.shape[2], x.shape[3])
         return self.norm(nchw_to_nlc(x)), hw_shape
 
@@ -179,7 +192,7 @@ class PreNormBlock(BaseModule):
     ``attn`` is any module called as ``attn(x, hw_shape)`` that lists the layers reading
     its input in ``attn.input_layers()`` (where ``norm1`` is folded in deploy mode) and
     gives ``attn.add_to(x, hw_shape, residual)``, ``residual + attn(x, hw_shape)`` as a new
-    tensor, which the block calls on its cache-blocked path (see :mod:`.cache_blocking`).
+    tensor, which the block calls on its fast path (see :mod:`.fast_paths`).
 
     Args:
         embed_dims (int): Channels C.
@@ -204,7 +217,7 @@ class PreNormBlock(BaseModule):
         self.with_cp = with_cp
 
     def _forward(self, x, hw_shape):
-        if cache_blocked(x, self, self.norm1, self.norm2) and x.is_contiguous():
+        if fast_path(x, self, self.norm1, self.norm2) and x.is_contiguous():
             x = self.attn.add_to(self.norm1(x), hw_shape, residual=x)
             return self.mlp.add_to_in_chunks(x, self.norm2)   # x is now this block's own tensor
         x = x + self.drop_path(self.attn(self.norm1(x), hw_shape))

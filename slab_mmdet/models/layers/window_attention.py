@@ -21,7 +21,7 @@ from mmengine.model import BaseModule
 
 from ...utils import exporting_graph
 from .attention import at_least_fp32, merge_heads, normalised_linear_attention, split_heads, ValueDWConv
-from .cache_blocking import cache_blocked
+from .fast_paths import fast_path
 from .transformer import pad_to_multiple
 
 MASKED = -1e4  # additive logit for forbidden pairs: exp() underflows to 0, yet finite in fp16
@@ -106,7 +106,7 @@ class WindowAttentionBase(BaseModule):
         """x: (B, H, W, C) -> (B, H, W, C); windows shifted by ``shift``."""
         if exporting_graph():
             return self._forward_traced(x, shift)
-        if cache_blocked(x, self):
+        if fast_path(x, self):
             return self._forward_in_tiles(x, shift)
         b, h, w, c = x.shape
         qkv = self.qkv(x.reshape(-1, c)).view(b, h, w, 3 * c)          # on the real tokens only
@@ -371,9 +371,9 @@ class ShiftedWindowAttention(BaseModule):
         return self.window_attn.input_layers()
 
     def add_to(self, x, hw_shape, residual):
-        """``residual + self(x, hw_shape)`` as a new tensor; on the cache-blocked path the
+        """``residual + self(x, hw_shape)`` as a new tensor; on the fast path the
         residual is added tile by tile as each tile's output is written."""
-        if not cache_blocked(x, self):
+        if not fast_path(x, self):
             return residual + self(x, hw_shape)
         b, n, c = x.shape
         h, w = hw_shape

@@ -8,7 +8,7 @@ best detections (score_thr = 0), mini COCO val images through the COCO test Resi
 The ratios are medians of per-image ratios: SLAB / twin with both running their fastest code
 (after) and with both plain (before), and each model's blocked / plain.
 
-    python benchmarks/cache_blocking.py --run 1 --threads 2 --num-images 16 --warmup 2
+    python benchmarks/fast_paths.py --run 1 --threads 2 --num-images 16 --warmup 2
 
 Writes ``<out>/run<N>/<family>.{md,json,png}`` and ``<out>/run<N>.json``; run it on a quiet
 machine, twice, and compare the two runs.
@@ -38,7 +38,7 @@ RATIOS = [('slab_vs_twin', 1, 0), ('slab_vs_twin_plain', 3, 2), ('twin_blocked_v
 def plain_variant(bench_model):
     """A copy of ``bench_model`` whose backbone always runs inside ``plain_inference()`` (the
     cache-blocked paths live in the backbone's layers only)."""
-    from slab_mmdet.models.layers.cache_blocking import plain_inference
+    from slab_mmdet.models.layers.fast_paths import plain_inference
     model = copy.deepcopy(bench_model.model)
     blocked_forward = model.backbone.forward
 
@@ -67,7 +67,7 @@ def main(argv=None):
     parser.add_argument('--num-images', type=int, default=16)
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--images', default=osp.join(REPO, 'data', 'mini_coco', 'val'))
-    parser.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'results', 'cache_blocking'),
+    parser.add_argument('--out', default=osp.join(REPO, 'benchmarks', 'results', 'fast_paths'),
                         help='default: %(default)s')
     args = parser.parse_args(argv)
     if args.run < 1:
@@ -80,7 +80,7 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    command = 'python ' + ' '.join(['benchmarks/cache_blocking.py'] + (argv if argv is not None else sys.argv[1:]))
+    command = 'python ' + ' '.join(['benchmarks/fast_paths.py'] + (argv if argv is not None else sys.argv[1:]))
     run_dir = osp.join(args.out, f'run{args.run}')
     os.makedirs(run_dir, exist_ok=True)
     record = dict(command=command, families={})

@@ -1,15 +1,16 @@
-"""The cache-blocked inference paths (the MLP in chunks of tokens, the window attentions in
-tiles of windows) compute what the whole-tensor code computes, in float64, and run only
-where they may: inference in eval mode on a CPU, not traced, not under autocast, not
-inside ``plain_inference()``."""
+"""The inference fast paths (the MLP in chunks of tokens, PVT's attentions in chunks of
+queries, the window attentions in tiles of windows, the patch convolutions in channels-last)
+compute what the plain whole-tensor code computes, in float64, and run only where they may:
+grad mode off, modules in eval mode, on a CPU, not traced, not under autocast, not inside
+``plain_inference()``."""
 import pytest
 import torch
 import torch.nn as nn
 
-from slab_mmdet.models.layers import attention, cache_blocking, transformer, window_attention
+from slab_mmdet.models.layers import attention, fast_paths, transformer, window_attention
 from slab_mmdet.models.layers.attention import SpatialReductionAttention, SpatialReductionLinearAttention
-from slab_mmdet.models.layers.cache_blocking import cache_blocked, plain_inference
-from slab_mmdet.models.layers.transformer import Mlp, PreNormBlock
+from slab_mmdet.models.layers.fast_paths import fast_path, plain_inference
+from slab_mmdet.models.layers.transformer import Mlp, PatchEmbed, PreNormBlock, pad_to_multiple
 from slab_mmdet.models.layers.window_attention import (ShiftedWindowAttention, WindowLinearAttention,
                                                        WindowSoftmaxAttention, shifted_window_bands, window_tiles)
 from testing_utils.backbone_utils import PVT_MINI, SWIN_MINI, build_backbone
@@ -33,6 +34,7 @@ class TokenwiseAttention(nn.Module):
 
 
 def blocked_and_plain(module, *inputs):
+    """``module(*inputs)`` on the fast paths and inside plain_inference(), each on fresh copies."""
     with torch.no_grad():
         blocked = module(*(t.clone() for t in inputs))
         with plain_inference():
@@ -41,32 +43,32 @@ def blocked_and_plain(module, *inputs):
 
 
 # --- when -----------------------------------------------------------------------------------
-def test_cache_blocked_only_in_eager_cpu_inference(monkeypatch):
+def test_fast_path_only_in_eager_cpu_inference(monkeypatch):
     module = nn.Linear(2, 2).eval()
     x = torch.randn(3, 2)
-    assert not cache_blocked(x, module)           # grad mode on: autograd may record anything after x
+    assert not fast_path(x, module)           # grad mode on: autograd may record anything after x
     torch.set_grad_enabled(False)                 # (conftest-free: restored at the end)
     try:
-        _check_cache_blocked_without_grad(x, module, monkeypatch)
+        _check_fast_path_without_grad(x, module, monkeypatch)
     finally:
         torch.set_grad_enabled(True)
 
 
-def _check_cache_blocked_without_grad(x, module, monkeypatch):
-    assert cache_blocked(x, module)
+def _check_fast_path_without_grad(x, module, monkeypatch):
+    assert fast_path(x, module)
     with torch.inference_mode():
-        assert cache_blocked(x, module)
-    assert not cache_blocked(x, module.train())
+        assert fast_path(x, module)
+    assert not fast_path(x, module.train())
     module.eval()
     with plain_inference():
         with plain_inference():
-            assert not cache_blocked(x, module)
-        assert not cache_blocked(x, module)
-    assert cache_blocked(x, module)
+            assert not fast_path(x, module)
+        assert not fast_path(x, module)
+    assert fast_path(x, module)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        assert not cache_blocked(x, module)
+        assert not fast_path(x, module)
     monkeypatch.setattr(torch.jit, 'is_tracing', lambda: True)
-    assert not cache_blocked(x, module)
+    assert not fast_path(x, module)
 
 
 @torch.no_grad()
@@ -75,8 +77,8 @@ def test_plain_inference_is_restored_after_an_error():
     with pytest.raises(RuntimeError):
         with plain_inference():
             raise RuntimeError('inside')
-    assert cache_blocked(x, nn.Identity().eval())
-    assert cache_blocking._plain_inference_depth == 0
+    assert fast_path(x, nn.Identity().eval())
+    assert fast_paths._plain_inference_depth == 0
 
 
 # --- the MLP in chunks of tokens ----------------------------------------------------------------
@@ -126,28 +128,58 @@ def test_block_leaves_its_input_unchanged():
     assert torch.equal(x, before)
 
 
+# --- patch embeddings in channels-last ---------------------------------------------------------
+@pytest.mark.parametrize('hw', [(12, 16), (13, 18)], ids=['divisible', 'padded'])
+@pytest.mark.parametrize('layout', ['nchw', 'tokens'])
+def test_patch_embedding_fast_path_equals_the_plain_conv(layout, hw):
+    """From an image (NCHW) or from tokens seen as a grid (channels-last strides), padded or not."""
+    torch.manual_seed(0)
+    embed = PatchEmbed(6, 10, patch_size=2).double().eval()
+    if layout == 'nchw':
+        x = torch.randn(2, 6, *hw, dtype=torch.float64)
+    else:
+        x = torch.randn(2, hw[0] * hw[1], 6, dtype=torch.float64).transpose(1, 2).reshape(2, 6, *hw)
+    (blocked, blocked_hw), (plain, plain_hw) = blocked_and_plain(embed, x)
+    assert blocked_hw == plain_hw and blocked.is_contiguous()
+    torch.testing.assert_close(blocked, plain, rtol=1e-12, atol=1e-12)
+
+
+def test_padding_keeps_a_channels_last_grid_channels_last():
+    tokens = torch.randn(1, 5 * 7, 3)
+    grid = tokens.transpose(1, 2).reshape(1, 3, 5, 7)
+    with torch.no_grad():
+        padded, pad = pad_to_multiple(grid, 4, channels_last=False)
+    assert pad == (3, 1) and padded.is_contiguous(memory_format=torch.channels_last)
+    torch.testing.assert_close(padded, torch.nn.functional.pad(grid, (0, 1, 0, 3)), rtol=0, atol=0)
+
+
 # --- PVT's attentions: the queries in chunks, with the residual ----------------------------------
+@pytest.mark.parametrize('qkv_bias', [True, False])
+@pytest.mark.parametrize('hw', [(6, 9), (6, 8)], ids=['resized-positions', 'pretraining-grid'])
 @pytest.mark.parametrize('sr_ratio', [1, 2])
 @pytest.mark.parametrize('kind', ['L', 'S'])
-def test_pvt_attention_in_chunks_adds_the_attention_to_the_residual(kind, sr_ratio, monkeypatch):
-    """Chunks of 7 queries (the last shorter) over a 6x9 map, batch 2, in float64; the
-    residual is not written."""
+def test_pvt_attention_in_chunks_adds_the_attention_to_the_residual(kind, sr_ratio, hw, qkv_bias, monkeypatch):
+    """Chunks of 7 queries (the last shorter), batch 2, in float64, with the keys' positional
+    table resized or (6x8 map reduced by 2: its 3x4 grid) not; the residual is not written,
+    nor is the positional table."""
     monkeypatch.setattr(attention, 'ATTENTION_CHUNK_TOKENS', 7)
     torch.manual_seed(0)
     if kind == 'L':
-        attn = SpatialReductionLinearAttention(8, 2, pos_grid=(3, 4), sr_ratio=sr_ratio)
+        attn = SpatialReductionLinearAttention(8, 2, pos_grid=(3, 4), sr_ratio=sr_ratio, qkv_bias=qkv_bias)
         with torch.no_grad():
             attn.positional_encoding.normal_()
     else:
-        attn = SpatialReductionAttention(8, 2, sr_ratio=sr_ratio)
+        attn = SpatialReductionAttention(8, 2, sr_ratio=sr_ratio, qkv_bias=qkv_bias)
     attn = attn.double().eval()
-    x, residual = torch.randn(2, 2, 54, 8, dtype=torch.float64).unbind(0)
+    x, residual = torch.randn(2, 2, hw[0] * hw[1], 8, dtype=torch.float64).unbind(0)
     before = residual.clone()
+    parameters = {name: p.clone() for name, p in attn.named_parameters()}
     with torch.no_grad():
-        got = attn.add_to(x, (6, 9), residual)
+        got = attn.add_to(x, hw, residual)
         with plain_inference():
-            want = residual + attn(x, (6, 9))
+            want = residual + attn(x, hw)
     assert torch.equal(residual, before)
+    assert all(torch.equal(p, parameters[name]) for name, p in attn.named_parameters())
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
