@@ -1,14 +1,15 @@
-"""What the cache-blocked inference paths buy (issue #40 item 2): SLAB fused and its LayerNorm +
-softmax twin, each with the paths on (the default) and off (``plain_inference()``: the
-whole-tensor code, the 'before'), timed side by side: the whole Mask R-CNN with its backbone
-in the same pass, batch 1, random weights (PRepBN at g = 0), every detector keeping its 100
-best detections (score_thr = 0), mini COCO val images through the COCO test Resize (1333x800:
-800x1067-class inputs), interleaved image by image with the order rotated.
+"""What the inference fast paths buy (issue #40 item 2; slab_mmdet/models/layers/fast_paths.py):
+SLAB fused and its LayerNorm + softmax twin, each with the fast paths on (the default) and off
+(``plain_inference()``: the whole-tensor code, the 'before'), timed side by side: the whole
+Mask R-CNN with its backbone in the same pass, batch 1, random weights (PRepBN at g = 0),
+every detector keeping its 100 best detections (score_thr = 0), mini COCO val images through
+the COCO test Resize (1333x800: 800x1067-class inputs), interleaved image by image with the
+order rotated.
 
 The ratios are medians of per-image ratios: SLAB / twin with both running their fastest code
-(after) and with both plain (before), and each model's blocked / plain.
+(after) and with both plain (before), and each model's fast / plain.
 
-    python benchmarks/fast_paths.py --run 1 --threads 2 --num-images 16 --warmup 2
+    python benchmarks/fast_paths.py --run 3 --threads 2 --num-images 12 --warmup 2
 
 Writes ``<out>/run<N>/<family>.{md,json,png}`` and ``<out>/run<N>.json``; run it on a quiet
 machine, twice, and compare the two runs.
@@ -37,7 +38,7 @@ RATIOS = [('slab_vs_twin', 1, 0), ('slab_vs_twin_plain', 3, 2), ('twin_blocked_v
 
 def plain_variant(bench_model):
     """A copy of ``bench_model`` whose backbone always runs inside ``plain_inference()`` (the
-    cache-blocked paths live in the backbone's layers only)."""
+    fast paths live in the backbone's layers only)."""
     from slab_mmdet.models.layers.fast_paths import plain_inference
     model = copy.deepcopy(bench_model.model)
     blocked_forward = model.backbone.forward
@@ -86,7 +87,7 @@ def main(argv=None):
     record = dict(command=command, families={})
     images = resolve_images(None, args.num_images, images_dir=args.images)
     for family in args.families:
-        print(f'\n=== {family}: twin and SLAB fused, cache-blocked and plain ===', flush=True)
+        print(f'\n=== {family}: twin and SLAB fused, fast paths on and off ===', flush=True)
         blocked = []
         for config, fuse in zip(FAMILIES[family], ('none', 'yes')):
             path = osp.join(REPO, config)

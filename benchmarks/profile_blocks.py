@@ -35,7 +35,7 @@ PAIRS = {
 INPUT_HW = (800, 1216)
 # Kernels that do the arithmetic; every other kernel is bound by memory traffic at these sizes
 # (a few flops per element read or written).
-COMPUTE_OPS = ('aten::mm', 'aten::addmm', 'aten::bmm', 'aten::baddbmm', 'aten::mkldnn_convolution',
+COMPUTE_OPS = ('aten::mm', 'aten::addmm', 'aten::addmm_', 'aten::bmm', 'aten::baddbmm', 'aten::mkldnn_convolution',
                'aten::_scaled_dot_product_flash_attention_for_cpu', 'aten::_mkl_linear', 'aten::thnn_conv2d',
                'aten::_nnpack_spatial_convolution', 'aten::_slow_conv2d_forward')
 # Operators that move no data themselves: views, allocations, and composites whose kernels are

@@ -67,6 +67,9 @@ def _check_fast_path_without_grad(x, module, monkeypatch):
     assert fast_path(x, module)
     with torch.autocast('cpu', dtype=torch.bfloat16):
         assert not fast_path(x, module)
+    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
+    assert not fast_path(x, module)
+    monkeypatch.undo()
     monkeypatch.setattr(torch.jit, 'is_tracing', lambda: True)
     assert not fast_path(x, module)
 

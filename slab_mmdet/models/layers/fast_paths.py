@@ -8,7 +8,7 @@ PVT attentions' ``add_to`` in chunks of queries, the window attentions' tiles: a
 thousand tokens at a time, intermediates never leaving the cache, results written in place)
 or laid out so that nothing is transposed (the patch convolutions in channels-last). They
 run only where that is both safe and useful: grad mode off, modules in eval mode, eager
-(not traced for export), on a CPU, outside autocast, and outside :func:`plain_inference`.
+(not traced for export nor compiled), on a CPU, outside autocast, and outside :func:`plain_inference`.
 """
 from contextlib import contextmanager
 
@@ -24,8 +24,10 @@ def fast_path(x, *modules):
     (``torch.no_grad`` / ``torch.inference_mode``, as mmdet's test loop runs), and none of the
     modules in training mode (their dropout, drop-path and batch statistics must be off)."""
     # Grad mode, not x.requires_grad: a block's input may need no gradient while its weights do.
+    # Not under torch.compile either: its compiler fuses the plain code itself, and the
+    # chunk loops would be unrolled into the graph.
     return (_plain_inference_depth == 0 and x.device.type == 'cpu' and not torch.is_grad_enabled()
-            and not exporting_graph() and not torch.is_autocast_enabled('cpu')
+            and not exporting_graph() and not torch.compiler.is_compiling() and not torch.is_autocast_enabled('cpu')
             and not any(m.training for m in modules))
 
 
