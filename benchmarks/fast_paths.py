@@ -75,9 +75,7 @@ def main(argv=None):
         parser.error(f'--run must be >= 1, got {args.run}')
     import torch
     from slab_mmdet.apis import write_json
-    from slab_mmdet.benchmark import (COCO_TEST_SCALE, FIXED_DETECTIONS, benchmark_detectors, load_models,
-                                      resized_test_pipeline_options, resolve_images)
-    from slab_mmdet.benchmark.report import machine_facts, render_markdown, summarize_result, write_report
+    from slab_mmdet.benchmark import coco_test_options, load_models, resolve_images, time_detectors_with_backbones
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -91,13 +89,9 @@ def main(argv=None):
         blocked = []
         for config, fuse in zip(FAMILIES[family], ('none', 'yes')):
             path = osp.join(REPO, config)
-            options = dict(FIXED_DETECTIONS, **resized_test_pipeline_options(path, COCO_TEST_SCALE))
-            blocked += load_models([path], fuse=fuse, cfg_options=options)
+            blocked += load_models([path], fuse=fuse, cfg_options=coco_test_options(path))
         models = blocked + [plain_variant(m) for m in blocked]
-        result = benchmark_detectors(models, images, warmup=args.warmup, breakdown='same-pass', memory=False)
-        summary = summarize_result(result, machine_facts('cpu', command))
-        write_report(summary, run_dir, stem=family)
-        print(render_markdown(summary), flush=True)
+        summary = time_detectors_with_backbones(models, images, args.warmup, command, run_dir, family)
         record['machine'] = summary['machine']
         record['input_hw'] = list(models[0].padded_input_hw(images.paths[0]))
         record['families'][family] = dict(

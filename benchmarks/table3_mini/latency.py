@@ -82,9 +82,8 @@ def main(argv=None):
     if args.run < 1:
         parser.error(f'--run must be >= 1, got {args.run}')
     import torch
-    from slab_mmdet.benchmark import (COCO_TEST_SCALE, FIXED_DETECTIONS, FUSED_SUFFIX, benchmark_detectors, load_models,
-                                      resized_test_pipeline_options, resolve_images)
-    from slab_mmdet.benchmark.report import machine_facts, render_markdown, summarize_result, write_report
+    from slab_mmdet.benchmark import (FUSED_SUFFIX, coco_test_options, load_models, resolve_images,
+                                      time_detectors_with_backbones)
 
     torch.set_num_threads(args.threads)
     checkpoints = {row: trained_checkpoint(args.work_root, row, args.seed)
@@ -100,15 +99,11 @@ def main(argv=None):
         models = []
         for row, fuse in FAMILIES[family]:
             config = ROWS[row][0]
-            options = dict(FIXED_DETECTIONS, **resized_test_pipeline_options(config, COCO_TEST_SCALE))
-            loaded = load_models([config], [checkpoints[row]], fuse=fuse, cfg_options=options)
+            loaded = load_models([config], [checkpoints[row]], fuse=fuse, cfg_options=coco_test_options(config))
             loaded[0].name = row + (FUSED_SUFFIX if loaded[0].fused else '')
             models += loaded
         images = resolve_images(None, args.num_images, images_dir=args.images)
-        result = benchmark_detectors(models, images, warmup=args.warmup, breakdown='same-pass', memory=False)
-        summary = summarize_result(result, machine_facts('cpu', command))
-        write_report(summary, run_dir, stem=family)
-        print(render_markdown(summary), flush=True)
+        summary = time_detectors_with_backbones(models, images, args.warmup, command, run_dir, family)
         record['machine'] = summary['machine']
         record['input_hw'] = list(models[0].padded_input_hw(images.paths[0]))
         record['rows'].update(row_ratios(summary, rows))

@@ -19,9 +19,10 @@ from .measure import (DETECTOR_PARTS, OTHER_PART, PartTimer, check_device, find_
                       summarize_timings, weights_mib)
 from ..apis import inference_pipeline
 from .candidates import (COCO_TEST_SCALE, COMPILE_MODES, FIXED_DETECTIONS, FUSE_MODES, FUSED_SUFFIX, BenchModel,
-                         check_inputs, compile_parts, load_config, load_models, resized_test_pipeline_options)
+                         check_inputs, coco_test_options, compile_parts, load_config, load_models,
+                         resized_test_pipeline_options)
 from .report import machine_facts, plot_summary, render_markdown, summarize_result, write_report
-from .session import run_benchmark
+from .session import run_benchmark, time_detectors_with_backbones
 from .interleave import (BREAKDOWN_MODES, TARGETS, BenchmarkResult, ModelTimings, benchmark_backbones,
                      benchmark_detectors, resolve_breakdown)
 
@@ -29,8 +30,10 @@ __all__ = [
     'BREAKDOWN_MODES', 'COCO_TEST_SCALE', 'COMPILE_MODES', 'DEFAULT_MINI_ROOT', 'DETECTOR_PARTS', 'FIXED_DETECTIONS',
     'FUSED_SUFFIX', 'FUSE_MODES', 'IMAGE_EXTENSIONS', 'OTHER_PART', 'TARGETS', 'BenchModel', 'BenchmarkError',
     'BenchmarkResult', 'FusionRefused', 'ImageSet', 'ModelTimings', 'PartTimer', 'benchmark_backbones',
-    'benchmark_detectors', 'check_device', 'check_inputs', 'compile_parts', 'dataset_signature', 'find_parts',
+    'benchmark_detectors', 'check_device', 'check_inputs', 'coco_test_options', 'compile_parts', 'dataset_signature',
+    'find_parts',
     'inference_pipeline', 'load_config', 'load_models', 'machine_facts', 'memory_probe', 'plot_summary',
     'render_markdown', 'resized_test_pipeline_options', 'resolve_breakdown', 'resolve_images', 'run_benchmark',
-    'select_images', 'summarize_result', 'summarize_timings', 'weights_mib', 'write_report',
+    'select_images', 'summarize_result', 'summarize_timings', 'time_detectors_with_backbones', 'weights_mib',
+    'write_report',
 ]

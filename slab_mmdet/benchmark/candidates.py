@@ -82,6 +82,12 @@ def resized_test_pipeline_options(config, scale):
     return {'test_dataloader.dataset.pipeline': pipeline}
 
 
+def coco_test_options(config):
+    """cfg_options for comparing whole detectors at COCO test size: the test Resize to
+    :data:`COCO_TEST_SCALE` and :data:`FIXED_DETECTIONS` (the same head work in every model)."""
+    return dict(FIXED_DETECTIONS, **resized_test_pipeline_options(config, COCO_TEST_SCALE))
+
+
 def finish_random_prepbn(model):
     """Put every PRepBN of a randomly initialised `model` in the state a finished training
     leaves it in; returns how many there were.

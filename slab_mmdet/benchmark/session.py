@@ -9,7 +9,7 @@ from .errors import BenchmarkError
 from .images import dataset_signature, resolve_images
 from .measure import check_device
 from .candidates import check_compile_mode, check_inputs, load_config, load_models
-from .report import machine_facts, summarize_result, write_report
+from .report import machine_facts, render_markdown, summarize_result, write_report
 from .twin import write_twin_config
 from .interleave import TARGETS, benchmark_backbones, benchmark_detectors, resolve_breakdown
 
@@ -78,3 +78,14 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
     summary = summarize_result(result, machine_facts(device, command))
     paths = write_report(summary, out_dir) if out_dir else {}
     return summary, paths
+
+
+def time_detectors_with_backbones(models, images, warmup, command, out_dir, stem):
+    """Whole detectors timed interleaved with each backbone's time in the same pass (no
+    memory pass), the report written to ``out_dir/stem.{md,json,png}`` and printed. Returns
+    the summary (:func:`~.report.summarize_result`)."""
+    result = benchmark_detectors(models, images, warmup=warmup, breakdown='same-pass', memory=False)
+    summary = summarize_result(result, machine_facts('cpu', command))
+    write_report(summary, out_dir, stem=stem)
+    print(render_markdown(summary), flush=True)
+    return summary

@@ -97,3 +97,15 @@ def test_compile_replaces_backbone_and_neck_of_every_variant(monkeypatch):
     with pytest.raises(BenchmarkError, match="compile mode 'reduce-overhead' is not valid; valid: default, "
                                              "max-autotune-no-cudagraphs"):
         load_models([MASK_RCNN], compile_mode='reduce-overhead', log=None)
+
+
+def test_coco_test_options_fix_the_detections_and_resize_to_the_coco_test_scale():
+    from mmdet.utils import get_test_pipeline_cfg
+
+    from slab_mmdet.benchmark import COCO_TEST_SCALE, FIXED_DETECTIONS, coco_test_options, load_config
+    options = coco_test_options(MASK_RCNN)
+    cfg = load_config(MASK_RCNN, options)
+    resizes = [step for step in get_test_pipeline_cfg(cfg) if step['type'] == 'Resize']
+    assert [tuple(step['scale']) for step in resizes] == [COCO_TEST_SCALE]
+    assert cfg.model.test_cfg.rcnn.score_thr == 0.0 and cfg.model.test_cfg.rcnn.max_per_img == 100
+    assert options['model'] == FIXED_DETECTIONS['model']
