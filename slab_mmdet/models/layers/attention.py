@@ -232,42 +232,30 @@ class SpatialReductionLinearAttention(SpatialReductionAttentionBase):
     def key_context(self, x, hw_shape):
         """(the conv on V as (B, N, C) tokens, k^T v and sum_j k_j per head)."""
         if fast_path(x, self):
-            v, sums = self.values_and_sums_in_chunks(*self.kv_source(x, hw_shape))
+            source, kv_hw = self.kv_source(x, hw_shape)
+            (k_weight, k_bias), v_half = self.kv_halves()
+            k = self.positioned_keys(source, kv_hw, k_weight, k_bias)
+            v = F.linear(source, *v_half)
         else:
             k, v, kv_hw = self.keys_values(x, hw_shape)
             k = F.relu(k + resize_pos_table(self.positional_encoding, self.pos_grid, kv_hw), inplace=True)
-            with torch.autocast(device_type=x.device.type, enabled=False):
-                sums = linear_attention_sums(*at_least_fp32(*(split_heads(t, self.num_heads) for t in (k, v))))
         grid_values = v
         if self.sr_ratio > 1:
             grid_values = F.interpolate(v.transpose(1, 2), size=hw_shape[0] * hw_shape[1], mode='linear',
                                         align_corners=False).transpose(1, 2)
         conv = self.value_conv(grid_values, hw_shape, self.num_heads)                   # (B, N, C), contiguous
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            sums = linear_attention_sums(*at_least_fp32(*(split_heads(t, self.num_heads) for t in (k, v))))
         return conv, sums
 
-    def values_and_sums_in_chunks(self, source, kv_hw):
-        """Inference: v (B, M, C) and SLA's sums over the keys, the keys made and summed a chunk
-        of :data:`ATTENTION_CHUNK_TOKENS` at a time, in cache: each chunk of the resized
-        positional table (the k bias added before the resize: bilinear weights sum to one)
-        takes its product with the source and the ReLU, goes into k^T v and sum_j k_j with its
-        chunk of v, and is never read again; no (M, C) tensor of keys is written back."""
-        (k_weight, k_bias), (v_weight, v_bias) = self.kv_halves()
-        table = self.positional_encoding.clone() if k_bias is None else self.positional_encoding + k_bias
-        keys = resize_pos_table(table, self.pos_grid, kv_hw)                       # (1, M, C)
-        b, m, c = source.shape
-        v = source.new_empty(b, m, c)
-        heads, d = self.num_heads, c // self.num_heads
-        dtype = torch.promote_types(source.dtype, torch.float32)
-        kv, k_sum = source.new_zeros(b, heads, d, d, dtype=dtype), source.new_zeros(b, heads, d, 1, dtype=dtype)
-        for start in range(0, m, ATTENTION_CHUNK_TOKENS):
-            rows = slice(start, start + ATTENTION_CHUNK_TOKENS)
-            k = F.relu(torch.matmul(source[:, rows], k_weight.t()).add_(keys[:, rows]), inplace=True)
-            v_rows = F.linear(source[:, rows], v_weight, v_bias)
-            v[:, rows] = v_rows
-            chunk_kv, chunk_sum = linear_attention_sums(*at_least_fp32(*(split_heads(t, heads) for t in (k, v_rows))))
-            kv.add_(chunk_kv)
-            k_sum.add_(chunk_sum)
-        return v, (kv, k_sum)
+    def positioned_keys(self, source, kv_hw, weight, bias):
+        """Inference: ``relu(source @ weight^T + bias + positional encoding)`` in three passes over
+        the keys instead of five: the resized positional table, with the bias added before the
+        resize (bilinear weights sum to one), is the buffer the product accumulates into."""
+        table = self.positional_encoding.clone() if bias is None else self.positional_encoding + bias
+        k = resize_pos_table(table, self.pos_grid, kv_hw).expand(source.shape[0], -1, -1).contiguous()
+        k.view(-1, k.shape[-1]).addmm_(source.reshape(-1, source.shape[-1]), weight.t())
+        return k.relu_()
 
     def attend_queries(self, x, context, rows=slice(None)):
         conv, sums = context
