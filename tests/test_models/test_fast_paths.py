@@ -47,31 +47,24 @@ def test_fast_path_only_in_eager_cpu_inference(monkeypatch):
     module = nn.Linear(2, 2).eval()
     x = torch.randn(3, 2)
     assert not fast_path(x, module)           # grad mode on: autograd may record anything after x
-    torch.set_grad_enabled(False)                 # (conftest-free: restored at the end)
-    try:
-        _check_fast_path_without_grad(x, module, monkeypatch)
-    finally:
-        torch.set_grad_enabled(True)
-
-
-def _check_fast_path_without_grad(x, module, monkeypatch):
-    assert fast_path(x, module)
-    with torch.inference_mode():
+    with torch.no_grad():
         assert fast_path(x, module)
-    assert not fast_path(x, module.train())
-    module.eval()
-    with plain_inference():
+        with torch.inference_mode():
+            assert fast_path(x, module)
+        assert not fast_path(x, module.train())
+        module.eval()
         with plain_inference():
+            with plain_inference():
+                assert not fast_path(x, module)
             assert not fast_path(x, module)
+        assert fast_path(x, module)
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert not fast_path(x, module)
+        monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
         assert not fast_path(x, module)
-    assert fast_path(x, module)
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+        monkeypatch.undo()
+        monkeypatch.setattr(torch.jit, 'is_tracing', lambda: True)
         assert not fast_path(x, module)
-    monkeypatch.setattr(torch.compiler, 'is_compiling', lambda: True)
-    assert not fast_path(x, module)
-    monkeypatch.undo()
-    monkeypatch.setattr(torch.jit, 'is_tracing', lambda: True)
-    assert not fast_path(x, module)
 
 
 @torch.no_grad()

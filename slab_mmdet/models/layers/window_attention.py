@@ -102,16 +102,18 @@ class WindowAttentionBase(BaseModule):
     def input_layers(self):
         return [self.qkv]
 
-    def forward(self, x, shift=0):
-        """x: (B, H, W, C) -> (B, H, W, C); windows shifted by ``shift``."""
-        if exporting_graph():
-            return self._forward_traced(x, shift)
+    def forward(self, x, shift=0, residual=None):
+        """x: (B, H, W, C) -> (B, H, W, C); windows shifted by ``shift``; plus ``residual``
+        (B, H, W, C) when given (on the fast path added tile by tile)."""
         if fast_path(x, self):
-            return self._forward_in_tiles(x, shift)
-        b, h, w, c = x.shape
-        qkv = self.qkv(x.reshape(-1, c)).view(b, h, w, 3 * c)          # on the real tokens only
-        out = self._attend_in_bands(qkv, h, w, shift)
-        return self.proj_drop(self.proj(out.reshape(-1, c)).view(b, h, w, c))
+            return self._forward_in_tiles(x, shift, residual)
+        if exporting_graph():
+            out = self._forward_traced(x, shift)
+        else:
+            b, h, w, c = x.shape
+            qkv = self.qkv(x.reshape(-1, c)).view(b, h, w, 3 * c)          # on the real tokens only
+            out = self.proj_drop(self.proj(self._attend_in_bands(qkv, h, w, shift).reshape(-1, c)).view(b, h, w, c))
+        return out if residual is None else residual + out
 
     def _forward_in_tiles(self, x, shift, residual=None):
         """Inference: projections and attention one tile of whole windows at a time
@@ -373,16 +375,11 @@ class ShiftedWindowAttention(BaseModule):
     def add_to(self, x, hw_shape, residual):
         """``residual + self(x, hw_shape)`` as a new tensor; on the fast path the
         residual is added tile by tile as each tile's output is written."""
-        if not fast_path(x, self):
-            return residual + self(x, hw_shape)
-        b, n, c = x.shape
-        h, w = hw_shape
-        shift = self.shift_size if (h > self.window_size or w > self.window_size) else 0
-        return self.window_attn._forward_in_tiles(x.view(b, h, w, c), shift,
-                                                  residual.view(b, h, w, c)).view(b, n, c)
+        return self.forward(x, hw_shape, residual)
 
-    def forward(self, x, hw_shape):
+    def forward(self, x, hw_shape, residual=None):
         b, n, c = x.shape
         h, w = hw_shape
         shift = self.shift_size if (h > self.window_size or w > self.window_size) else 0
-        return self.window_attn(x.view(b, h, w, c), shift).reshape(b, n, c)
+        grid_residual = None if residual is None else residual.view(b, h, w, c)
+        return self.window_attn(x.view(b, h, w, c), shift, grid_residual).reshape(b, n, c)
