@@ -60,6 +60,14 @@ def test_fused_graph_holds_no_normalisation_node(exported):
     assert 'BatchNormalization' in norm_nodes(read_graph(unfused_path))
 
 
+def test_graph_sums_no_tokens_with_reduce_sum(exported):
+    """SLA's sum over all keys is traced as a product with a column of ones: ONNX Runtime's
+    ReduceSum over the token axis is ~10x slower (docs/benchmarks.md, ONNX Runtime)."""
+    _, _, _, path, _ = exported
+    ops = [node.op_type for node in read_graph(path).graph.node]
+    assert 'MatMul' in ops and 'ReduceSum' not in ops
+
+
 def sla_token_counts(model, hw):
     """Token counts of the SLA stages of a SLAB backbone at input ``hw``, for a
     token-by-token product to be recognised by: each window's tokens (Swin) or the

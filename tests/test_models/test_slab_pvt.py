@@ -154,3 +154,21 @@ def test_reduced_sla_values_are_resized_along_the_token_sequence():
     expected = F.interpolate(v.transpose(1, 2), size=hw[0] * hw[1], mode='linear', align_corners=False)
     expected = expected.transpose(1, 2)                                 # (B, H*W, C)
     torch.testing.assert_close(seen['conv_in'], expected)
+
+
+@pytest.mark.parametrize('num_heads, sr_ratio', [(1, 1), (2, 1), (2, 2)])
+def test_sla_traced_formulation_equals_the_eager_one(num_heads, sr_ratio, monkeypatch):
+    """What an export traces (keys summed by a product with ones, k and v from the halves of
+    the kv weight, the bias in the positional table, the conv added after merging the heads)
+    is the eager arithmetic, in float64, for one head and several."""
+    from slab_mmdet.models.layers import attention
+    torch.manual_seed(0)
+    attn = SpatialReductionLinearAttention(8, num_heads, pos_grid=(3, 4), sr_ratio=sr_ratio).double().eval()
+    with torch.no_grad():
+        attn.positional_encoding.normal_()
+    hw = (10, 12)
+    x = torch.randn(2, hw[0] * hw[1], 8, dtype=torch.float64)
+    eager = attn(x, hw)
+    monkeypatch.setattr(attention, 'exporting_graph', lambda: True)
+    traced_formulation = attn(x, hw)
+    torch.testing.assert_close(traced_formulation, eager, rtol=1e-12, atol=1e-12)
