@@ -311,7 +311,8 @@ class WindowLinearAttention(WindowAttentionBase):
     def _attend_traced(self, qkv, h, w, shift):
         """The same for ONNX, in one window grid whatever the size (the number of bands
         depends on it): the map padded by ``ws - shift`` at the top/left, whose regular
-        windows are the shifted windows; K and V always zeroed on the padding."""
+        windows are the shifted windows; V zeroed on the padding, and the keys there left out
+        of their sum by a mask column (multiplying K by the mask would be one more pass)."""
         ws = self.window_size
         offset = ws - shift if shift else 0
         qkv = F.pad(qkv, (0, 0, offset, 0, offset, 0))
@@ -336,15 +337,17 @@ class WindowLinearAttention(WindowAttentionBase):
         in_place = not (qkv.requires_grad or exporting_graph())
         q = F.relu(q, inplace=in_place)
         k = F.relu(k.add_(pos) if in_place else k + pos, inplace=True)
-        if real is not None:
-            real = real.reshape(r // wh, wh, s // ww, ww).transpose(1, 2).reshape(1, -1, 1, wh * ww, 1).to(k.dtype)
-            k, v = ((t.view((b, -1) + t.shape[1:]) * real).flatten(0, 1) for t in (k, v))
+        key_mask = None
+        if real is not None:   # (B*nW, 1, N, 1): 0 on padding
+            key_mask = real.reshape(r // wh, wh, s // ww, ww).transpose(1, 2).reshape(1, -1, 1, wh * ww, 1)
+            key_mask = key_mask.to(k.dtype).expand(b, -1, -1, -1, -1).flatten(0, 1)
+            v = v * key_mask
         # Token-major for the conv (one copy of V), which torch.export must be told of by
         # contiguous() (a reshape would not prove it).
         out = self.value_conv(v.transpose(1, 2).contiguous().flatten(2), (wh, ww), heads)  # (B*nW, N, C)
         out = out.view(out.shape[0], wh * ww, heads, d).transpose(1, 2)       # (B*nW, heads, N, d)
         with torch.autocast(device_type=qkv.device.type, enabled=False):
-            return normalised_linear_attention(*at_least_fp32(q, k, v), residual=out)
+            return normalised_linear_attention(*at_least_fp32(q, k, v), residual=out, key_mask=key_mask)
 
 
 class ShiftedWindowAttention(BaseModule):
