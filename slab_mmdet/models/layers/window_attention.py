@@ -303,24 +303,24 @@ class WindowLinearAttention(WindowAttentionBase):
         self.value_conv = ValueDWConv(embed_dims // num_heads, kernel_size)
 
     def _forward_traced(self, x, shift):
-        b, h, w, c = x.shape
-        qkv = self.qkv(x.reshape(-1, c)).view(b, h, w, 3 * c)          # on the real tokens only
-        out = self._attend_traced(qkv, h, w, shift)
-        return self.proj_drop(self.proj(out.reshape(-1, c)).view(b, h, w, c))
-
-    def _attend_traced(self, qkv, h, w, shift):
-        """The same for ONNX, in one window grid whatever the size (the number of bands
-        depends on it): the map padded by ``ws - shift`` at the top/left, whose regular
-        windows are the shifted windows; V zeroed on the padding, and the keys there left out
+        """For ONNX, in one window grid whatever the size (the number of bands depends on it):
+        the map padded by ``ws - shift`` at the top/left, whose regular windows are the shifted
+        windows, and to window multiples; V zeroed on the padding, and the keys there left out
         of their sum by a mask column (multiplying K by the mask would be one more pass)."""
+        b, h, w, c = x.shape
         ws = self.window_size
         offset = ws - shift if shift else 0
-        qkv = F.pad(qkv, (0, 0, offset, 0, offset, 0))
-        qkv, _ = pad_to_multiple(qkv, ws)
-        b, r, s, c3 = qkv.shape
+        if offset:
+            # On the input's C channels rather than on qkv's 3C (a third of the copy): the
+            # projection of these zero rows is the bias, masked as padding is.
+            x = F.pad(x, (0, 0, offset, 0, offset, 0))
+        # The projections on the 4-D map, not on (B*H*W, C) rows: ONNX Runtime turns a 2-D
+        # MatMul + Add into a Gemm that runs ~1.6x slower on this CPU (docs/benchmarks.md).
+        qkv, _ = pad_to_multiple(self.qkv(x), ws)
+        r, s = qkv.shape[1], qkv.shape[2]
         real = real_tokens((r, s), (h, w), offset, qkv.device)
-        out = from_windows(self._attend(qkv, (ws, ws), (0, 0), real), (b, r, s), (ws, ws)).reshape(b, r, s, c3 // 3)
-        return out[:, offset:offset + h, offset:offset + w, :]
+        out = from_windows(self._attend(qkv, (ws, ws), (0, 0), real), (b, r, s), (ws, ws)).reshape(b, r, s, c)
+        return self.proj_drop(self.proj(out[:, offset:offset + h, offset:offset + w, :]))
 
     def _attend(self, qkv, window, first, real=None):
         """SLA in the (wh, ww) windows tiling ``qkv`` (B, R, S, 3C), whose positions start at
