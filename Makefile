@@ -3,10 +3,15 @@
 PY := .venv/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup test lint demo mini-coco clean
+.PHONY: setup setup-openvino test lint demo mini-coco clean
 
 setup:
 	@bash tools/setup_env.sh
+
+# The optional OpenVINO extra (requirements/openvino.lock); its tests skip where it is absent.
+setup-openvino: setup
+	$(PY) -m pip install --disable-pip-version-check -q -r requirements/openvino.lock
+	$(PY) -c "import openvino; print('[setup] OpenVINO', openvino.get_version())"
 
 test: setup
 	$(PY) -m pytest $(PYTEST_ARGS)

@@ -99,6 +99,23 @@ def _instances(outputs, names):
     return instances
 
 
+def runtime_output_differences(want, got, output_names, input_hw, score_tolerance=1e-4):
+    """How far two runtimes' outputs of one exported graph are apart (``want``, ``got``: numpy
+    arrays in the graph's output order): a whole-detector graph (an output named ``boxes``) by
+    :func:`compare_detections`, within ``score_tolerance`` for tied scores; a feature graph by
+    :func:`compare_features`. Returns ``(equivalent_within, diff)``: a function of a tolerance,
+    and the diff (a dict for detections, the relative difference for features)."""
+    if len(want) != len(got):
+        raise AssertionError(f'the runtimes gave {len(want)} and {len(got)} outputs')
+    if 'boxes' in output_names:
+        diff = compare_detections(_instances([torch.from_numpy(w) for w in want], output_names),
+                                  _instances([torch.from_numpy(g) for g in got], output_names), input_hw,
+                                  score_tolerance=score_tolerance)
+        return (lambda tolerance: detections_equivalent(diff, tolerance)), diff
+    diff = compare_features(tuple(torch.from_numpy(w) for w in want), tuple(torch.from_numpy(g) for g in got))
+    return (lambda tolerance: diff <= tolerance), diff
+
+
 def onnx_detection_differences(graph_module, runner, inputs, tolerance, logger=print):
     """ONNX Runtime (``runner``, an :class:`~.onnx_detector.OnnxDetector`) against PyTorch (the
     same :class:`~.detector_graph.DetectorGraph`) on each of ``inputs`` (:func:`check_images`),
