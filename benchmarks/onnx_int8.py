@@ -9,6 +9,11 @@ activations calibrated on --num-calib mini COCO train images through the config'
 pipeline); the heads and post-processing stay in float. Timings interleave every variant of
 every model image by image (the order reversed every other round); ratios are of medians.
 
+With --openvino (the optional extra) the same float graphs also run in OpenVINO (f32), and
+OpenVINO's own int8 (NNCF, slab_mmdet.deploy.openvino_runtime.quantize_with_openvino, the
+same calibration images and parts) is evaluated and timed beside them; --no-eager leaves the
+PyTorch variant out (memory).
+
     python benchmarks/onnx_int8.py --threads 2 --rounds 4 --images 3 \\
         slab_pvt_t=configs/mini/mask_rcnn_slab_pvt_t.py:work_dirs/demo/train/epoch_5.pth \\
         pvt_t_twin=configs/mini/mask_rcnn_pvt_t_twin.py:work_dirs/pvt_t_twin/epoch_5.pth
@@ -53,6 +58,11 @@ def prepare(name, config, checkpoint, args, log):
         paths[f'{kind}_int8'] = osp.join(out, f'{kind}.int8.onnx')
         reports[kind] = quantize_graph(paths[f'{kind}_float'], paths[f'{kind}_int8'], config, calib, options,
                                        method=args.method, op_types=args.ops, logger=log)
+        if args.openvino:
+            from slab_mmdet.deploy.openvino_runtime import quantize_with_openvino
+            paths[f'{kind}_ov_int8'] = osp.join(out, f'{kind}.nncf_int8.xml')
+            reports[f'{kind}_openvino'] = quantize_with_openvino(paths[f'{kind}_float'], paths[f'{kind}_ov_int8'],
+                                                                 config, calib, options, logger=log)
     return paths, reports
 
 
@@ -61,10 +71,15 @@ def accuracy(config, paths, args, log):
     options = {'test_dataloader.dataset.data_root': args.data_root.rstrip('/') + '/',
                'test_evaluator.ann_file': osp.join(args.data_root, 'annotations', 'instances_val.json')}
     result = {}
-    for kind in ('float', 'int8'):
-        metrics, _ = evaluate_onnx_detector(config, paths[f'detector_{kind}'], options, args.threads, log=None)
+    variants = [('float', {}), ('int8', {})]
+    if args.openvino:
+        variants += [('OpenVINO float', dict(runtime='openvino')),
+                     ('OpenVINO int8', dict(runtime='openvino', openvino_ir=paths['detector_ov_int8']))]
+    for kind, how in variants:
+        graph = paths['detector_int8' if kind == 'int8' else 'detector_float']
+        metrics, _ = evaluate_onnx_detector(config, graph, options, args.threads, log=None, **how)
         result[kind] = {k.split('/')[-1]: metrics[k] for k in ('coco/bbox_mAP', 'coco/segm_mAP')}
-        log(f'[int8] {paths[f"detector_{kind}"]}: {result[kind]}')
+        log(f'[int8] {kind}: {how.get("openvino_ir", graph)}: {result[kind]}')
     return result
 
 
@@ -92,7 +107,8 @@ def latency(models, args, log):
         def eager(i, model=model, feeds=feeds, samples=samples):
             with torch.no_grad():
                 model.predict(torch.from_numpy(feeds[i][0]), [samples[i]], rescale=True)
-        runs.append((name, 'PyTorch eager', eager))
+        if not args.no_eager:
+            runs.append((name, 'PyTorch eager', eager))
         for kind in ('float', 'int8'):
             detector = OnnxDetector(paths[f'detector_{kind}'], args.threads)
             runs.append((name, f'ORT {kind}', lambda i, d=detector, f=feeds: d.run(*f[i])))
@@ -100,6 +116,15 @@ def latency(models, args, log):
             session = onnx_session(paths[f'features_{kind}'], args.threads)
             runs.append((name, f'ORT backbone+neck {kind}',
                          lambda i, s=session, f=feeds: s.run(None, {'images': f[i][0]})))
+        if args.openvino:
+            from slab_mmdet.deploy.openvino_runtime import OpenVinoGraph
+            for kind, ir in (('float', None), ('int8', paths['detector_ov_int8'])):
+                detector = OnnxDetector(paths['detector_float'], args.threads, 'openvino', ir)
+                runs.append((name, f'OV {kind}', lambda i, d=detector, f=feeds: d.run(*f[i])))
+            for kind, graph in (('float', paths['features_float']), ('int8', paths['features_ov_int8'])):
+                compiled = OpenVinoGraph(graph, threads=args.threads)
+                runs.append((name, f'OV backbone+neck {kind}',
+                             lambda i, c=compiled, f=feeds: c.run({'images': f[i][0]})))
         log(f'[int8] {name}: inputs {[tuple(x.shape[2:]) for x, _ in feeds]}')
     for _, _, run in runs:   # warm-up
         run(0)
@@ -115,15 +140,17 @@ def latency(models, args, log):
               for (m, v), t in times.items()}
     # Paired ratios: the same image in the same round, run side by side.
     for m in dict.fromkeys(m for m, _, _ in runs):
-        for part in ('', 'backbone+neck '):
-            ratios = np.array(times[(m, f'ORT {part}int8')]) / np.array(times[(m, f'ORT {part}float')])
-            result[f'{m} | int8/float {part or "whole "}(paired)'] = dict(
-                median=float(np.median(ratios)), p10=float(np.percentile(ratios, 10)),
-                p90=float(np.percentile(ratios, 90)), n=len(ratios))
-        ratios = np.array(times[(m, 'ORT float')]) / np.array(times[(m, 'PyTorch eager')])
-        result[f'{m} | ORT float/eager (paired)'] = dict(median=float(np.median(ratios)),
-                                                          p10=float(np.percentile(ratios, 10)),
-                                                          p90=float(np.percentile(ratios, 90)), n=len(ratios))
+        pairs = [(f'{rt} {part}int8', f'{rt} {part}float', f'{rt} int8/float {part or "whole "}(paired)')
+                 for rt in (('ORT', 'OV') if args.openvino else ('ORT',)) for part in ('', 'backbone+neck ')]
+        if args.openvino:
+            pairs += [(f'OV {part}int8', f'ORT {part}float', f'OV int8 / ORT float {part or "whole "}(paired)')
+                      for part in ('', 'backbone+neck ')]
+        if not args.no_eager:
+            pairs.append(('ORT float', 'PyTorch eager', 'ORT float/eager (paired)'))
+        for numerator, denominator, label in pairs:
+            ratios = np.array(times[(m, numerator)]) / np.array(times[(m, denominator)])
+            result[f'{m} | {label}'] = dict(median=float(np.median(ratios)), p10=float(np.percentile(ratios, 10)),
+                                            p90=float(np.percentile(ratios, 90)), n=len(ratios))
     return result
 
 
@@ -139,6 +166,9 @@ def main(argv=None):
     parser.add_argument('--images', type=int, default=3, help='timed images at COCO resolution')
     parser.add_argument('--rounds', type=int, default=4)
     parser.add_argument('--skip-accuracy', action='store_true')
+    parser.add_argument('--openvino', action='store_true',
+                        help='also OpenVINO: the float graphs and NNCF int8 (the optional extra)')
+    parser.add_argument('--no-eager', action='store_true', help='leave PyTorch eager out of the timings')
     parser.add_argument('--out-dir', default=osp.join(REPO, 'work_dirs', 'benchmarks', 'onnx_int8'))
     args = parser.parse_args(argv)
     if args.ops is None:
@@ -148,6 +178,12 @@ def main(argv=None):
         args.ops = [op for op in args.ops.split(',') if op]
     if min(args.num_calib, args.threads, args.images, args.rounds) < 1:
         parser.error('--num-calib, --threads, --images and --rounds must be >= 1')
+    if args.openvino:
+        from slab_mmdet.deploy.openvino_runtime import import_nncf, import_openvino
+        try:
+            import_openvino(), import_nncf()
+        except ImportError as e:
+            parser.error(f'--openvino: {e}')
     import torch
     torch.set_num_threads(args.threads)
     log = print

@@ -14,7 +14,9 @@ from mmengine.structures import InstanceData
 
 from .. import apis
 from .detector_graph import DETECTOR_INPUTS
-from .graph import onnx_session
+from .graph import onnx_session, read_graph
+
+RUNTIMES = ('onnxruntime', 'openvino')
 
 
 class NotADetectorGraph(ValueError):
@@ -22,23 +24,41 @@ class NotADetectorGraph(ValueError):
 
 
 class OnnxDetector:
-    """An exported detector graph in an ONNX Runtime CPU session.
+    """An exported detector graph run on the CPU by ONNX Runtime (default) or OpenVINO.
 
     Args:
-        path (str): The .onnx file (``tools/export_onnx.py ... --detector``).
-        threads (int | None): ONNX Runtime intra-op threads (None: its default).
+        path (str): The .onnx file (``tools/export_onnx.py ... --detector``); its inputs,
+            outputs and metadata are read from it whatever the runtime.
+        threads (int | None): Threads of the runtime (None: its default).
+        runtime (str): 'onnxruntime' or 'openvino' (the optional extra, f32).
+        openvino_ir (str | None): With 'openvino', an OpenVINO IR (.xml) of this graph to run
+            instead of the .onnx, e.g. its int8 version from
+            :func:`~.openvino_runtime.quantize_with_openvino`.
 
     Raises:
         NotADetectorGraph: the file's inputs and outputs are not a detector graph's
             (e.g. a backbone + neck export); the message says what it has.
     """
 
-    def __init__(self, path, threads=None):
-        self.path = path
-        self.session = onnx_session(path, threads)
-        inputs = [i.name for i in self.session.get_inputs()]
-        outputs = [o.name for o in self.session.get_outputs()]
-        meta = self.session.get_modelmeta().custom_metadata_map
+    def __init__(self, path, threads=None, runtime='onnxruntime', openvino_ir=None):
+        if runtime not in RUNTIMES:
+            raise ValueError(f'runtime {runtime!r}: expected one of {RUNTIMES}')
+        if openvino_ir is not None and runtime != 'openvino':
+            raise ValueError(f'openvino_ir {openvino_ir!r} is run by OpenVINO: pass runtime=\'openvino\'')
+        self.path, self.runtime = path, runtime
+        if runtime == 'onnxruntime':
+            self.session = onnx_session(path, threads)
+            inputs = [i.name for i in self.session.get_inputs()]
+            outputs = [o.name for o in self.session.get_outputs()]
+            meta = self.session.get_modelmeta().custom_metadata_map
+            self._run = lambda feed: self.session.run(None, feed)
+        else:
+            from .openvino_runtime import OpenVinoGraph
+            model = read_graph(path)
+            initializers = {t.name for t in model.graph.initializer}
+            inputs = [i.name for i in model.graph.input if i.name not in initializers]
+            outputs = [o.name for o in model.graph.output]
+            meta = {prop.key: prop.value for prop in model.metadata_props}
         if meta.get('slab_mmdet.kind') != 'detector' or tuple(inputs) != DETECTOR_INPUTS \
                 or outputs[:3] != ['boxes', 'scores', 'labels']:
             raise NotADetectorGraph(
@@ -46,6 +66,9 @@ class OnnxDetector:
                 f"{' ...' if len(outputs) > 6 else ''}; a detector graph takes {list(DETECTOR_INPUTS)} and returns "
                 f'boxes, scores, labels (and masks). Export one with tools/export_onnx.py CONFIG CHECKPOINT --out '
                 f'FILE --detector (a graph without --detector holds the backbone and neck only).')
+        if runtime == 'openvino':
+            compiled = OpenVinoGraph(openvino_ir or path, threads=threads)
+            self._run = compiled.run
         self.output_names = outputs
         self.with_mask = 'masks' in outputs
         self.min_input_size = int(meta.get('slab_mmdet.min_input_size', 32))
@@ -80,7 +103,7 @@ class OnnxDetector:
         (``boxes`` in input pixels, ``scores``, ``labels``, ``masks`` 28x28 probabilities)."""
         images = np.ascontiguousarray(images, dtype=np.float32)
         self.check_input(images, image_shape)
-        outputs = self.session.run(None, {'images': images, 'image_shape': np.asarray(image_shape, dtype=np.int64)})
+        outputs = self._run({'images': images, 'image_shape': np.asarray(image_shape, dtype=np.int64)})
         return dict(zip(self.output_names, outputs))
 
 
@@ -143,13 +166,14 @@ class Preprocessor:
         return data['inputs'].numpy(), data['data_samples'][0]
 
 
-def evaluate_onnx_detector(config, onnx_path, cfg_options=None, threads=None, max_images=None, log=print):
+def evaluate_onnx_detector(config, onnx_path, cfg_options=None, threads=None, max_images=None, log=print,
+                           runtime='onnxruntime', openvino_ir=None):
     """Evaluate the detector graph ``onnx_path`` on ``config``'s test set with the config's
     test evaluator (mmdet's CocoMetric for COCO): each image goes through the config's test
-    pipeline and data preprocessor (:class:`Preprocessor`), the graph runs in ONNX Runtime,
-    the detections are mapped back and evaluated. Returns ``(metrics, per-image seconds
-    of the graph)``."""
-    detector = OnnxDetector(onnx_path, threads)
+    pipeline and data preprocessor (:class:`Preprocessor`), the graph runs in ``runtime``
+    (:class:`OnnxDetector`), the detections are mapped back and evaluated. Returns
+    ``(metrics, per-image seconds of the graph)``."""
+    detector = OnnxDetector(onnx_path, threads, runtime, openvino_ir)
     preprocess = Preprocessor(config, cfg_options)
     cfg = preprocess.cfg
     dataset = DATASETS.build(cfg.test_dataloader.dataset)
@@ -170,12 +194,13 @@ def evaluate_onnx_detector(config, onnx_path, cfg_options=None, threads=None, ma
         for metric in metrics:
             metric.process({}, [sample.to_dict()])
         if log and ((i + 1) % every == 0 or i + 1 == count):
-            log(f'[test_onnx] {i + 1}/{count} images, {np.mean(times) * 1e3:.0f} ms per image in ONNX Runtime')
+            where = 'ONNX Runtime' if runtime == 'onnxruntime' else 'OpenVINO'
+            log(f'[test_onnx] {i + 1}/{count} images, {np.mean(times) * 1e3:.0f} ms per image in {where}')
     results = {}
     for metric in metrics:
         results.update(metric.evaluate(count))
     return results, times
 
 
-__all__ = ['NotADetectorGraph', 'OnnxDetector', 'Preprocessor', 'evaluate_onnx_detector', 'paste_masks',
+__all__ = ['RUNTIMES', 'NotADetectorGraph', 'OnnxDetector', 'Preprocessor', 'evaluate_onnx_detector', 'paste_masks',
            'to_instances']
