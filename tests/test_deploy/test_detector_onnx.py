@@ -193,3 +193,15 @@ def test_onnx_runtime_gives_the_eager_map_of_a_trained_detector(mini_coco, tmp_p
         assert f'{key}: ' in onnx_run.stdout   # printed as mmdet prints its metrics
         assert eager[key] > 0.05, (key, eager[key])   # it detects: the comparison means something
         assert abs(onnx_metrics[key] - eager[key]) <= 0.005, (key, onnx_metrics[key], eager[key])
+    try:
+        import openvino  # noqa: F401  (the optional extra)
+    except ImportError:
+        return
+    openvino_run = run_python(['tools/test_onnx.py', config, out, '--openvino', '--out', str(tmp_path / 'ov.json')],
+                              timeout=600)
+    assert openvino_run.returncode == 0, openvino_run.stderr[-2000:]
+    assert 'openvino: ' in openvino_run.stdout
+    with open(tmp_path / 'ov.json') as f:
+        openvino_metrics = json.load(f)['metrics']
+    for key in ('coco/bbox_mAP', 'coco/segm_mAP'):
+        assert abs(openvino_metrics[key] - eager[key]) <= 0.005, (key, openvino_metrics[key], eager[key])

@@ -66,3 +66,18 @@ def test_bad_input_is_refused_naming_it(float_graph, mini_coco, tmp_path, capsys
     with pytest.raises(SystemExit):
         _main([CONFIG, float_graph, '--calib', str(empty), '--out', out, '--method', 'max'])
     assert "invalid choice: 'max'" in capsys.readouterr().err
+
+
+def test_openvino_quantisation_writes_an_ir_and_refuses_what_does_not_apply(float_graph, mini_coco, tmp_path, capsys):
+    pytest.importorskip('nncf', reason='NNCF is part of the optional OpenVINO extra: make setup-openvino')
+    out = str(tmp_path / 'features.int8.xml')
+    assert _main([CONFIG, float_graph, '--calib', f'{mini_coco}/val', '--num-images', '2', '--openvino',
+                  '--out', out]) == 0
+    assert f'[int8] ok: {out}: ' in capsys.readouterr().out
+    assert os.path.isfile(out) and os.path.isfile(out[:-4] + '.bin')
+    cases = [(['--out', str(tmp_path / 'x.onnx')], 'must name a .xml file with --openvino'),
+             (['--out', str(tmp_path / 'y.xml'), '--method', 'Entropy'], r'NNCF \(--openvino\) sets its own')]
+    for extra, message in cases:
+        with pytest.raises(SystemExit, match=message):
+            _main([CONFIG, float_graph, '--calib', f'{mini_coco}/val', '--openvino'] + extra)
+    assert not (tmp_path / 'y.xml').exists()
