@@ -26,7 +26,6 @@ import argparse
 import json
 import os
 import os.path as osp
-import platform
 import statistics
 import time
 
@@ -88,6 +87,7 @@ def run(args):
     import torch
 
     import slab_mmdet  # noqa: F401
+    from slab_mmdet.benchmark.report import cpu_model
     from slab_mmdet.deploy.graph import norm_nodes, onnx_session, read_graph
     from slab_mmdet.deploy.onnx_export import export_onnx
 
@@ -146,12 +146,7 @@ def run(args):
                              torch_ratio=median_ratio(m['torch'], ref['torch']) if eager else None,
                              ort_all_ms=[t * 1e3 for t in m['ort']],
                              torch_all_ms=[t * 1e3 for t in m['torch']] if eager else None))
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open('/proc/cpuinfo') as f:
-            cpu = next(line.split(':', 1)[1].strip() for line in f if line.startswith('model name'))
-    except (OSError, StopIteration):
-        pass
+    cpu = cpu_model()
     what = 'Whole Mask R-CNN graph (`--detector`)' if args.detector else 'Backbone + neck (`extract_feat`)'
     header = (f'{what}, batch 1, input 1x3x{h}x{w}, {args.threads} threads, '
               f'{args.rounds} interleaved rounds after {args.warmup} warm-up (ratio: median of per-round '

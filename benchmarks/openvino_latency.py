@@ -24,13 +24,9 @@ import statistics
 import time
 
 from bootstrap import REPO
-from onnx_latency import COMPARISONS, build
+from onnx_latency import COMPARISONS, build, median_ratio
 
 KINDS = ('features', 'detector')
-
-
-def median_ratio(times, reference):
-    return statistics.median(t / r for t, r in zip(times, reference))
 
 
 def run(args):
