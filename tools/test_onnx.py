@@ -27,6 +27,8 @@ def parse_args(argv=None):
     parser.add_argument('model', metavar='MODEL.onnx', help='a whole-detector graph (export_onnx.py --detector)')
     parser.add_argument('--threads', type=int, default=None, help='the runtime\'s threads (default: its own)')
     parser.add_argument('--openvino', action='store_true', help='run the graph in OpenVINO (f32), not ONNX Runtime')
+    parser.add_argument('--openvino-precision', default='f32', choices=('f32', 'bf16'),
+                        help='OpenVINO\'s precision (default f32; bf16 runs on CPUs with AMX or AVX-512 BF16)')
     parser.add_argument('--openvino-ir', default=None, metavar='FILE.xml',
                         help='run this OpenVINO IR of MODEL.onnx (e.g. its int8 version) in OpenVINO')
     parser.add_argument('--max-images', type=int, default=None, help='evaluate only the first N test images')
@@ -41,6 +43,8 @@ def parse_args(argv=None):
     if args.openvino_ir is not None:
         if not (args.openvino_ir.endswith('.xml') and osp.isfile(args.openvino_ir)):
             parser.error(f'--openvino-ir must name an existing .xml file, got {args.openvino_ir}')
+        args.openvino = True
+    if args.openvino_precision != 'f32':
         args.openvino = True
     for name in ('threads', 'max_images'):
         value = getattr(args, name)
@@ -59,7 +63,8 @@ def main(argv=None):
 
     try:
         metrics, times = evaluate_onnx_detector(args.config, args.model, args.cfg_options, args.threads,
-                                                args.max_images, runtime=runtime, openvino_ir=args.openvino_ir)
+                                                args.max_images, runtime=runtime, openvino_ir=args.openvino_ir,
+                                                openvino_precision=args.openvino_precision)
     except (ImportError, ValueError, FileNotFoundError) as e:   # no extra, not a detector graph, bad input, no dataset
         raise SystemExit(f'error: {e}')
     for key, value in metrics.items():

@@ -34,17 +34,20 @@ class OnnxDetector:
         openvino_ir (str | None): With 'openvino', an OpenVINO IR (.xml) of this graph to run
             instead of the .onnx, e.g. its int8 version from
             :func:`~.openvino_runtime.quantize_with_openvino`.
+        openvino_precision (str): With 'openvino', 'f32' (default) or 'bf16'
+            (:class:`~.openvino_runtime.OpenVinoGraph`).
 
     Raises:
         NotADetectorGraph: the file's inputs and outputs are not a detector graph's
             (e.g. a backbone + neck export); the message says what it has.
     """
 
-    def __init__(self, path, threads=None, runtime='onnxruntime', openvino_ir=None):
+    def __init__(self, path, threads=None, runtime='onnxruntime', openvino_ir=None, openvino_precision='f32'):
         if runtime not in RUNTIMES:
             raise ValueError(f'runtime {runtime!r}: expected one of {RUNTIMES}')
-        if openvino_ir is not None and runtime != 'openvino':
-            raise ValueError(f'openvino_ir {openvino_ir!r} is run by OpenVINO: pass runtime=\'openvino\'')
+        if (openvino_ir is not None or openvino_precision != 'f32') and runtime != 'openvino':
+            raise ValueError(f'openvino_ir {openvino_ir!r} / openvino_precision {openvino_precision!r} are '
+                             f'OpenVINO\'s: pass runtime=\'openvino\'')
         self.path, self.runtime = path, runtime
         if runtime == 'onnxruntime':
             self.session = onnx_session(path, threads)
@@ -67,7 +70,7 @@ class OnnxDetector:
                 f'boxes, scores, labels (and masks). Export one with tools/export_onnx.py CONFIG CHECKPOINT --out '
                 f'FILE --detector (a graph without --detector holds the backbone and neck only).')
         if runtime == 'openvino':
-            compiled = OpenVinoGraph(openvino_ir or path, threads=threads)
+            compiled = OpenVinoGraph(openvino_ir or path, threads=threads, precision=openvino_precision)
             self._run = compiled.run
         self.output_names = outputs
         self.with_mask = 'masks' in outputs
@@ -167,13 +170,13 @@ class Preprocessor:
 
 
 def evaluate_onnx_detector(config, onnx_path, cfg_options=None, threads=None, max_images=None, log=print,
-                           runtime='onnxruntime', openvino_ir=None):
+                           runtime='onnxruntime', openvino_ir=None, openvino_precision='f32'):
     """Evaluate the detector graph ``onnx_path`` on ``config``'s test set with the config's
     test evaluator (mmdet's CocoMetric for COCO): each image goes through the config's test
     pipeline and data preprocessor (:class:`Preprocessor`), the graph runs in ``runtime``
     (:class:`OnnxDetector`), the detections are mapped back and evaluated. Returns
     ``(metrics, per-image seconds of the graph)``."""
-    detector = OnnxDetector(onnx_path, threads, runtime, openvino_ir)
+    detector = OnnxDetector(onnx_path, threads, runtime, openvino_ir, openvino_precision)
     preprocess = Preprocessor(config, cfg_options)
     cfg = preprocess.cfg
     dataset = DATASETS.build(cfg.test_dataloader.dataset)

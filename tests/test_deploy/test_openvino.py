@@ -98,6 +98,8 @@ def test_onnx_detector_runs_in_openvino(graphs):
         OnnxDetector(path, runtime='tensorrt')
     with pytest.raises(ValueError, match="pass runtime='openvino'"):
         OnnxDetector(path, openvino_ir='x.xml')
+    with pytest.raises(ValueError, match="openvino_precision 'bf16' are OpenVINO's"):
+        OnnxDetector(path, openvino_precision='bf16')
 
 
 def test_openvino_int8_stays_close_at_other_sizes(graphs, mini_coco, tmp_path):
