@@ -56,6 +56,12 @@ def onnx_session(path, threads=None):
         raise _not_readable(path, e) from None
 
 
+def graph_inputs(onnx_model):
+    """Names of the inputs a graph must be fed (older exporters list initializers as inputs too)."""
+    initializers = {t.name for t in onnx_model.graph.initializer}
+    return [i.name for i in onnx_model.graph.input if i.name not in initializers]
+
+
 def graph_nodes(onnx_model):
     """Every node of the graph, with those inside its functions (the exporter may put a
     module's ops in a local function)."""
@@ -117,5 +123,5 @@ def token_by_token_products(onnx_model, input_hw, token_counts):
             and shapes[n.output[0]][-2] in counts]
 
 
-__all__ = ['NORM_OPS', 'RUN_ERRORS', 'graph_nodes', 'nodes_in_modules', 'norm_nodes', 'norm_nodes_outside',
-           'onnx_session', 'read_graph', 'token_by_token_products']
+__all__ = ['NORM_OPS', 'RUN_ERRORS', 'graph_inputs', 'graph_nodes', 'nodes_in_modules', 'norm_nodes',
+           'norm_nodes_outside', 'onnx_session', 'read_graph', 'token_by_token_products']

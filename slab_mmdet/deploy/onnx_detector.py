@@ -14,7 +14,7 @@ from mmengine.structures import InstanceData
 
 from .. import apis
 from .detector_graph import DETECTOR_INPUTS
-from .graph import onnx_session, read_graph
+from .graph import graph_inputs, onnx_session, read_graph
 
 RUNTIMES = ('onnxruntime', 'openvino')
 
@@ -58,8 +58,7 @@ class OnnxDetector:
         else:
             from .openvino_runtime import OpenVinoGraph
             model = read_graph(path)
-            initializers = {t.name for t in model.graph.initializer}
-            inputs = [i.name for i in model.graph.input if i.name not in initializers]
+            inputs = graph_inputs(model)
             outputs = [o.name for o in model.graph.output]
             meta = {prop.key: prop.value for prop in model.metadata_props}
         if meta.get('slab_mmdet.kind') != 'detector' or tuple(inputs) != DETECTOR_INPUTS \

@@ -10,7 +10,7 @@ import tempfile
 
 import numpy as np
 
-from .graph import read_graph
+from .graph import graph_inputs, read_graph
 from .quantize import DEFAULT_PARTS, calibration_inputs
 
 # OpenVINO's CPU plugin runs bf16 by default on CPUs with AMX or AVX-512 BF16: f32 unless asked,
@@ -117,10 +117,7 @@ def quantize_with_openvino(float_path, out, config, calibration_images, cfg_opti
         raise ValueError('int8 calibration needs at least one image; give a folder of images (e.g. a few dozen '
                          'of the training set)')
     nncf, ov = import_nncf(), import_openvino()
-    graph = read_graph(float_path).graph
-    initializers = {t.name for t in graph.initializer}
-    input_names = [i.name for i in graph.input if i.name not in initializers]
-    feeds = calibration_inputs(config, images, input_names, cfg_options, logger)
+    feeds = calibration_inputs(config, images, graph_inputs(read_graph(float_path)), cfg_options, logger)
     # NNCF stacks each activation's statistics over the set: one image size for all, the
     # smaller images zero-padded at the bottom/right as mmdet pads a batch.
     h = max(f['images'].shape[2] for f in feeds)

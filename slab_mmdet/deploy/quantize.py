@@ -8,7 +8,7 @@ import onnx
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from .. import apis
-from .graph import NORM_OPS, nodes_in_modules, read_graph
+from .graph import NORM_OPS, graph_inputs, nodes_in_modules, read_graph
 from .onnx_detector import Preprocessor
 
 # The operators that carry the compute and that ONNX Runtime runs in int8 (QLinearConv,
@@ -86,7 +86,7 @@ def quantize_graph(float_path, out, config, calibration_images, cfg_options=None
     if not nodes:
         raise ValueError(f'{float_path}: no {"/".join(op_types)} node in the scopes {list(parts)}: nothing to '
                          f'quantise (is it a graph exported by slab-mmdet?)')
-    feeds = calibration_inputs(config, images, [i.name for i in model.graph.input], cfg_options, logger)
+    feeds = calibration_inputs(config, images, graph_inputs(model), cfg_options, logger)
     logger(f'[int8] calibrating {len(nodes)} nodes of {", ".join(parts)} on {len(feeds)} images ({method})')
     with apis.atomic_output(out, suffix='.onnx') as tmp:
         # uint8 activations with int8 weights (U8S8): ONNX Runtime's fast x86 int8 kernels (VNNI);
