@@ -10,7 +10,7 @@ pipeline); the heads and post-processing stay in float. Timings interleave every
 every model image by image (the order reversed every other round); ratios are of medians.
 
 With --openvino (the optional extra) the same float graphs also run in OpenVINO (f32), and
-OpenVINO's own int8 (NNCF, slab_mmdet.deploy.openvino_runtime.quantize_with_openvino, the
+OpenVINO's own int8 (NNCF, slab_mmdet.deploy.quantize.quantize_with_openvino, the
 same calibration images and parts) is evaluated and timed beside them; --no-eager leaves the
 PyTorch variant out (memory).
 
@@ -59,7 +59,7 @@ def prepare(name, config, checkpoint, args, log):
         reports[kind] = quantize_graph(paths[f'{kind}_float'], paths[f'{kind}_int8'], config, calib, options,
                                        method=args.method, op_types=args.ops, logger=log)
         if args.openvino:
-            from slab_mmdet.deploy.openvino_runtime import quantize_with_openvino
+            from slab_mmdet.deploy.quantize import quantize_with_openvino
             paths[f'{kind}_ov_int8'] = osp.join(out, f'{kind}.nncf_int8.xml')
             reports[f'{kind}_openvino'] = quantize_with_openvino(paths[f'{kind}_float'], paths[f'{kind}_ov_int8'],
                                                                  config, calib, options, logger=log)

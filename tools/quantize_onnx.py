@@ -77,7 +77,7 @@ def main(argv=None):
 
     import slab_mmdet  # noqa: F401  (registers the modules)
     if args.openvino:
-        from slab_mmdet.deploy.openvino_runtime import quantize_with_openvino
+        from slab_mmdet.deploy.quantize import quantize_with_openvino
         try:
             report = quantize_with_openvino(args.graph, args.out, args.config, images, args.cfg_options)
         except (ImportError, ValueError, OSError) as e:   # no extra, a corrupt graph, an unreadable image

@@ -1,6 +1,7 @@
 """Deploying a trained detector: its norms fused away (:mod:`.fuse`), checked equivalent
 (:mod:`.equivalence`), written as an ONNX graph (:mod:`.onnx_export`, checked by :mod:`.export`),
-read (:mod:`.graph`), run (:mod:`.onnx_detector`) and quantised (:mod:`.quantize`).
+read (:mod:`.graph`), run (:mod:`.onnx_detector`; in OpenVINO: :mod:`.openvino_runtime`) and
+quantised (:mod:`.quantize`).
 
 The fold maths itself lives with the layers (:mod:`slab_mmdet.models.layers.fusion`).
 """

@@ -15,6 +15,7 @@ from mmengine.structures import InstanceData
 from .. import apis
 from .detector_graph import DETECTOR_INPUTS
 from .graph import graph_inputs, onnx_session, read_graph
+from .openvino_runtime import OpenVinoGraph
 
 RUNTIMES = ('onnxruntime', 'openvino')
 
@@ -33,7 +34,7 @@ class OnnxDetector:
         runtime (str): 'onnxruntime' or 'openvino' (the optional extra, f32).
         openvino_ir (str | None): With 'openvino', an OpenVINO IR (.xml) of this graph to run
             instead of the .onnx, e.g. its int8 version from
-            :func:`~.openvino_runtime.quantize_with_openvino`.
+            :func:`~.quantize.quantize_with_openvino`.
         openvino_precision (str): With 'openvino', 'f32' (default) or 'bf16'
             (:class:`~.openvino_runtime.OpenVinoGraph`).
 
@@ -56,7 +57,6 @@ class OnnxDetector:
             meta = self.session.get_modelmeta().custom_metadata_map
             self._run = lambda feed: self.session.run(None, feed)
         else:
-            from .openvino_runtime import OpenVinoGraph
             model = read_graph(path)
             inputs = graph_inputs(model)
             outputs = [o.name for o in model.graph.output]

@@ -1,7 +1,12 @@
-"""Static 8-bit post-training quantisation of an exported graph with ONNX Runtime (QDQ format,
-int8 per-channel weights, uint8 activations), calibrated on images through a config's test pipeline, and a count of
-what stayed in float (a fused SLAB graph has no normalisation node to leave there)."""
+"""Static 8-bit post-training quantisation of an exported graph, calibrated on images through a
+config's test pipeline: with ONNX Runtime (QDQ format, int8 per-channel weights, uint8
+activations, and a count of what stayed in float: a fused SLAB graph has no normalisation node
+to leave there), or with OpenVINO's NNCF into an OpenVINO IR (the optional extra)."""
 import collections
+import os
+import os.path as osp
+import shutil
+import tempfile
 
 import numpy as np
 import onnx
@@ -10,6 +15,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from .. import apis
 from .graph import NORM_OPS, graph_inputs, nodes_in_modules, read_graph
 from .onnx_detector import Preprocessor
+from .openvino_runtime import import_nncf, import_openvino
 
 # The operators that carry the compute and that ONNX Runtime runs in int8 (QLinearConv,
 # QLinearMatMul, ...): quantised in the backbone and neck.
@@ -105,5 +111,78 @@ def quantize_graph(float_path, out, config, calibration_images, cfg_options=None
     return report
 
 
-__all__ = ['CALIBRATION_METHODS', 'DEFAULT_PARTS', 'QUANTIZED_OPS', 'calibration_inputs', 'float_compute_nodes',
-           'quantize_graph']
+# Kept in float by quantize_with_openvino (both seen here, OpenVINO 2026.4 / NNCF 3.4): NNCF gives
+# the activations entering SLA's depth-wise conv on V a dequantisation shaped by the calibration
+# images' token count (through the reshape and transpose before the conv), and the compiled
+# model then refuses other input sizes; and with the layer before a max-pool quantised (the
+# FPN's extra level: a max-pool of its last level, itself an output), the pooled level came
+# out with a wrong dequantisation (values ~1/4000 of float's), so the producers of MaxPool
+# inputs stay float too.
+OPENVINO_FLOAT_SCOPES = ('value_conv',)
+OPENVINO_FLOAT_BEFORE = ('MaxPool',)
+
+
+def _layers_before(model, op_types):
+    """Names of the OpenVINO ops that feed an ``op_types`` op: the producer, and through an
+    elementwise bias add the layer before it (constants aside)."""
+    names = set()
+    for op in model.get_ops():
+        if op.get_type_name() not in op_types:
+            continue
+        frontier = [op.input_value(0).get_node()]
+        while frontier:
+            node = frontier.pop()
+            names.add(node.get_friendly_name())
+            if node.get_type_name() == 'Add':
+                frontier += [v.get_node() for v in node.input_values() if v.get_node().get_type_name() != 'Constant']
+    return names
+
+
+def quantize_with_openvino(float_path, out, config, calibration_images, cfg_options=None, parts=DEFAULT_PARTS,
+                           logger=print):
+    """Write ``out`` (an OpenVINO IR: ``.xml`` and its ``.bin``), the graph ``float_path``
+    quantised to int8 by NNCF (OpenVINO's post-training quantisation: its transformer
+    preset, statistics from ``calibration_images`` run through ``config``'s test pipeline),
+    inside the module scopes ``parts`` only (heads and post-processing stay float), outside
+    :data:`OPENVINO_FLOAT_SCOPES` and not in the layers before a :data:`OPENVINO_FLOAT_BEFORE`
+    node. Returns a report dict."""
+    if not out.endswith('.xml'):
+        raise ValueError(f'quantize_with_openvino writes an OpenVINO IR: out must end in .xml, got {out!r}')
+    images = list(calibration_images)
+    if not images:
+        raise ValueError('int8 calibration needs at least one image; give a folder of images (e.g. a few dozen '
+                         'of the training set)')
+    nncf, ov = import_nncf(), import_openvino()
+    feeds = calibration_inputs(config, images, graph_inputs(read_graph(float_path)), cfg_options, logger)
+    # NNCF stacks each activation's statistics over the set: one image size for all, the
+    # smaller images zero-padded at the bottom/right as mmdet pads a batch.
+    h = max(f['images'].shape[2] for f in feeds)
+    w = max(f['images'].shape[3] for f in feeds)
+    for feed in feeds:
+        x = feed['images']
+        feed['images'] = np.pad(x, ((0, 0), (0, 0), (0, h - x.shape[2]), (0, w - x.shape[3])))
+    outside = '|'.join(parts)
+    model = ov.Core().read_model(float_path)
+    before_pools = sorted(_layers_before(model, OPENVINO_FLOAT_BEFORE))
+    ignored = nncf.IgnoredScope(names=before_pools, validate=False, patterns=(
+        [f'^(?!/({outside})/).*'] + [f'.*/{scope}(_[0-9]+)?/.*' for scope in OPENVINO_FLOAT_SCOPES]))
+    logger(f'[int8] NNCF: calibrating {", ".join(parts)} on {len(feeds)} images ({h}x{w}, padded)')
+    quantized = nncf.quantize(model, nncf.Dataset(feeds), subset_size=len(feeds), model_type=nncf.ModelType.TRANSFORMER,
+                              preset=nncf.QuantizationPreset.PERFORMANCE, ignored_scope=ignored)
+    folder = osp.dirname(osp.abspath(out))
+    os.makedirs(folder, exist_ok=True)
+    tmp = tempfile.mkdtemp(dir=folder, prefix='.nncf-')
+    try:   # written whole or not at all: both files moved in once saved
+        ov.save_model(quantized, osp.join(tmp, 'model.xml'))
+        shutil.move(osp.join(tmp, 'model.bin'), out[:-4] + '.bin')
+        shutil.move(osp.join(tmp, 'model.xml'), out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    fake_quantize = sum(op.get_type_name() == 'FakeQuantize' for op in quantized.get_ops())
+    logger(f'[int8] wrote {out} (+ .bin): {fake_quantize} FakeQuantize nodes')
+    return dict(path=out, fake_quantize_nodes=fake_quantize, calibration_images=len(feeds), calibration_hw=[h, w],
+                parts=list(parts), float_scopes=list(OPENVINO_FLOAT_SCOPES), float_before_pools=before_pools)
+
+
+__all__ = ['CALIBRATION_METHODS', 'DEFAULT_PARTS', 'OPENVINO_FLOAT_BEFORE', 'OPENVINO_FLOAT_SCOPES', 'QUANTIZED_OPS',
+           'calibration_inputs', 'float_compute_nodes', 'quantize_graph', 'quantize_with_openvino']

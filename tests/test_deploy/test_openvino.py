@@ -8,14 +8,14 @@ import builtins
 import numpy as np
 import pytest
 
+from slab_mmdet.benchmark.images import list_mini_coco_val
 from slab_mmdet.deploy import fuse_detector
 from slab_mmdet.deploy.equivalence import runtime_output_differences
 from slab_mmdet.deploy.graph import onnx_session
-from slab_mmdet.deploy.onnx_export import export_onnx
-from slab_mmdet.benchmark.images import list_mini_coco_val
 from slab_mmdet.deploy.onnx_detector import OnnxDetector
-from slab_mmdet.deploy.quantize import calibration_inputs
-from slab_mmdet.deploy.openvino_runtime import OpenVinoGraph, import_openvino, quantize_with_openvino
+from slab_mmdet.deploy.onnx_export import export_onnx
+from slab_mmdet.deploy.openvino_runtime import OpenVinoGraph, import_openvino
+from slab_mmdet.deploy.quantize import calibration_inputs, quantize_with_openvino
 from testing_utils.helpers import REPO_ROOT
 from testing_utils.helpers import annealed_mask_rcnn
 
