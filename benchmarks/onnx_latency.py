@@ -159,14 +159,21 @@ def run(args):
         eager = ('-', '-') if row['torch_ms'] is None else (f'{row["torch_ms"]:.0f}', f'{row["torch_ratio"]:.3f}')
         lines.append(f'| {row["model"]} | {row["ort_ms"]:.0f} | {row["ort_ratio"]:.3f} | {eager[0]} | {eager[1]} | '
                      f'{row["norm_nodes"]} |')
-    table = '\n'.join(lines)
-    with open(osp.join(args.out_dir, 'onnx_latency.md'), 'w') as f:
-        f.write(table + '\n')
-    with open(osp.join(args.out_dir, 'onnx_latency.json'), 'w') as f:
-        json.dump(dict(size=[h, w], threads=args.threads, rounds=args.rounds, warmup=args.warmup, cpu=cpu,
-                       onnxruntime=ort.__version__, torch=torch.__version__, rows=rows), f, indent=1)
-    print(table)
+    write_record(args, 'onnx_latency', lines, dict(cpu=cpu, onnxruntime=ort.__version__, torch=torch.__version__,
+                                                   rows=rows))
     return rows
+
+
+def write_record(args, stem, lines, record):
+    """<args.out_dir>/<stem>.md (the table ``lines``) and <stem>.json (``record`` with the run's
+    size, threads and rounds); the table printed."""
+    table = '\n'.join(lines)
+    with open(osp.join(args.out_dir, f'{stem}.md'), 'w') as f:
+        f.write(table + '\n')
+    with open(osp.join(args.out_dir, f'{stem}.json'), 'w') as f:
+        json.dump(dict(size=list(args.size), threads=args.threads, rounds=args.rounds, warmup=args.warmup, **record),
+                  f, indent=1, default=str)
+    print(table)
 
 
 def main(argv=None):

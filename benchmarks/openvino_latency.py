@@ -17,14 +17,13 @@ ratios.
 Writes <out-dir>/openvino_latency.{md,json} and prints the Markdown table.
 """
 import argparse
-import json
 import os
 import os.path as osp
 import statistics
 import time
 
 from bootstrap import REPO
-from onnx_latency import COMPARISONS, build, median_ratio
+from onnx_latency import COMPARISONS, build, median_ratio, write_record
 
 KINDS = ('features', 'detector')
 
@@ -109,14 +108,8 @@ def run(args):
     lines += ['', '| model | graph | OpenVINO precision | compile s | difference from ONNX Runtime |',
               '| --- | --- | --- | --- | --- |']
     lines += [f'| {c["model"]} | {c["kind"]} | {c["precision"]} | {c["compile_s"]:.1f} | {c["diff"]} |' for c in checks]
-    table = '\n'.join(lines)
-    with open(osp.join(args.out_dir, 'openvino_latency.md'), 'w') as f:
-        f.write(table + '\n')
-    with open(osp.join(args.out_dir, 'openvino_latency.json'), 'w') as f:
-        json.dump(dict(size=[h, w], threads=args.threads, rounds=args.rounds, warmup=args.warmup, cpu=cpu_model(),
-                       onnxruntime=ort.__version__, openvino=ov.get_version(), rows=rows, checks=checks), f, indent=1,
-                  default=str)
-    print(table)
+    write_record(args, 'openvino_latency', lines, dict(cpu=cpu_model(), onnxruntime=ort.__version__,
+                                                       openvino=ov.get_version(), rows=rows, checks=checks))
     return rows
 
 

@@ -185,6 +185,7 @@ def evaluate_onnx_detector(config, onnx_path, cfg_options=None, threads=None, ma
         metric.dataset_meta = dataset.metainfo
     count = len(dataset) if max_images is None else min(max_images, len(dataset))
     times, every = [], max(1, count // 10)
+    where = 'ONNX Runtime' if runtime == 'onnxruntime' else 'OpenVINO'
     for i in range(count):
         info = dataset.get_data_info(i)
         images, sample = preprocess(info['img_path'], info['img_id'])
@@ -196,7 +197,6 @@ def evaluate_onnx_detector(config, onnx_path, cfg_options=None, threads=None, ma
         for metric in metrics:
             metric.process({}, [sample.to_dict()])
         if log and ((i + 1) % every == 0 or i + 1 == count):
-            where = 'ONNX Runtime' if runtime == 'onnxruntime' else 'OpenVINO'
             log(f'[test_onnx] {i + 1}/{count} images, {np.mean(times) * 1e3:.0f} ms per image in {where}')
     results = {}
     for metric in metrics:

@@ -58,6 +58,15 @@ class _Feeds:
         return next(self.feeds, None)
 
 
+def _calibration_images(calibration_images):
+    """The calibration image files as a list; none is refused."""
+    images = list(calibration_images)
+    if not images:
+        raise ValueError('int8 calibration needs at least one image; give a folder of images (e.g. a few dozen '
+                         'of the training set)')
+    return images
+
+
 def float_compute_nodes(onnx_model, parts, op_types=QUANTIZED_OPS):
     """``{op type: count}`` of the nodes in ``parts`` that run in float in a QDQ graph: every
     node but the quantised ops and the Q/DQ nodes themselves (LayerNormalization, Softmax,
@@ -83,10 +92,7 @@ def quantize_graph(float_path, out, config, calibration_images, cfg_options=None
     """
     if method not in CALIBRATION_METHODS:
         raise ValueError(f'calibration method must be one of {CALIBRATION_METHODS}, got {method!r}')
-    images = list(calibration_images)
-    if not images:
-        raise ValueError('int8 calibration needs at least one image; give a folder of images (e.g. a few dozen '
-                         'of the training set)')
+    images = _calibration_images(calibration_images)
     model = read_graph(float_path)
     nodes = [n.name for n in nodes_in_modules(model, parts, op_types)]
     if not nodes:
@@ -148,10 +154,7 @@ def quantize_with_openvino(float_path, out, config, calibration_images, cfg_opti
     node. Returns a report dict."""
     if not out.endswith('.xml'):
         raise ValueError(f'quantize_with_openvino writes an OpenVINO IR: out must end in .xml, got {out!r}')
-    images = list(calibration_images)
-    if not images:
-        raise ValueError('int8 calibration needs at least one image; give a folder of images (e.g. a few dozen '
-                         'of the training set)')
+    images = _calibration_images(calibration_images)
     nncf, ov = import_nncf(), import_openvino()
     feeds = calibration_inputs(config, images, graph_inputs(read_graph(float_path)), cfg_options, logger)
     # NNCF stacks each activation's statistics over the set: one image size for all, the
