@@ -5,7 +5,10 @@ Each comparison is one interleaved run of slab_mmdet.benchmark (image by image, 
 rotated per image), on the mini COCO val images through each config's COCO test pipeline
 (Resize to 1333x800, so 800x1067 inputs: the 800x1333 class). Weights are random (PRepBN
 at g = 0, the state training ends in); so that every detector does the same head work,
-the RoI head keeps its 100 best detections whatever their scores (score_thr = 0).
+the RoI head keeps its 100 best detections whatever their scores (score_thr = 0), and every
+detector's heads, after computing their own predictions, continue with the first model's
+proposals and detections (recorded in an untimed pass; --own-boxes turns this off): random
+weights find different boxes, and the mask head's pasting cost follows the boxes' areas.
 Besides the configs themselves, a comparison can hold generated variants of a config
 (VARIANTS): its norm layers deleted (the floor fusion can reach), its PRepBN replaced
 by LayerNorm (the same code as a LayerNorm model), or its backbone replaced by mmdet's
@@ -152,6 +155,9 @@ def main(argv=None):
                         help="print the paired ratios of two runs' record.json side by side, and exit")
     parser.add_argument('--no-memory', action='store_true',
                         help='skip the peak-memory pass (one more forward per model and image): half the time')
+    parser.add_argument('--own-boxes', action='store_true',
+                        help="detectors: let each model's heads continue with its own boxes instead of the first "
+                             "model's (with random weights the head work then differs from model to model)")
     parser.add_argument('--only', nargs='+', choices=sorted(COMPARISONS), help='run only these comparisons')
     parser.add_argument('--out-dir', default=osp.join(REPO, 'work_dirs', 'benchmarks', 'latency'))
     args = parser.parse_args(argv)
@@ -187,8 +193,11 @@ def main(argv=None):
             models += loaded
         reference = osp.join(REPO, entries[0][0].rpartition(':')[2])
         images = resolve_images(load_config(reference), args.num_images, images_dir=args.images)
-        bench = benchmark_backbones if target == 'backbone' else benchmark_detectors
-        result = bench(models, images, warmup=args.warmup, memory=not args.no_memory)
+        if target == 'backbone':
+            result = benchmark_backbones(models, images, warmup=args.warmup, memory=not args.no_memory)
+        else:
+            result = benchmark_detectors(models, images, warmup=args.warmup, memory=not args.no_memory,
+                                         shared_boxes=not args.own_boxes)
         summary = summarize_result(result, machine_facts(args.device, command))
         write_report(summary, args.out_dir, stem=name)
         print(render_markdown(summary), flush=True)

@@ -15,6 +15,7 @@ import torch
 from .errors import BenchmarkError
 from .images import ImageSet, select_images
 from .measure import OTHER_PART, PartTimer, check_device, memory_probe, synchronizer
+from .shared_boxes import SharedBoxes
 
 TARGETS = ('detector', 'backbone')
 BREAKDOWN_MODES = ('auto', 'same-pass', 'extra-pass', 'off')
@@ -100,14 +101,16 @@ def _as_image_set(images):
     return select_images(images, len(images), 'given image paths')
 
 
-def describe_pass_order(num_models, warmup, breakdown, memory_pass):
+def describe_pass_order(num_models, warmup, breakdown, memory_pass, shared_boxes=False):
     """The order of the forwards in words, e.g. '1 warm-up round(s) (A B), then per image: timed A B'."""
     names = ' '.join(chr(ord('A') + i) if i < 26 else f'#{i + 1}' for i in range(num_models))
+    fed = ("A's boxes recorded in an untimed pass over the images, then fed to every model's heads; "
+           if shared_boxes else '')
     passes = (['timed'] + (['breakdown'] if breakdown == 'extra-pass' else [])
               + (['memory'] if memory_pass else []))
     rotation = ' (the timed order rotates by one model per image: A B C, B C A, ...)' if num_models > 1 else ''
-    return (f'{warmup} warm-up round(s) ({names}), then per image: ' + ', then '.join(f'{p} {names}' for p in passes)
-            + rotation)
+    return (fed + f'{warmup} warm-up round(s) ({names}), then per image: '
+            + ', then '.join(f'{p} {names}' for p in passes) + rotation)
 
 
 def rotated(n, k):
@@ -115,7 +118,7 @@ def rotated(n, k):
     return [(k + j) % n for j in range(n)]
 
 
-def _benchmark(models, images, warmup, target, breakdown, clock, progress, memory):
+def _benchmark(models, images, warmup, target, breakdown, clock, progress, memory, shared_boxes=False):
     if not models:
         raise BenchmarkError('no models to benchmark')
     if not isinstance(warmup, int) or warmup < 0:
@@ -129,6 +132,7 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
     memory_in_timed_pass = probe is not None and probe.in_timed_pass
     memory_pass = probe is not None and not probe.in_timed_pass
     forward = _predict if target == 'detector' else _backbone
+    boxes = SharedBoxes(models) if shared_boxes else None
     timers = [PartTimer(m.model, sync, clock) if mode != 'off' else None for m in models]
     timings = [ModelTimings() for _ in models]
     for timer, record in zip(timers, timings):
@@ -142,7 +146,8 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
 
     def run(i, data, kind, k):
         events.append((kind, i, k))
-        return forward(models[i].model, data)
+        with boxes.feeding(models[i], k) if boxes else nullcontext():
+            return forward(models[i].model, data)
 
     def timed_run(i, data, kind, k, timer=None, measure_memory=False):
         """Seconds of one forward between device syncs (with `timer`'s parts, if given)."""
@@ -170,6 +175,9 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
         return elapsed, outputs
 
     with torch.inference_mode():
+        for k, path in enumerate(images.paths if boxes else ()):
+            events.append(('reference', 0, k))
+            boxes.record(models[0], models[0].prepare(path, k), k)
         for w in range(warmup):
             k = w % len(images.paths)
             batch = [m.prepare(images.paths[k], k) for m in models]
@@ -202,13 +210,13 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
                 bar.update()
     if bar:
         bar.file.write('\n')
-    schedule = describe_pass_order(len(models), warmup, mode, memory_pass)
+    schedule = describe_pass_order(len(models), warmup, mode, memory_pass, shared_boxes)
     return BenchmarkResult(target, device, list(models), timings, images, warmup, mode,
                            probe.description if probe else 'not measured', schedule, events)
 
 
 def benchmark_detectors(models, images, warmup=10, breakdown='auto', clock=time.perf_counter, progress=True,
-                        memory=True):
+                        memory=True, shared_boxes=False):
     """Batch-1 latency of whole detectors, interleaved image by image.
 
     Args:
@@ -222,8 +230,12 @@ def benchmark_detectors(models, images, warmup=10, breakdown='auto', clock=time.
         progress: show a progress bar.
         memory: measure each forward's peak memory (on the CPU in an extra untimed pass
             per image; False skips it where only latency is wanted).
+        shared_boxes: feed the first model's RPN proposals and RoI detections (recorded in an
+            untimed pass) to every model's heads after they compute their own, so that the head
+            work is the same in every model (two-stage detectors; see ``shared_boxes.SharedBoxes``):
+            for comparing backbones inside detectors whose weights find different boxes.
     """
-    return _benchmark(models, images, warmup, 'detector', breakdown, clock, progress, memory)
+    return _benchmark(models, images, warmup, 'detector', breakdown, clock, progress, memory, shared_boxes)
 
 
 def benchmark_backbones(models, images, warmup=10, clock=time.perf_counter, progress=True, memory=True):

@@ -1,5 +1,6 @@
 """What the latency benchmark measures with: device checks and synchronisation, summary
 statistics, per-part timers and peak-memory probes."""
+import contextlib
 import ctypes
 import ctypes.util
 import functools
@@ -107,7 +108,6 @@ class PartTimer:
         self.sync, self.clock = sync, clock
         self.elapsed = dict.fromkeys(self.parts, 0.0)
         self._depth = 0
-        self._saved = []
 
     def reset(self):
         self.elapsed = dict.fromkeys(self.parts, 0.0)
@@ -129,19 +129,32 @@ class PartTimer:
         return timed
 
     def __enter__(self):
-        for name, module, method in self._targets:
-            self._saved.append((module, method, module.__dict__.get(method)))
-            setattr(module, method, self._wrap(name, getattr(module, method)))
+        self._replaced = methods_replaced([(module, method) for _, module, method in self._targets],
+                                          lambda j, fn: self._wrap(self.parts[j], fn))
+        self._replaced.__enter__()
         return self
 
     def __exit__(self, *exc_info):
-        for module, method, instance_attr in reversed(self._saved):
+        self._replaced.__exit__(*exc_info)
+        return False
+
+
+@contextlib.contextmanager
+def methods_replaced(targets, make_wrapper):
+    """Within the block, each ``(module, method)`` of `targets` (the j-th) is replaced on that
+    instance by ``make_wrapper(j, bound_method)``; leaving it restores what the instance had."""
+    saved = []
+    try:
+        for j, (module, method) in enumerate(targets):
+            saved.append((module, method, module.__dict__.get(method)))
+            setattr(module, method, make_wrapper(j, getattr(module, method)))
+        yield
+    finally:
+        for module, method, instance_attr in reversed(saved):
             if instance_attr is None:
                 delattr(module, method)
             else:
                 setattr(module, method, instance_attr)
-        self._saved.clear()
-        return False
 
 
 def weights_mib(model):
