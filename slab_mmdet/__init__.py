@@ -8,5 +8,6 @@ allow-lists the types that mmengine writes into checkpoints, so that they load w
 from .version import __version__
 from .apis import mmengine_allowlist  # noqa: F401  (allow-lists mmengine's checkpoint types)
 from . import datasets, engine, models  # noqa: F401  (register modules)
+from . import converters  # noqa: F401  (registers the released checkpoints' layouts the backbones recognise)
 
 __all__ = ['__version__']

@@ -1,9 +1,12 @@
 """mmdet's LayerNorm PyramidVisionTransformer (v1) -> SLABPyramidVisionTransformer (softmax stages, g = 1)."""
-from ..models.backbones.checkpoint_fit import depths_of
+from ..models.backbones.checkpoint_fit import depths_of, register_source_layout
 from ..models.backbones.slab_pvt import SLABPyramidVisionTransformer
 from .errors import ConversionError
 from .rules import Skip, mlp_ratio, named_arch, pvt_extras, pvt_heads, rename, stage_list
 
+# Its checkpoints are recognised by a key only this layout has.
+LAYOUT = register_source_layout('mmdet_pvt', 'mmdet PyramidVisionTransformer (LayerNorm)',
+                                r'layers\.\d+\.\d+\.')
 
 
 def mmdet_pvt(sd, report, num_heads):

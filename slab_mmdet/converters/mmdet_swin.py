@@ -1,8 +1,11 @@
 """mmdet's LayerNorm SwinTransformer -> SLABSwinTransformer (softmax stages, g = 1)."""
-from ..models.backbones.checkpoint_fit import depths_of
+from ..models.backbones.checkpoint_fit import depths_of, register_source_layout
 from ..models.backbones.slab_swin import SLABSwinTransformer
 from .rules import Skip, named_arch, rename, stage_list, swin_extras, window_from_bias_table
 
+# Its checkpoints are recognised by a key only this layout has.
+LAYOUT = register_source_layout('mmdet_swin', 'mmdet SwinTransformer (LayerNorm)',
+                                r'stages\.\d+\.blocks\.\d+\.attn\.w_msa\.')
 
 
 def unfold_to_concat_order(value):

@@ -34,29 +34,24 @@ from mmengine.registry import DefaultScope
 import slab_mmdet.models  # noqa: F401  (registers the backbones)
 
 from ..apis.checkpoint import save_checkpoint
-from ..models.backbones.checkpoint_fit import OWN_LAYOUTS, layout_of, split_backbone
+from ..models.backbones.checkpoint_fit import OWN_LAYOUTS, layout_description, layout_of, split_backbone
 from ..models.layers.prepbn import iter_prepbn
 from .errors import FAMILIES, ConversionError
-from .mmdet_pvt import mmdet_pvt
-from .mmdet_swin import mmdet_swin
-from .reference_pvt import reference_pvt
-from .reference_swin import reference_swin
+from . import mmdet_pvt, mmdet_swin, reference_pvt, reference_swin
 from .report import ConversionReport
 from .rules import apply_rules, config_repr
 from .safe_load import extract_state_dict, load_checkpoint_safely
 
 
-LAYOUTS = {
-    ('reference', 'pvt'): ('SLAB-PVT / PVT-PRepBN (reference classification model)', reference_pvt),
-    ('reference', 'swin'): ('SLAB-Swin / Swin-PRepBN (reference classification model)', reference_swin),
-    ('mmdet', 'pvt'): ("mmdet PyramidVisionTransformer (LayerNorm)", mmdet_pvt),
-    ('mmdet', 'swin'): ("mmdet SwinTransformer (LayerNorm)", mmdet_swin),
-}
+# (family, arch) -> (the source model in words, its converter): one converter module per layout.
+LAYOUTS = {tuple(layout.split('_')): (layout_description(layout), convert) for layout, convert in (
+    (reference_pvt.LAYOUT, reference_pvt.reference_pvt), (reference_swin.LAYOUT, reference_swin.reference_swin),
+    (mmdet_pvt.LAYOUT, mmdet_pvt.mmdet_pvt), (mmdet_swin.LAYOUT, mmdet_swin.mmdet_swin))}
 
 
 def detect_layout(state_dict):
     """``(family, arch)`` of a backbone state dict: family 'reference' or 'mmdet',
-    arch 'pvt' or 'swin' (by the backbones' table of layout signatures). Raises
+    arch 'pvt' or 'swin' (by the layout signatures the converter modules register). Raises
     :class:`ConversionError` for anything else."""
     keys = list(state_dict)
     layout = layout_of(keys)

@@ -3,9 +3,14 @@ PVT v1 ones they derive from (github whai362/PVT, which mmdet's PVT configs load
 SLABPyramidVisionTransformer."""
 import math
 
-from ..models.backbones.checkpoint_fit import depths_of
+from ..models.backbones.checkpoint_fit import depths_of, register_source_layout
 from ..models.backbones.slab_pvt import SLABPyramidVisionTransformer
 from .rules import Skip, mlp_ratio, named_arch, pvt_extras, pvt_heads, rename, stage_list
+
+# Its checkpoints are recognised by a key only this layout has.
+LAYOUT = register_source_layout('reference_pvt', 'SLAB-PVT / PVT-PRepBN (reference classification model)',
+                                r'(block|patch_embed)\d+\.|pos_embed\d+$')
+
 
 # PVT's num_heads and spatial reductions, the same in every PVT arch (every released PVT / SLAB-PVT model).
 PVT_HEADS = SLABPyramidVisionTransformer.arch_zoo['tiny']['num_heads']

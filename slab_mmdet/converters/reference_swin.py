@@ -1,7 +1,11 @@
 """The SLAB authors' Swin classification models (SLAB-Swin, Swin-PRepBN) -> SLABSwinTransformer."""
-from ..models.backbones.checkpoint_fit import depths_of
+from ..models.backbones.checkpoint_fit import depths_of, register_source_layout
 from ..models.backbones.slab_swin import SLABSwinTransformer
 from .rules import Skip, named_arch, rename, square_side, stage_list, swin_extras, window_from_bias_table
+
+# Its checkpoints are recognised by a key only this layout has.
+LAYOUT = register_source_layout('reference_swin', 'SLAB-Swin / Swin-PRepBN (reference classification model)',
+                                r'layers\.\d+\.blocks\.\d+\.')
 
 
 def reference_swin(sd, report, num_heads):

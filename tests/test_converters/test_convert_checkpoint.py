@@ -111,3 +111,21 @@ def test_cli_refuses_bad_input(tmp_path):
     # The legacy (pre-1.6) format is a checkpoint too: it converts like any other.
     torch.save({'model': sd}, src, _use_new_zipfile_serialization=False)
     assert run_cli([src, dst, '--force']) is None and 'state_dict' in torch.load(dst, weights_only=True)
+
+
+def test_each_converter_registers_its_layout_and_the_backbones_name_it():
+    """The layouts the backbones recognise as released models are the converters' own (one
+    signature per converter module), and a backbone refusing such a checkpoint names its model."""
+    from slab_mmdet.converters import LAYOUTS
+    from slab_mmdet.converters.pipeline import detect_layout
+    from slab_mmdet.models.backbones.checkpoint_fit import SOURCE_LAYOUTS
+    from testing_utils.backbone_utils import PVT_MINI, build_backbone
+    assert set(SOURCE_LAYOUTS) == {f'{family}_{arch}' for family, arch in LAYOUTS}
+    samples = {'reference_pvt': 'patch_embed1.proj.weight', 'reference_swin': 'layers.0.blocks.0.attn.qkv.weight',
+               'mmdet_pvt': 'layers.0.1.attn.attn.in_proj_weight',
+               'mmdet_swin': 'stages.0.blocks.0.attn.w_msa.qkv.weight'}
+    for layout, key in samples.items():
+        family, arch = layout.split('_')
+        assert detect_layout({key: torch.zeros(1)}) == (family, arch)
+        with pytest.raises(ValueError, match=re.escape(f'released PVT/Swin model ({LAYOUTS[family, arch][0]}; ')):
+            build_backbone(PVT_MINI).load_state_dict({key: torch.zeros(1)}, strict=False)

@@ -1,10 +1,12 @@
 """Checkpoints of another architecture, size or structure are refused with both sides named, in
 every way a checkpoint reaches a backbone (load_state_dict: what load_from, both test.py and
-DetInferencer reach; init_cfg); the layouts are recognised from one table."""
+DetInferencer reach; init_cfg); the layouts are recognised from ours and the ones the converters
+register."""
 import pytest
 import torch
 
-from slab_mmdet.models.backbones.checkpoint_fit import describe_architecture, layout_of
+from slab_mmdet.models.backbones.checkpoint_fit import (SOURCE_LAYOUTS, describe_architecture, layout_of,
+                                                       register_source_layout)
 from testing_utils.backbone_utils import PVT_MINI, PVT_MINI_ARCH, SWIN_MINI, build_backbone
 
 PVT_DEEPER = dict(PVT_MINI, arch=dict(PVT_MINI_ARCH, depths=(2, 1, 1, 1)))
@@ -23,7 +25,7 @@ def refusal(cfg, state, tmp_path):
     return str(direct.value)
 
 
-def test_layouts_are_recognised_from_one_table():
+def test_layouts_are_recognised_ours_and_the_registered_ones():
     assert layout_of(build_backbone(PVT_MINI).state_dict()) == 'slab_pvt'
     assert layout_of(build_backbone(SWIN_MINI).state_dict()) == 'slab_swin'
     assert layout_of(['patch_embed1.proj.weight']) == 'reference_pvt'
@@ -33,6 +35,16 @@ def test_layouts_are_recognised_from_one_table():
     assert layout_of(['head.weight']) is None
     assert describe_architecture(build_backbone(PVT_MINI).state_dict()) == \
         'SLABPyramidVisionTransformer (depths 1-1-1-1, widths 16-32-48-64, attention LLLL)'
+
+
+def test_a_layout_name_is_registered_once():
+    before = dict(SOURCE_LAYOUTS)
+    assert register_source_layout('mmdet_pvt', *SOURCE_LAYOUTS['mmdet_pvt']) == 'mmdet_pvt'   # a re-import
+    with pytest.raises(ValueError, match="layout 'mmdet_pvt' is registered already, as 'mmdet PyramidVision"):
+        register_source_layout('mmdet_pvt', 'another model', r'x\.')
+    with pytest.raises(ValueError, match="layout 'slab_swin' is registered already, as 'SLABSwinTransformer'"):
+        register_source_layout('slab_swin', 'another model', r'x\.')
+    assert SOURCE_LAYOUTS == before
 
 
 def test_a_swin_checkpoint_in_a_pvt_model_is_refused_naming_both(tmp_path):

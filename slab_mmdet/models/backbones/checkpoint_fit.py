@@ -18,24 +18,36 @@ GRID_TABLES = ('pos_embed', 'positional_encoding')
 # The norms a checkpoint's keys may belong to, fused (ChannelAffine, DyT's ScaledTanh/TanhAffine) or not.
 CHECKPOINT_NORM_TYPES = NORM_LAYER_TYPES + (ChannelAffine, ScaledTanh)
 
-# The layouts a backbone state dict (backbone-relative keys) can be in, each recognised by a
-# key pattern (``re.match``), in the order they are tried: our two backbones, then the
-# layouts tools/convert_checkpoint.py converts from.
-LAYOUT_SIGNATURES = OrderedDict([
+# The layouts of our backbones' state dicts (backbone-relative keys): name -> (the class, a
+# key pattern (``re.match``) that only it has).
+OWN_LAYOUTS = OrderedDict([
     ('slab_pvt', ('SLABPyramidVisionTransformer', r'stages\.\d+\.pos_embed$')),
     ('slab_swin', ('SLABSwinTransformer', r'stages\.\d+\.blocks\.\d+\.attn\.window_attn\.')),
-    ('reference_pvt', ("the SLAB authors' PVT (classification)", r'(block|patch_embed)\d+\.|pos_embed\d+$')),
-    ('reference_swin', ("the SLAB authors' Swin (classification)", r'layers\.\d+\.blocks\.\d+\.')),
-    ('mmdet_pvt', ("mmdet's PyramidVisionTransformer", r'layers\.\d+\.\d+\.')),
-    ('mmdet_swin', ("mmdet's SwinTransformer", r'stages\.\d+\.blocks\.\d+\.attn\.w_msa\.')),
 ])
-OWN_LAYOUTS = ('slab_pvt', 'slab_swin')
+# The released models' layouts tools/convert_checkpoint.py converts from, each registered by
+# its converter module beside its rules (models/ does not import converters/; importing
+# slab_mmdet imports them): name -> (the model in words, key pattern).
+SOURCE_LAYOUTS = OrderedDict()
+
+
+def register_source_layout(name, description, pattern):
+    """Make :func:`layout_of` recognise a released model's checkpoint layout; returns `name`.
+    Called by the layout's converter; a name taken by another layout is refused."""
+    if name in OWN_LAYOUTS or SOURCE_LAYOUTS.get(name, (description, pattern)) != (description, pattern):
+        raise ValueError(f'checkpoint layout {name!r} is registered already, as {layout_description(name)!r}')
+    SOURCE_LAYOUTS[name] = (description, pattern)
+    return name
+
+
+def layout_description(name):
+    """The model whose checkpoint layout is `name`, in words."""
+    return {**OWN_LAYOUTS, **SOURCE_LAYOUTS}[name][0]
 
 
 def layout_of(keys):
-    """The name (a key of ``LAYOUT_SIGNATURES``) of the first layout whose pattern some key
-    matches, or None."""
-    for layout, (_, pattern) in LAYOUT_SIGNATURES.items():
+    """The name (of ``OWN_LAYOUTS`` or ``SOURCE_LAYOUTS``) of the first layout whose pattern some
+    key matches, ours tried first, or None."""
+    for layout, (_, pattern) in [*OWN_LAYOUTS.items(), *SOURCE_LAYOUTS.items()]:
         if any(re.match(pattern, k) for k in keys):
             return layout
     return None
@@ -66,7 +78,7 @@ def describe_architecture(state):
         sla = (f'stages.{i}.blocks.0.attn.positional_encoding' if layout == 'slab_pvt'
                else f'stages.{i}.blocks.0.attn.window_attn.positional_encoding')
         attention += 'L' if sla in state else 'S'
-    return (f"{LAYOUT_SIGNATURES[layout][0]} (depths {'-'.join(map(str, depths.values()))}, widths "
+    return (f"{layout_description(layout)} (depths {'-'.join(map(str, depths.values()))}, widths "
             f"{'-'.join(widths)}, attention {attention})")
 
 
@@ -85,10 +97,10 @@ def check_checkpoint_fits(backbone, state, prefix=''):
     if not present:
         sample = ', '.join(keys[:3]) if keys else 'none'
         layout = layout_of(keys)
-        if layout is not None and layout not in OWN_LAYOUTS:
+        if layout in SOURCE_LAYOUTS:
             raise ValueError(
                 f'{name}: the checkpoint is in the layout of a released PVT/Swin model '
-                f'({LAYOUT_SIGNATURES[layout][0]}; keys{where} such as {sample}), not ours: none of its weights would '
+                f'({layout_description(layout)}; keys{where} such as {sample}), not ours: none of its weights would '
                 f'load. Convert it first: python tools/convert_checkpoint.py SRC.pth DST.pth, and load DST.pth.')
         if layout is None:
             raise ValueError(
