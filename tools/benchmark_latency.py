@@ -25,8 +25,8 @@ import time
 
 from mmengine.config import DictAction
 
-from slab_mmdet.benchmark import (BREAKDOWN_MODES, COMPILE_MODES, DEFAULT_MINI_ROOT, FUSE_MODES, TARGETS,
-                                  BenchmarkError, render_markdown, run_benchmark)
+from slab_mmdet.benchmark import (BREAKDOWN_MODES, COMPILE_MODES, COMPILE_SHAPES, DEFAULT_MINI_ROOT, FUSE_MODES,
+                                  TARGETS, BenchmarkError, render_markdown, run_benchmark)
 
 
 def _int_at_least(low):
@@ -75,6 +75,10 @@ def build_parser():
                                              f'in MODE ({", ".join(COMPILE_MODES)}; bare --compile: default); the '
                                              'warm-up then covers every distinct image and the report gives each '
                                              'model\'s first (compiling) forward')
+    parser.add_argument('--compile-shapes', choices=COMPILE_SHAPES, default='automatic',
+                        help='with --compile: automatic (torch\'s: the second input size makes H and W symbolic, '
+                             'one graph for all sizes) or static (one graph per input size: slower warm-up, for '
+                             'models whose size arithmetic does not compile symbolically, e.g. SLAB-Swin)')
     parser.add_argument('--part', choices=TARGETS, default='detector',
                         help='what to time: the whole detector (default) or model.backbone(inputs) alone')
     parser.add_argument('--breakdown', choices=BREAKDOWN_MODES, default='auto',
@@ -101,7 +105,8 @@ def main(argv=None):
             args.configs, args.checkpoint, fuse=args.fuse, device=args.device, threads=args.threads,
             num_images=args.num_images, warmup=args.warmup, images_dir=args.images, mini_root=args.mini,
             target=args.part, breakdown=args.breakdown, cfg_options=args.cfg_options, out_dir=out_dir,
-            command=command, twin=args.twin, compile_mode=args.compile)
+            command=command, twin=args.twin, compile_mode=args.compile,
+            compile_shapes=args.compile_shapes)
     except BenchmarkError as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
     print()

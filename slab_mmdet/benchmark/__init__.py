@@ -18,8 +18,8 @@ from .images import DEFAULT_MINI_ROOT, IMAGE_EXTENSIONS, ImageSet, dataset_signa
 from .measure import (DETECTOR_PARTS, OTHER_PART, PartTimer, check_device, find_parts, memory_probe,
                       summarize_timings, weights_mib)
 from ..apis import inference_pipeline
-from .candidates import (COCO_TEST_SCALE, COMPILE_MODES, FIXED_DETECTIONS, FUSE_MODES, FUSED_SUFFIX, BenchModel,
-                         check_inputs, coco_test_options, compile_parts, load_config, load_models,
+from .candidates import (COCO_TEST_SCALE, COMPILE_MODES, COMPILE_SHAPES, FIXED_DETECTIONS, FUSE_MODES, FUSED_SUFFIX,
+                         BenchModel, check_inputs, coco_test_options, compile_parts, load_config, load_models,
                          resized_test_pipeline_options)
 from .report import machine_facts, plot_summary, render_markdown, summarize_result, write_report
 from .session import run_benchmark, time_detectors_with_backbones
@@ -27,7 +27,8 @@ from .interleave import (BREAKDOWN_MODES, TARGETS, BenchmarkResult, ModelTimings
                      benchmark_detectors, resolve_breakdown)
 
 __all__ = [
-    'BREAKDOWN_MODES', 'COCO_TEST_SCALE', 'COMPILE_MODES', 'DEFAULT_MINI_ROOT', 'DETECTOR_PARTS', 'FIXED_DETECTIONS',
+    'BREAKDOWN_MODES', 'COCO_TEST_SCALE', 'COMPILE_MODES', 'COMPILE_SHAPES', 'DEFAULT_MINI_ROOT', 'DETECTOR_PARTS',
+    'FIXED_DETECTIONS',
     'FUSED_SUFFIX', 'FUSE_MODES', 'IMAGE_EXTENSIONS', 'OTHER_PART', 'TARGETS', 'BenchModel', 'BenchmarkError',
     'BenchmarkResult', 'FusionRefused', 'ImageSet', 'ModelTimings', 'PartTimer', 'benchmark_backbones',
     'benchmark_detectors', 'check_device', 'check_inputs', 'coco_test_options', 'compile_parts', 'dataset_signature',

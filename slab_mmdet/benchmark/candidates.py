@@ -21,6 +21,10 @@ FUSED_SUFFIX = ' (fused)'
 # stay eager (mmcv ops, data-dependent proposal counts: graph breaks, nothing to compare).
 COMPILE_MODES = ('default', 'max-autotune-no-cudagraphs')
 COMPILED_PARTS = ('backbone', 'neck')
+# How compiled code treats a new input size: 'automatic' is torch's (the second size makes H
+# and W symbolic: one graph for all sizes), 'static' compiles one graph per size
+# (``dynamic=False``; for code whose size arithmetic inductor cannot take symbolically).
+COMPILE_SHAPES = ('automatic', 'static')
 COMPILED_SUFFIX = ' (compiled)'
 # cfg_options that make a two-stage detector keep its 100 best detections whatever their
 # scores, so that models compared with random (or differently trained) weights do the same
@@ -139,16 +143,24 @@ def check_compile_mode(mode):
         raise BenchmarkError(f'compile mode {mode!r} is not valid; valid: {", ".join(COMPILE_MODES)}')
 
 
-def compile_parts(model, mode):
+def check_compile_shapes(shapes):
+    """Refuse a COMPILE_SHAPES value this benchmark does not offer."""
+    if shapes not in COMPILE_SHAPES:
+        raise BenchmarkError(f'compile shapes {shapes!r} is not valid; valid: {", ".join(COMPILE_SHAPES)}')
+
+
+def compile_parts(model, mode, shapes='automatic'):
     """Replace ``model``'s backbone and neck (those it has) by their ``torch.compile`` (inductor,
-    ``mode``), in place; returns the names compiled. Compilation happens at the first forward
-    of each new input shape (the benchmark's warm-up)."""
+    ``mode``; ``shapes``: see COMPILE_SHAPES), in place; returns the names compiled.
+    Compilation happens at the first forward of each new input shape (the benchmark's warm-up)."""
     check_compile_mode(mode)
+    check_compile_shapes(shapes)
+    options = dict(dynamic=False) if shapes == 'static' else {}
     compiled = []
     for name in COMPILED_PARTS:
         part = getattr(model, name, None)
         if isinstance(part, nn.Module):
-            setattr(model, name, torch.compile(part, mode=mode))
+            setattr(model, name, torch.compile(part, mode=mode, **options))
             compiled.append(name)
     return compiled
 
@@ -188,7 +200,8 @@ def check_inputs(configs, checkpoints=(), fuse='none'):
     return checkpoints + [None] * (len(configs) - len(checkpoints))
 
 
-def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=None, log=print, compile_mode=None):
+def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=None, log=print, compile_mode=None,
+                compile_shapes='automatic'):
     """Load the variants to benchmark, in order: per config, unfused and/or fused as `fuse` says.
 
     Args:
@@ -204,6 +217,7 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
         log: prints progress messages (None: quiet).
         compile_mode: None, or a mode of COMPILE_MODES: every variant's backbone and neck
             go through ``torch.compile`` (after fusion), named with COMPILED_SUFFIX.
+        compile_shapes: with compile_mode, how new input sizes compile (COMPILE_SHAPES).
 
     Raises BenchmarkError naming the bad value (unknown config, too many checkpoints, a
     missing checkpoint file, with fuse='yes' a model that cannot be fused).
@@ -212,6 +226,7 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
     configs = list(configs)
     checkpoints = check_inputs(configs, checkpoints, fuse)
     check_compile_mode(compile_mode)
+    check_compile_shapes(compile_shapes)
     cfgs = [load_config(c, cfg_options) for c in configs]   # all configs checked before any model is built
     fused_copy = _import_fused_copy() if fuse != 'none' else None
     variants = []
@@ -238,9 +253,9 @@ def load_models(configs, checkpoints=(), fuse='none', device='cpu', cfg_options=
             variants.append(BenchModel(name + FUSED_SUFFIX, config, fused, pipeline, ckpt, True, info))
     if compile_mode is not None:
         for variant in variants:
-            parts = compile_parts(variant.model, compile_mode)
+            parts = compile_parts(variant.model, compile_mode, compile_shapes)
             variant.name += COMPILED_SUFFIX
-            variant.compiled = compile_mode
-            log(f'[benchmark] {variant.name}: {" and ".join(parts)} through torch.compile (mode {compile_mode!r}); '
-                f'compiled at the first forward of each input shape, in the warm-up')
+            variant.compiled = compile_mode + (', static shapes' if compile_shapes == 'static' else '')
+            log(f'[benchmark] {variant.name}: {" and ".join(parts)} through torch.compile (mode {compile_mode!r}, '
+                f'{compile_shapes} shapes); compiled at the first forward of each input shape, in the warm-up')
     return variants

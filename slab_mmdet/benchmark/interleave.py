@@ -142,7 +142,7 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
     bar = None
     if progress:
         from mmengine.utils import ProgressBar
-        bar = ProgressBar(warmup + len(images.paths))
+        bar = ProgressBar(warmup + len(images.paths) * (2 if boxes else 1))   # the reference pass, if any
 
     def run(i, data, kind, k):
         events.append((kind, i, k))
@@ -178,6 +178,8 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
         for k, path in enumerate(images.paths if boxes else ()):
             events.append(('reference', 0, k))
             boxes.record(models[0], models[0].prepare(path, k), k)
+            if bar:
+                bar.update()
         for w in range(warmup):
             k = w % len(images.paths)
             batch = [m.prepare(images.paths[k], k) for m in models]

@@ -1,4 +1,5 @@
 """One benchmark run from start to end, as tools/benchmark_latency.py does it."""
+import contextlib
 import tempfile
 import time
 
@@ -8,7 +9,7 @@ from ..utils import is_int
 from .errors import BenchmarkError
 from .images import dataset_signature, resolve_images
 from .measure import check_device
-from .candidates import check_compile_mode, check_inputs, load_config, load_models
+from .candidates import check_compile_mode, check_compile_shapes, check_inputs, load_config, load_models
 from .report import machine_facts, render_markdown, summarize_result, write_report
 from .twin import write_twin_config
 from .interleave import TARGETS, benchmark_backbones, benchmark_detectors, resolve_breakdown
@@ -17,7 +18,7 @@ from .interleave import TARGETS, benchmark_backbones, benchmark_detectors, resol
 def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=None, num_images=100, warmup=10,
                   images_dir=None, mini_root=None, target='detector', breakdown='auto', cfg_options=None,
                   out_dir=None, command=None, clock=time.perf_counter, progress=True, log=print, twin=False,
-                  compile_mode=None):
+                  compile_mode=None, compile_shapes='automatic'):
     """Validate the inputs, load the models, time them interleaved, and write the report.
 
     Every argument mirrors an option of tools/benchmark_latency.py; `device` None means CUDA
@@ -30,7 +31,9 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
     ``(summary, paths)``: the JSON summary and the written files ({'md', 'json', 'png'}; empty
     when `out_dir` is None). ``compile_mode``: every model's backbone and neck through
     ``torch.compile`` in that mode (``COMPILE_MODES``); the warm-up then covers every distinct
-    image (each new shape compiles), so that no timed forward compiles.
+    image (each new shape compiles), so that no timed forward compiles; ``compile_shapes``:
+    one graph for all sizes or one per size (``COMPILE_SHAPES``). Should torch's limit of
+    compiled graphs per function be reached, the run stops rather than time eager code.
     """
     log = log or (lambda message: None)
     device = check_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -43,6 +46,7 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
         raise BenchmarkError(f'target {target!r} is not valid; valid: {", ".join(TARGETS)}')
     resolve_breakdown(breakdown, device, target)
     check_compile_mode(compile_mode)
+    check_compile_shapes(compile_shapes)
     configs = list(configs)
     checkpoints = check_inputs(configs, checkpoints, fuse)
     if twin:
@@ -68,13 +72,19 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
             f'that every input shape is compiled before timing')
         warmup = images.num_unique
     twin_models = (load_models([twin_path], device=device, cfg_options=cfg_options, log=log,
-                               compile_mode=compile_mode) if twin else [])
+                               compile_mode=compile_mode, compile_shapes=compile_shapes) if twin else [])
     models = twin_models + load_models(configs, checkpoints, fuse, device, cfg_options, log=log,
-                                       compile_mode=compile_mode)
-    if target == 'detector':
-        result = benchmark_detectors(models, images, warmup, breakdown, clock=clock, progress=progress)
-    else:
-        result = benchmark_backbones(models, images, warmup, clock=clock, progress=progress)
+                                       compile_mode=compile_mode, compile_shapes=compile_shapes)
+    # Past torch's limit of graphs per compiled function dynamo would run the rest eagerly,
+    # and the report would call eager times compiled: room for every distinct image, else stop.
+    limits = (torch._dynamo.config.patch(recompile_limit=max(8, images.num_unique + 1),
+                                         fail_on_recompile_limit_hit=True)
+              if compile_mode is not None else contextlib.nullcontext())
+    with limits:
+        if target == 'detector':
+            result = benchmark_detectors(models, images, warmup, breakdown, clock=clock, progress=progress)
+        else:
+            result = benchmark_backbones(models, images, warmup, clock=clock, progress=progress)
     summary = summarize_result(result, machine_facts(device, command))
     paths = write_report(summary, out_dir) if out_dir else {}
     return summary, paths

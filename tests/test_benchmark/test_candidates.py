@@ -99,6 +99,22 @@ def test_compile_replaces_backbone_and_neck_of_every_variant(monkeypatch):
         load_models([MASK_RCNN], compile_mode='reduce-overhead', log=None)
 
 
+def test_static_compile_shapes_compile_one_graph_per_size(monkeypatch):
+    """compile_shapes='static' asks torch.compile for dynamic=False (one graph per input size),
+    and the record says so; an unknown value is refused before any model is built."""
+    from slab_mmdet.benchmark import candidates
+    calls = []
+    monkeypatch.setattr(candidates.torch, 'compile', lambda module, **options: calls.append(options) or module)
+    (model,) = load_models([MASK_RCNN], compile_mode='default', compile_shapes='static', log=None)
+    assert calls == [dict(mode='default', dynamic=False)] * 2
+    assert model.compiled == 'default, static shapes'
+    calls.clear()
+    load_models([MASK_RCNN], compile_mode='default', log=None)
+    assert calls == [dict(mode='default')] * 2   # torch's automatic dynamic shapes
+    with pytest.raises(BenchmarkError, match="compile shapes 'symbolic' is not valid; valid: automatic, static"):
+        load_models([MASK_RCNN], compile_mode='default', compile_shapes='symbolic', log=None)
+
+
 def test_coco_test_options_fix_the_detections_and_resize_to_the_coco_test_scale():
     from mmdet.utils import get_test_pipeline_cfg
 

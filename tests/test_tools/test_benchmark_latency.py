@@ -173,3 +173,27 @@ def test_cli_compile_warms_every_image_shape_and_reports_the_first_forward(mini_
     assert len(model['raw']['warmup_ms']) == 3 and model['first_forward_ms'] == model['raw']['warmup_ms'][0]
     markdown = open(osp.join(out_dir, 'latency.md')).read()
     assert '## torch.compile' in markdown and '| mask_rcnn_pvt_t (compiled) | default |' in markdown
+
+
+def test_cli_compile_never_falls_back_to_eager_silently(mini_coco, tmp_path, monkeypatch, keep_torch_threads):
+    """During a compiled run dynamo has room for a graph per distinct image and stops the run at
+    its limit instead of running eager code that the report would call compiled; the limits are
+    torch's own again afterwards. --compile-shapes static reaches torch.compile."""
+    import torch._dynamo.config as dynamo_config
+
+    from slab_mmdet.benchmark import candidates, session
+    before = (dynamo_config.recompile_limit, dynamo_config.fail_on_recompile_limit_hit)
+    seen, options = [], []
+    monkeypatch.setattr(candidates.torch, 'compile', lambda module, **kw: options.append(kw) or module)
+
+    def fake_benchmark(models, images, warmup, breakdown=None, clock=None, progress=None):
+        seen.append((dynamo_config.recompile_limit, dynamo_config.fail_on_recompile_limit_hit, images.num_unique))
+        raise session.BenchmarkError('stop here')
+    monkeypatch.setattr(session, 'benchmark_detectors', fake_benchmark)
+    with pytest.raises(SystemExit):
+        load_benchmark_cli().main([MASK_RCNN, '--compile', '--compile-shapes', 'static', '--mini', mini_coco,
+                                   '--device', 'cpu', '--num-images', '3', '--out-dir', str(tmp_path)])
+    (limit, fail, distinct), = seen
+    assert fail is True and limit >= distinct + 1 and limit >= 8
+    assert options == [dict(mode='default', dynamic=False)] * 2
+    assert (dynamo_config.recompile_limit, dynamo_config.fail_on_recompile_limit_hit) == before
