@@ -79,6 +79,10 @@ def build_parser():
                         help='with --compile: automatic (torch\'s: the second input size makes H and W symbolic, '
                              'one graph for all sizes) or static (one graph per input size: slower warm-up, for '
                              'models whose size arithmetic does not compile symbolically, e.g. SLAB-Swin)')
+    parser.add_argument('--shared-boxes', action='store_true',
+                        help='two-stage detectors: after computing their own, every model\'s heads continue with '
+                             'the first model\'s proposals and detections (recorded in an untimed pass), so that '
+                             'models with random weights do the same head work')
     parser.add_argument('--part', choices=TARGETS, default='detector',
                         help='what to time: the whole detector (default) or model.backbone(inputs) alone')
     parser.add_argument('--breakdown', choices=BREAKDOWN_MODES, default='auto',
@@ -106,7 +110,7 @@ def main(argv=None):
             num_images=args.num_images, warmup=args.warmup, images_dir=args.images, mini_root=args.mini,
             target=args.part, breakdown=args.breakdown, cfg_options=args.cfg_options, out_dir=out_dir,
             command=command, twin=args.twin, compile_mode=args.compile,
-            compile_shapes=args.compile_shapes)
+            compile_shapes=args.compile_shapes, shared_boxes=args.shared_boxes)
     except BenchmarkError as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
     print()

@@ -18,7 +18,7 @@ from .interleave import TARGETS, benchmark_backbones, benchmark_detectors, resol
 def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=None, num_images=100, warmup=10,
                   images_dir=None, mini_root=None, target='detector', breakdown='auto', cfg_options=None,
                   out_dir=None, command=None, clock=time.perf_counter, progress=True, log=print, twin=False,
-                  compile_mode=None, compile_shapes='automatic'):
+                  compile_mode=None, compile_shapes='automatic', shared_boxes=False):
     """Validate the inputs, load the models, time them interleaved, and write the report.
 
     Every argument mirrors an option of tools/benchmark_latency.py; `device` None means CUDA
@@ -34,6 +34,8 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
     image (each new shape compiles), so that no timed forward compiles; ``compile_shapes``:
     one graph for all sizes or one per size (``COMPILE_SHAPES``). Should torch's limit of
     compiled graphs per function be reached, the run stops rather than time eager code.
+    ``shared_boxes``: whole two-stage detectors continue with the first model's boxes (see
+    :func:`~.interleave.benchmark_detectors`).
     """
     log = log or (lambda message: None)
     device = check_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -45,6 +47,8 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
     if target not in TARGETS:
         raise BenchmarkError(f'target {target!r} is not valid; valid: {", ".join(TARGETS)}')
     resolve_breakdown(breakdown, device, target)
+    if shared_boxes and target != 'detector':
+        raise BenchmarkError('shared boxes feed the heads of whole detectors; with target backbone there are none')
     check_compile_mode(compile_mode)
     check_compile_shapes(compile_shapes)
     configs = list(configs)
@@ -82,7 +86,8 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
               if compile_mode is not None else contextlib.nullcontext())
     with limits:
         if target == 'detector':
-            result = benchmark_detectors(models, images, warmup, breakdown, clock=clock, progress=progress)
+            result = benchmark_detectors(models, images, warmup, breakdown, clock=clock, progress=progress,
+                                         shared_boxes=shared_boxes)
         else:
             result = benchmark_backbones(models, images, warmup, clock=clock, progress=progress)
     summary = summarize_result(result, machine_facts(device, command))

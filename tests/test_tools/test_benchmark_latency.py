@@ -186,7 +186,7 @@ def test_cli_compile_never_falls_back_to_eager_silently(mini_coco, tmp_path, mon
     seen, options = [], []
     monkeypatch.setattr(candidates.torch, 'compile', lambda module, **kw: options.append(kw) or module)
 
-    def fake_benchmark(models, images, warmup, breakdown=None, clock=None, progress=None):
+    def fake_benchmark(models, images, warmup, breakdown=None, clock=None, progress=None, shared_boxes=False):
         seen.append((dynamo_config.recompile_limit, dynamo_config.fail_on_recompile_limit_hit, images.num_unique))
         raise session.BenchmarkError('stop here')
     monkeypatch.setattr(session, 'benchmark_detectors', fake_benchmark)
@@ -197,3 +197,17 @@ def test_cli_compile_never_falls_back_to_eager_silently(mini_coco, tmp_path, mon
     assert fail is True and limit >= distinct + 1 and limit >= 8
     assert options == [dict(mode='default', dynamic=False)] * 2
     assert (dynamo_config.recompile_limit, dynamo_config.fail_on_recompile_limit_hit) == before
+
+
+def test_cli_shared_boxes_feed_every_model_the_first_ones(mini_coco, tmp_path, keep_torch_threads):
+    """--shared-boxes: the first model's boxes recorded untimed and fed to every model's heads
+    (the schedule says so, every model keeps as many detections); refused for backbone timing."""
+    summary = load_benchmark_cli().main([MASK_RCNN, MASK_RCNN, '--shared-boxes', '--mini', mini_coco, '--device', 'cpu',
+                                         '--threads', '1', '--num-images', '2', '--warmup', '0', '--out-dir',
+                                         str(tmp_path), '--cfg-options'] + SMALL_MASK_RCNN_OPTIONS
+                                        + ['model.test_cfg.rcnn.score_thr=0.0'])
+    assert "A's boxes recorded in an untimed pass over the images" in summary['settings']['schedule']
+    assert [m['raw']['detections'] for m in summary['models']] == [[5, 5], [5, 5]]
+    with pytest.raises(SystemExit) as exit_info:
+        load_benchmark_cli().main([MASK_RCNN, '--shared-boxes', '--part', 'backbone', '--mini', mini_coco])
+    assert exit_info.value.code == 2
