@@ -42,8 +42,11 @@ def _copied(instances):
     return copy
 
 
-def _image_shape(batch_img_metas):
-    return tuple(batch_img_metas[0]['img_shape'])
+def _input_shape(what, batch):
+    """The resized image's (H, W) from the second argument of a FED_METHODS method: the data
+    samples (rpn_head.predict) or their metainfo dicts (roi_head.predict_bbox)."""
+    meta = batch[0] if what == 'detections' else batch[0].metainfo
+    return tuple(meta['img_shape'])
 
 
 class SharedBoxes:
@@ -62,10 +65,9 @@ class SharedBoxes:
         shape = []
 
         def keep(what, fn):
-            def wrapper(x, batch_metas, *args, **kwargs):
-                metas = batch_metas if what == 'detections' else [s.metainfo for s in batch_metas]
-                shape.append(_image_shape(metas))
-                result = fn(x, batch_metas, *args, **kwargs)
+            def wrapper(x, batch, *args, **kwargs):
+                shape.append(_input_shape(what, batch))
+                result = fn(x, batch, *args, **kwargs)
                 caught[what] = [_copied(r) for r in result]
                 return result
             return wrapper
@@ -82,13 +84,12 @@ class SharedBoxes:
         shape, caught = self._boxes[k]
 
         def feed(what, fn):
-            def wrapper(x, batch_metas, *args, **kwargs):
-                metas = batch_metas if what == 'detections' else [s.metainfo for s in batch_metas]
-                if _image_shape(metas) != shape:
+            def wrapper(x, batch, *args, **kwargs):
+                if _input_shape(what, batch) != shape:
                     raise BenchmarkError(
-                        f'{bench_model.name} sees image {k} at {_image_shape(metas)}, {self.reference} at {shape}: '
-                        "one model's boxes fit another's only when their test pipelines resize alike")
-                fn(x, batch_metas, *args, **kwargs)
+                        f'{bench_model.name} sees image {k} at {_input_shape(what, batch)}, {self.reference} at '
+                        f"{shape}: one model's boxes fit another's only when their test pipelines resize alike")
+                fn(x, batch, *args, **kwargs)
                 return [_copied(r) for r in caught[what]]
             return wrapper
 
