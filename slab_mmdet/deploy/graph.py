@@ -21,13 +21,16 @@ UNREADABLE_GRAPH_ERRORS = (ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, 
 RUN_ERRORS = (ort_errors.RuntimeException, ort_errors.Fail, ort_errors.InvalidArgument)
 
 
-def _not_readable(path, error):
+def unreadable_graph_error(path, error):
+    """The ValueError for a graph file that ``error`` says cannot be read: names the file, the
+    reason and the fix."""
     reason = str(error).strip().splitlines()[0].split(' failed:')[-1].strip() if str(error).strip() else ''
     return ValueError(f'{path} is not a readable ONNX graph ({type(error).__name__}: {reason[:300]}); export it '
                       f'again with tools/export_onnx.py')
 
 
-def _check_exists(path):
+def require_graph_file(path):
+    """FileNotFoundError naming ``path`` unless it is a file."""
     if not osp.isfile(path):
         raise FileNotFoundError(f'ONNX graph {path!r} does not exist')
 
@@ -35,11 +38,11 @@ def _check_exists(path):
 def read_graph(path):
     """The ``onnx.ModelProto`` in ``path``; a missing, truncated or corrupt file is refused
     naming the file and the reason."""
-    _check_exists(path)
+    require_graph_file(path)
     try:
         return onnx.load(path)
     except (DecodeError, ValueError) as e:
-        raise _not_readable(path, e) from None
+        raise unreadable_graph_error(path, e) from None
 
 
 def onnx_session(path, threads=None):
@@ -49,11 +52,11 @@ def onnx_session(path, threads=None):
     if threads:
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
-    _check_exists(path)
+    require_graph_file(path)
     try:
         return ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
     except UNREADABLE_GRAPH_ERRORS as e:   # a truncated or corrupt file
-        raise _not_readable(path, e) from None
+        raise unreadable_graph_error(path, e) from None
 
 
 def graph_inputs(onnx_model):
@@ -124,4 +127,5 @@ def token_by_token_products(onnx_model, input_hw, token_counts):
 
 
 __all__ = ['NORM_OPS', 'RUN_ERRORS', 'graph_inputs', 'graph_nodes', 'nodes_in_modules', 'norm_nodes',
-           'norm_nodes_outside', 'onnx_session', 'read_graph', 'token_by_token_products']
+           'norm_nodes_outside', 'onnx_session', 'read_graph', 'require_graph_file', 'token_by_token_products',
+           'unreadable_graph_error']

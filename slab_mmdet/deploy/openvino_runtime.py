@@ -2,7 +2,7 @@
 ``make setup-openvino``): the graph read from the ``.onnx`` file the exporter wrote (or an
 OpenVINO IR made from it, such as :func:`~.quantize.quantize_with_openvino`'s), compiled for
 latency at batch 1, outputs in the graph's order as ONNX Runtime gives them."""
-from .graph import read_graph
+from .graph import require_graph_file, unreadable_graph_error
 
 # OpenVINO's CPU plugin runs bf16 by default on CPUs with AMX or AVX-512 BF16: f32 unless asked,
 # so that its outputs can be checked against ONNX Runtime's at the exporter's tolerance.
@@ -20,6 +20,19 @@ def import_nncf():
     return nncf
 
 
+def read_openvino_model(core, path):
+    """OpenVINO's model of ``path`` (an ``.onnx`` graph or an OpenVINO IR ``.xml``), read once; a
+    missing file, or an ``.onnx`` file OpenVINO cannot read, is refused naming it (an IR's errors
+    are OpenVINO's own)."""
+    require_graph_file(path)
+    try:
+        return core.read_model(path)
+    except RuntimeError as e:
+        if path.endswith('.xml'):
+            raise
+        raise unreadable_graph_error(path, RuntimeError('OpenVINO could not read it')) from e
+
+
 def import_openvino():
     """The ``openvino`` module, or an ImportError that says how to install the extra."""
     try:
@@ -33,7 +46,8 @@ class OpenVinoGraph:
     """An ONNX graph compiled by OpenVINO for the CPU: ``run(feed)`` -> list of numpy arrays.
 
     Args:
-        path (str): The ``.onnx`` file (read and checked as ONNX Runtime's sessions are).
+        path (str): The ``.onnx`` file, or an OpenVINO IR ``.xml`` made from it (see
+            :func:`read_openvino_model`).
         threads (int | None): Inference threads; None: OpenVINO's default.
         precision (str): 'f32' (default) or 'bf16' (the plugin's default where the CPU has it).
     """
@@ -43,15 +57,13 @@ class OpenVinoGraph:
             raise ValueError(f'OpenVINO precision {precision!r}: expected one of {PRECISIONS}')
         if threads is not None and (not isinstance(threads, int) or threads < 1):
             raise ValueError(f'OpenVINO threads must be an int >= 1 or None, got {threads!r}')
-        if not path.endswith('.xml'):   # OpenVINO IR (e.g. from NNCF) is OpenVINO's own to check
-            read_graph(path)   # a missing or unreadable file is refused naming it, before OpenVINO reads it
         ov = import_openvino()
         core = ov.Core()
         config = {'PERFORMANCE_HINT': 'LATENCY', 'NUM_STREAMS': 1, 'INFERENCE_PRECISION_HINT': precision}
         if threads:
             config['INFERENCE_NUM_THREADS'] = threads
         self.path, self.precision = path, precision
-        self.compiled = core.compile_model(core.read_model(path), 'CPU', config)
+        self.compiled = core.compile_model(read_openvino_model(core, path), 'CPU', config)
         self.request = self.compiled.create_infer_request()
         self.input_names = [port.get_any_name() for port in self.compiled.inputs]
 

@@ -15,7 +15,7 @@ from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, 
 from .. import apis
 from .graph import NORM_OPS, graph_inputs, nodes_in_modules, read_graph
 from .onnx_detector import Preprocessor
-from .openvino_runtime import import_nncf, import_openvino
+from .openvino_runtime import import_nncf, import_openvino, read_openvino_model
 
 # The operators that carry the compute and that ONNX Runtime runs in int8 (QLinearConv,
 # QLinearMatMul, ...): quantised in the backbone and neck.
@@ -156,7 +156,8 @@ def quantize_with_openvino(float_path, out, config, calibration_images, cfg_opti
         raise ValueError(f'quantize_with_openvino writes an OpenVINO IR: out must end in .xml, got {out!r}')
     images = _calibration_images(calibration_images)
     nncf, ov = import_nncf(), import_openvino()
-    feeds = calibration_inputs(config, images, graph_inputs(read_graph(float_path)), cfg_options, logger)
+    model = read_openvino_model(ov.Core(), float_path)
+    feeds = calibration_inputs(config, images, [port.get_any_name() for port in model.inputs], cfg_options, logger)
     # NNCF stacks each activation's statistics over the set: one image size for all, the
     # smaller images zero-padded at the bottom/right as mmdet pads a batch.
     h = max(f['images'].shape[2] for f in feeds)
@@ -165,7 +166,6 @@ def quantize_with_openvino(float_path, out, config, calibration_images, cfg_opti
         x = feed['images']
         feed['images'] = np.pad(x, ((0, 0), (0, 0), (0, h - x.shape[2]), (0, w - x.shape[3])))
     outside = '|'.join(parts)
-    model = ov.Core().read_model(float_path)
     before_pools = sorted(_layers_before(model, OPENVINO_FLOAT_BEFORE))
     ignored = nncf.IgnoredScope(names=before_pools, validate=False, patterns=(
         [f'^(?!/({outside})/).*'] + [f'.*/{scope}(_[0-9]+)?/.*' for scope in OPENVINO_FLOAT_SCOPES]))

@@ -44,6 +44,9 @@ def test_bad_arguments_and_files_are_refused(tmp_path):
         OpenVinoGraph(str(tmp_path / 'x.onnx'), threads=0)
     with pytest.raises(FileNotFoundError, match='x.onnx'):
         OpenVinoGraph(str(tmp_path / 'x.onnx'))
+    (tmp_path / 'cut.onnx').write_bytes(b'not a graph' * 10)   # a truncated download, say
+    with pytest.raises(ValueError, match=r'cut\.onnx is not a readable ONNX graph .*OpenVINO could not read it'):
+        OpenVinoGraph(str(tmp_path / 'cut.onnx'))
 
 
 @pytest.fixture(scope='module')
