@@ -27,7 +27,8 @@ def parse_args(argv=None):
     parser.add_argument('model', metavar='MODEL.onnx', help='a whole-detector graph (export_onnx.py --detector)')
     parser.add_argument('--threads', type=int, default=None, help='the runtime\'s threads (default: its own)')
     parser.add_argument('--openvino', action='store_true', help='run the graph in OpenVINO (f32), not ONNX Runtime')
-    parser.add_argument('--openvino-precision', default='f32', choices=('f32', 'bf16'),
+    from slab_mmdet.deploy.openvino_runtime import PRECISIONS
+    parser.add_argument('--openvino-precision', default=PRECISIONS[0], choices=PRECISIONS,
                         help='OpenVINO\'s precision (default f32; bf16 runs on CPUs with AMX or AVX-512 BF16)')
     parser.add_argument('--openvino-ir', default=None, metavar='FILE.xml',
                         help='run this OpenVINO IR of MODEL.onnx (e.g. its int8 version) in OpenVINO')
@@ -44,7 +45,7 @@ def parse_args(argv=None):
         if not (args.openvino_ir.endswith('.xml') and osp.isfile(args.openvino_ir)):
             parser.error(f'--openvino-ir must name an existing .xml file, got {args.openvino_ir}')
         args.openvino = True
-    if args.openvino_precision != 'f32':
+    if args.openvino_precision != PRECISIONS[0]:
         args.openvino = True
     for name in ('threads', 'max_images'):
         value = getattr(args, name)
