@@ -93,6 +93,7 @@ def latency(models, args, log):
     from slab_mmdet.deploy import deployable_detector
     from slab_mmdet.deploy.onnx_detector import OnnxDetector, Preprocessor
     from slab_mmdet.deploy.graph import onnx_session
+    from slab_mmdet.benchmark.report import paired_ratio
     images = sorted(glob.glob(osp.join(args.data_root, 'val', '*.jpg')))[:args.images]
     runs = []   # (model, variant, callable)
     for name, config, checkpoint, paths in models:
@@ -148,9 +149,7 @@ def latency(models, args, log):
         if not args.no_eager:
             pairs.append(('ORT float', 'PyTorch eager', 'ORT float/eager (paired)'))
         for numerator, denominator, label in pairs:
-            ratios = np.array(times[(m, numerator)]) / np.array(times[(m, denominator)])
-            result[f'{m} | {label}'] = dict(median=float(np.median(ratios)), p10=float(np.percentile(ratios, 10)),
-                                            p90=float(np.percentile(ratios, 90)), n=len(ratios))
+            result[f'{m} | {label}'] = paired_ratio(times[(m, numerator)], times[(m, denominator)])
     return result
 
 
