@@ -32,6 +32,7 @@ import os.path as osp
 import sys
 
 from bootstrap import REPO
+from slab_mmdet.benchmark.allocator import CPU_ALLOCATOR_MODES
 from slab_mmdet.benchmark.peers import PVTV2_BACKBONES, TIMM_PEERS, timm_peer_options
 
 
@@ -158,6 +159,9 @@ def main(argv=None):
     parser.add_argument('--own-boxes', action='store_true',
                         help="detectors: let each model's heads continue with its own boxes instead of the first "
                              "model's (with random weights the head work then differs from model to model)")
+    parser.add_argument('--cpu-allocator', choices=CPU_ALLOCATOR_MODES, default='reuse',
+                        help="how the C allocator treats freed memory (slab_mmdet.benchmark.allocator): reuse "
+                             "(default) or glibc's default, system")
     parser.add_argument('--only', nargs='+', choices=sorted(COMPARISONS), help='run only these comparisons')
     parser.add_argument('--out-dir', default=osp.join(REPO, 'work_dirs', 'benchmarks', 'latency'))
     args = parser.parse_args(argv)
@@ -170,12 +174,14 @@ def main(argv=None):
         return
     import torch
     from slab_mmdet.benchmark import (FIXED_DETECTIONS, FUSED_SUFFIX, benchmark_backbones, benchmark_detectors,
-                                      load_models, resolve_images)
+                                      load_models, resolve_images, set_cpu_allocator)
     from slab_mmdet.benchmark.report import machine_facts, render_markdown, summarize_result, write_report
     from slab_mmdet.apis import load_config
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == 'cpu':
+        set_cpu_allocator(args.cpu_allocator)
     os.makedirs(args.out_dir, exist_ok=True)
     record = {}
     command = 'python ' + ' '.join([osp.relpath(__file__, REPO)] + (argv if argv is not None else sys.argv[1:]))

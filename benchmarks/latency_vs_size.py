@@ -115,6 +115,7 @@ def plot(record, path):
 
 
 def main(argv=None):
+    from slab_mmdet.benchmark.allocator import CPU_ALLOCATOR_MODES
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument('--device', default='cpu')
     parser.add_argument('--threads', type=int, default=None)
@@ -123,6 +124,9 @@ def main(argv=None):
     parser.add_argument('--short-sides', type=int, nargs='+', default=list(SHORT_SIDES))
     parser.add_argument('--images', default=osp.join(REPO, 'data', 'mini_coco', 'val'),
                         help='image folder (default: mini COCO val; make it with tools/make_mini_coco.py)')
+    parser.add_argument('--cpu-allocator', choices=CPU_ALLOCATOR_MODES, default='reuse',
+                        help="how the C allocator treats freed memory (slab_mmdet.benchmark.allocator): reuse "
+                             "(default) or glibc's default, system")
     parser.add_argument('--out-dir', default=osp.join(REPO, 'work_dirs', 'benchmarks', 'latency_vs_size'))
     args = parser.parse_args(argv)
     bad = [s for s in args.short_sides if s < 32]
@@ -130,11 +134,13 @@ def main(argv=None):
         parser.error(f"--short-sides {bad}: a short side must be at least 32 pixels (the backbones' stride)")
     import torch
     from slab_mmdet.apis import load_config
-    from slab_mmdet.benchmark import benchmark_backbones, resolve_images
+    from slab_mmdet.benchmark import benchmark_backbones, resolve_images, set_cpu_allocator
     from slab_mmdet.benchmark.report import machine_facts, paired_ratio, summarize_result
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == 'cpu':
+        set_cpu_allocator(args.cpu_allocator)
     os.makedirs(args.out_dir, exist_ok=True)
     command = 'python ' + ' '.join([osp.relpath(__file__, REPO)] + (argv if argv is not None else sys.argv[1:]))
     models = load_family_models(args.device)

@@ -129,12 +129,13 @@ def benchmark(checkpoint, config, options, data_root, out_dir, num_images, warmu
     """The LayerNorm + softmax twin of ``config`` (random weights; the reference of the ratios)
     vs the trained model unfused and fused, whole detectors, interleaved, batch 1."""
     import torch
-    from slab_mmdet.benchmark import FIXED_DETECTIONS, benchmark_detectors, load_models
+    from slab_mmdet.benchmark import FIXED_DETECTIONS, benchmark_detectors, load_models, set_cpu_allocator
     from slab_mmdet.benchmark.images import list_mini_coco_val, select_images
     from slab_mmdet.benchmark.report import machine_facts, summarize_result, write_report
     from slab_mmdet.benchmark.twin import write_twin_config
     if threads:
         torch.set_num_threads(threads)
+    set_cpu_allocator('reuse')   # as tools/benchmark_latency.py: no model pays page faults at every image
     models = load_models([write_twin_config(config, out_dir, options)], cfg_options={**options, **FIXED_DETECTIONS})
     models[-1].name += ' (LayerNorm + softmax twin)'
     models += load_models([config], [checkpoint], fuse='both', cfg_options={**options, **FIXED_DETECTIONS})
@@ -152,13 +153,15 @@ def benchmark_coco_size_backbones(checkpoint, config, options, baseline, data_ro
     mmdet's PVT-T (``baseline``, its slower attention), random weights except the trained model,
     on mini COCO val images resized as COCO test images are, interleaved, batch 1."""
     import torch
-    from slab_mmdet.benchmark import COCO_TEST_SCALE, benchmark_backbones, load_models, resized_test_pipeline_options
+    from slab_mmdet.benchmark import (COCO_TEST_SCALE, benchmark_backbones, load_models, resized_test_pipeline_options,
+                                      set_cpu_allocator)
     from slab_mmdet.benchmark.images import list_mini_coco_val, select_images
     from slab_mmdet.benchmark.peers import timm_peer_options
     from slab_mmdet.benchmark.report import machine_facts, summarize_result, write_report
     from slab_mmdet.benchmark.twin import write_twin_config
     if threads:
         torch.set_num_threads(threads)
+    set_cpu_allocator('reuse')   # as tools/benchmark_latency.py: no model pays page faults at every image
     at_coco_size = resized_test_pipeline_options(config, COCO_TEST_SCALE)
     twin = write_twin_config(config, out_dir, options)
     models = load_models([twin], cfg_options={**options, **at_coco_size})

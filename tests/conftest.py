@@ -21,6 +21,19 @@ def mmdet_default_scope():
         yield
 
 
+@pytest.fixture(autouse=True)
+def recorded_mallopt(monkeypatch):
+    """The benchmark's allocator switch talks to a recorder, not to glibc: ``'reuse'`` cannot be undone
+    within a process, and the suite shares one. Each test starts in mode ``'system'``; the calls the
+    switch made are the returned list of (param, value). tests/test_benchmark/test_allocator.py
+    checks the real switch in child processes."""
+    from slab_mmdet.benchmark import allocator
+    calls = []
+    monkeypatch.setattr(allocator, '_mode', 'system')
+    monkeypatch.setattr(allocator, '_mallopt', lambda: lambda param, value: calls.append((param, value)) or 1)
+    return calls
+
+
 @pytest.fixture(scope='session')
 def repo_root():
     return REPO_ROOT

@@ -25,8 +25,9 @@ import time
 
 from mmengine.config import DictAction
 
-from slab_mmdet.benchmark import (BREAKDOWN_MODES, COMPILE_MODES, COMPILE_SHAPES, DEFAULT_MINI_ROOT, FUSE_MODES,
-                                  TARGETS, BenchmarkError, render_markdown, run_benchmark)
+from slab_mmdet.benchmark import (BREAKDOWN_MODES, COMPILE_MODES, COMPILE_SHAPES, CPU_ALLOCATOR_MODES,
+                                  DEFAULT_MINI_ROOT, FUSE_MODES, TARGETS, BenchmarkError, render_markdown,
+                                  run_benchmark)
 
 
 def _int_at_least(low):
@@ -88,6 +89,10 @@ def build_parser():
     parser.add_argument('--breakdown', choices=BREAKDOWN_MODES, default='auto',
                         help='per-part timing: auto (same pass on CPU, extra interleaved pass on CUDA), '
                              'same-pass, extra-pass or off')
+    parser.add_argument('--cpu-allocator', choices=CPU_ALLOCATOR_MODES, default='reuse',
+                        help="CPU: reuse (default) keeps the memory a forward frees for the next one, as jemalloc or "
+                             "tcmalloc would; system leaves glibc's default, which maps every block over 32 MiB "
+                             "afresh and faults its pages in at every image (see docs/benchmark_tool.md)")
     parser.add_argument('--out-dir', default=None,
                         help='where to write latency.{md,json,png} (default: work_dirs/benchmark_latency/<time>)')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, default=None,
@@ -110,7 +115,8 @@ def main(argv=None):
             num_images=args.num_images, warmup=args.warmup, images_dir=args.images, mini_root=args.mini,
             target=args.part, breakdown=args.breakdown, cfg_options=args.cfg_options, out_dir=out_dir,
             command=command, twin=args.twin, compile_mode=args.compile,
-            compile_shapes=args.compile_shapes, shared_boxes=args.shared_boxes)
+            compile_shapes=args.compile_shapes, shared_boxes=args.shared_boxes,
+            cpu_allocator=args.cpu_allocator)
     except BenchmarkError as e:
         parser.exit(2, f'{parser.prog}: error: {e}\n')
     print()

@@ -13,6 +13,7 @@ or, step by step::
     summary = summarize_result(benchmark_detectors(models, images, warmup=10))
     write_report(summary, 'work_dirs/latency')
 """
+from .allocator import CPU_ALLOCATOR_MODES, cpu_allocator, set_cpu_allocator
 from .errors import BenchmarkError, FusionRefused
 from .images import DEFAULT_MINI_ROOT, IMAGE_EXTENSIONS, ImageSet, dataset_signature, resolve_images, select_images
 from .measure import (DETECTOR_PARTS, OTHER_PART, PartTimer, check_device, find_parts, memory_probe,
@@ -27,14 +28,13 @@ from .interleave import (BREAKDOWN_MODES, TARGETS, BenchmarkResult, ModelTimings
                      benchmark_detectors, resolve_breakdown)
 
 __all__ = [
-    'BREAKDOWN_MODES', 'COCO_TEST_SCALE', 'COMPILE_MODES', 'COMPILE_SHAPES', 'DEFAULT_MINI_ROOT', 'DETECTOR_PARTS',
-    'FIXED_DETECTIONS',
-    'FUSED_SUFFIX', 'FUSE_MODES', 'IMAGE_EXTENSIONS', 'OTHER_PART', 'TARGETS', 'BenchModel', 'BenchmarkError',
-    'BenchmarkResult', 'FusionRefused', 'ImageSet', 'ModelTimings', 'PartTimer', 'benchmark_backbones',
-    'benchmark_detectors', 'check_device', 'check_inputs', 'coco_test_options', 'compile_parts', 'dataset_signature',
-    'find_parts',
-    'inference_pipeline', 'load_config', 'load_models', 'machine_facts', 'memory_probe', 'plot_summary',
-    'render_markdown', 'resized_test_pipeline_options', 'resolve_breakdown', 'resolve_images', 'run_benchmark',
-    'select_images', 'summarize_result', 'summarize_timings', 'time_detectors_with_backbones', 'weights_mib',
+    'BREAKDOWN_MODES', 'BenchModel', 'BenchmarkError', 'BenchmarkResult', 'COCO_TEST_SCALE', 'COMPILE_MODES',
+    'COMPILE_SHAPES', 'CPU_ALLOCATOR_MODES', 'DEFAULT_MINI_ROOT', 'DETECTOR_PARTS', 'FIXED_DETECTIONS',
+    'FUSED_SUFFIX', 'FUSE_MODES', 'FusionRefused', 'IMAGE_EXTENSIONS', 'ImageSet', 'ModelTimings', 'OTHER_PART',
+    'PartTimer', 'TARGETS', 'benchmark_backbones', 'benchmark_detectors', 'check_device', 'check_inputs',
+    'coco_test_options', 'compile_parts', 'cpu_allocator', 'dataset_signature', 'find_parts', 'inference_pipeline',
+    'load_config', 'load_models', 'machine_facts', 'memory_probe', 'plot_summary', 'render_markdown',
+    'resized_test_pipeline_options', 'resolve_breakdown', 'resolve_images', 'run_benchmark', 'select_images',
+    'set_cpu_allocator', 'summarize_result', 'summarize_timings', 'time_detectors_with_backbones', 'weights_mib',
     'write_report',
 ]

@@ -106,11 +106,11 @@ def describe_pass_order(num_models, warmup, breakdown, memory_pass, shared_boxes
     names = ' '.join(chr(ord('A') + i) if i < 26 else f'#{i + 1}' for i in range(num_models))
     fed = ("A's boxes recorded in an untimed pass over the images, then fed to every model's heads; "
            if shared_boxes else '')
-    passes = (['timed'] + (['breakdown'] if breakdown == 'extra-pass' else [])
-              + (['memory'] if memory_pass else []))
+    passes = ['timed'] + (['breakdown'] if breakdown == 'extra-pass' else [])
     rotation = ' (the timed order rotates by one model per image: A B C, B C A, ...)' if num_models > 1 else ''
+    memory = f'; then, after the last timed image, per image: memory {names}' if memory_pass else ''
     return (fed + f'{warmup} warm-up round(s) ({names}), then per image: '
-            + ', then '.join(f'{p} {names}' for p in passes) + rotation)
+            + ', then '.join(f'{p} {names}' for p in passes) + rotation + memory)
 
 
 def rotated(n, k):
@@ -142,7 +142,8 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
     bar = None
     if progress:
         from mmengine.utils import ProgressBar
-        bar = ProgressBar(warmup + len(images.paths) * (2 if boxes else 1))   # the reference pass, if any
+        # The reference pass and the memory pass, if any, go over the images too.
+        bar = ProgressBar(warmup + len(images.paths) * (1 + bool(boxes) + memory_pass))
 
     def run(i, data, kind, k):
         events.append((kind, i, k))
@@ -205,9 +206,14 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
             if mode == 'extra-pass':
                 for i, data in enumerate(batch):
                     timed_run(i, data, 'breakdown', k, timers[i])
-            if memory_pass:
-                for i, data in enumerate(batch):
-                    timed_run(i, data, 'memory', k, measure_memory=True)
+            if bar:
+                bar.update()
+        # After every timed image: each measured call starts with malloc_trim, which hands the
+        # freed pages back to the OS, and the timed forwards that followed would fault them in again.
+        for k, path in enumerate(images.paths if memory_pass else ()):
+            batch = [m.prepare(path, k) for m in models]
+            for i, data in enumerate(batch):
+                timed_run(i, data, 'memory', k, measure_memory=True)
             if bar:
                 bar.update()
     if bar:

@@ -10,6 +10,7 @@ from datetime import datetime
 import numpy as np
 import torch
 
+from .allocator import cpu_allocator_description
 from .measure import DETECTOR_PARTS, OTHER_PART, summarize_timings, weights_mib
 from .interleave import TIMED_REGIONS
 
@@ -50,6 +51,8 @@ def machine_facts(device, command=None):
         python=platform.python_version(),
         platform=platform.platform(),
     )
+    if not cuda:
+        facts.update(cpu_allocator=cpu_allocator_description())
     if cuda:
         facts.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                      cudnn_benchmark=torch.backends.cudnn.benchmark)
@@ -160,6 +163,10 @@ def render_markdown(summary):
         f'- Versions: torch {machine["torch"]}, mmdet {machine["mmdet"]}, mmcv {machine["mmcv"]}, '
         f'mmengine {machine["mmengine"]}, Python {machine["python"]}'
         + (f', CUDA {machine["cuda"]}, cuDNN {machine["cudnn"]}' if 'cuda' in machine else ''),
+    ]
+    if 'cpu_allocator' in machine:
+        lines.append(f'- CPU allocator: {machine["cpu_allocator"]}')
+    lines += [
         f'- Images: {settings["num_images"]} per model ({settings["unique_images"]} distinct) from '
         f'{settings["image_source"]}; batch 1',
         f'- Order: {settings["schedule"]}',

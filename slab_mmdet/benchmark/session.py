@@ -6,6 +6,7 @@ import time
 import torch
 
 from ..utils import is_int
+from .allocator import check_cpu_allocator, set_cpu_allocator
 from .errors import BenchmarkError
 from .images import dataset_signature, resolve_images
 from .measure import check_device
@@ -18,7 +19,7 @@ from .interleave import TARGETS, benchmark_backbones, benchmark_detectors, resol
 def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=None, num_images=100, warmup=10,
                   images_dir=None, mini_root=None, target='detector', breakdown='auto', cfg_options=None,
                   out_dir=None, command=None, clock=time.perf_counter, progress=True, log=print, twin=False,
-                  compile_mode=None, compile_shapes='automatic', shared_boxes=False):
+                  compile_mode=None, compile_shapes='automatic', shared_boxes=False, cpu_allocator='reuse'):
     """Validate the inputs, load the models, time them interleaved, and write the report.
 
     Every argument mirrors an option of tools/benchmark_latency.py; `device` None means CUDA
@@ -35,7 +36,9 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
     one graph for all sizes or one per size (``COMPILE_SHAPES``). Should torch's limit of
     compiled graphs per function be reached, the run stops rather than time eager code.
     ``shared_boxes``: whole two-stage detectors continue with the first model's boxes (see
-    :func:`~.interleave.benchmark_detectors`).
+    :func:`~.interleave.benchmark_detectors`). ``cpu_allocator``: how the C allocator treats freed
+    memory during a CPU run (``CPU_ALLOCATOR_MODES``, :mod:`~.allocator`); 'reuse' keeps it for
+    the next forward, so that no model pays page faults for its large tensors at every image.
     """
     log = log or (lambda message: None)
     device = check_device(device or ('cuda' if torch.cuda.is_available() else 'cpu'))
@@ -51,6 +54,7 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
         raise BenchmarkError('shared boxes feed the heads of whole detectors; with target backbone there are none')
     check_compile_mode(compile_mode)
     check_compile_shapes(compile_shapes)
+    check_cpu_allocator(cpu_allocator)
     configs = list(configs)
     checkpoints = check_inputs(configs, checkpoints, fuse)
     if twin:
@@ -59,6 +63,9 @@ def run_benchmark(configs, checkpoints=(), fuse='none', device=None, threads=Non
             f'unfused), the reference of the ratios')
     if threads is not None:
         torch.set_num_threads(threads)
+    if device == 'cpu' and set_cpu_allocator(cpu_allocator) != cpu_allocator:
+        log(f'[benchmark] note: cpu allocator {cpu_allocator!r} is not available here (no glibc mallopt); '
+            f'running with the C library\'s default')
 
     first_cfg = load_config(configs[0], cfg_options)
     images = resolve_images(first_cfg, num_images, images_dir, mini_root, config_name=configs[0])

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from slab_mmdet.benchmark import summarize_timings
+from slab_mmdet.benchmark.allocator import M_MMAP_MAX, M_TRIM_THRESHOLD, NEVER_TRIM
 from slab_mmdet.benchmark.images import list_mini_coco_val
 from slab_mmdet.benchmark.report import cpu_model
 from slab_mmdet.models.layers import FusionError
@@ -42,6 +43,7 @@ CUDA_ERROR_CASE = pytest.param(
     ([MASK_RCNN, '--fuse', 'maybe'], "argument --fuse: invalid choice: 'maybe'"),
     ([MASK_RCNN, '--images', '/no/such/dir'], "image folder not found: '/no/such/dir'"),
     ([MASK_RCNN, '--part', 'backbone', '--breakdown', 'extra-pass'], 'applies to whole detectors'),
+    ([MASK_RCNN, '--cpu-allocator', 'jemalloc'], "argument --cpu-allocator: invalid choice: 'jemalloc'"),
 ])
 def test_cli_rejects_bad_input_naming_the_value(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -130,7 +132,7 @@ def test_cli_fuse_both_writes_consistent_report(mini_coco, tmp_path, monkeypatch
     assert matplotlib.image.imread(osp.join(out_dir, 'latency.png')).ndim == 3
 
 @pytest.mark.slow
-def test_cli_images_dir_and_backbone_only(mini_coco, tmp_path, keep_torch_threads):
+def test_cli_images_dir_and_backbone_only(mini_coco, tmp_path, keep_torch_threads, recorded_mallopt):
     import cv2
     image_dir = tmp_path / 'images'
     image_dir.mkdir()
@@ -150,6 +152,11 @@ def test_cli_images_dir_and_backbone_only(mini_coco, tmp_path, keep_torch_thread
     assert model['breakdown_ms'] is None and model['raw']['detections'] == [None] * 4
     assert len(model['raw']['total_ms']) == 4
     assert sorted(os.listdir(out_dir)) == ['latency.json', 'latency.md', 'latency.png']
+    # By default the CPU run keeps freed memory for reuse, and the report says so.
+    assert recorded_mallopt == [(M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM)]
+    assert summary['machine']['cpu_allocator'].startswith('reuse: ')
+    with open(osp.join(out_dir, 'latency.md')) as f:
+        assert '- CPU allocator: reuse: glibc malloc keeping freed memory' in f.read()
 
 
 @pytest.mark.slow
