@@ -11,6 +11,11 @@ as a deployment with jemalloc or tcmalloc does.
 import ctypes
 import ctypes.util
 
+try:
+    import resource
+except ImportError:   # not a Unix
+    resource = None
+
 from .errors import BenchmarkError
 
 CPU_ALLOCATOR_MODES = ('reuse', 'system')
@@ -75,3 +80,8 @@ def cpu_allocator():
 def cpu_allocator_description():
     """The mode in effect, in words, for a report's machine facts."""
     return f'{_mode}: {DESCRIPTIONS[_mode]}'
+
+
+def minor_page_faults():
+    """This process's minor page faults so far (getrusage), or None where there is no getrusage."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt if resource is not None else None

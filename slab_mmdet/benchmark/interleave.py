@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .allocator import minor_page_faults
 from .errors import BenchmarkError
 from .images import ImageSet, select_images
 from .measure import OTHER_PART, PartTimer, check_device, memory_probe, synchronizer
@@ -35,6 +36,7 @@ class ModelTimings:
     device_peak_mib: list = field(default_factory=list)    # CUDA: the device's absolute peak
     detections: list = field(default_factory=list)         # predicted instances per image
     warmup_ms: list = field(default_factory=list)          # each warm-up forward (the first compiles, if any)
+    page_faults: list = field(default_factory=list)        # CPU: minor page faults of each timed forward
 
 
 @dataclass
@@ -150,6 +152,8 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
         with boxes.feeding(models[i], k) if boxes else nullcontext():
             return forward(models[i].model, data)
 
+    count_faults = device == 'cpu' and minor_page_faults() is not None
+
     def timed_run(i, data, kind, k, timer=None, measure_memory=False):
         """Seconds of one forward between device syncs (with `timer`'s parts, if given)."""
         with timer or nullcontext():
@@ -157,11 +161,14 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
                 timer.reset()
             if measure_memory:
                 probe.start()
+            faults = minor_page_faults() if count_faults and kind == 'timed' else None
             sync()
             start = clock()
             outputs = run(i, data, kind, k)
             sync()
             elapsed = clock() - start
+            if faults is not None:
+                timings[i].page_faults.append(minor_page_faults() - faults)
             if measure_memory:
                 growth, device_peak = probe.stop()
                 timings[i].memory_mib.append(growth)

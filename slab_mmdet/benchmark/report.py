@@ -105,6 +105,7 @@ def summarize_result(result, machine=None):
             breakdown_ms=breakdown,
             breakdown_pass_mean_ms=_mean(timings.breakdown_pass_ms),
             detections_mean=_mean(timings.detections),
+            page_faults_per_image=float(np.median(timings.page_faults)) if timings.page_faults else None,
             raw=dict(
                 total_ms=list(timings.total_ms),
                 breakdown_ms={p: list(v) for p, v in timings.breakdown_ms.items()},
@@ -112,6 +113,7 @@ def summarize_result(result, machine=None):
                 memory_mib=list(timings.memory_mib),
                 device_peak_mib=list(timings.device_peak_mib),
                 detections=list(timings.detections),
+                page_faults=list(timings.page_faults),
                 warmup_ms=list(timings.warmup_ms)),
         ))
     settings = dict(
@@ -194,6 +196,11 @@ def render_markdown(summary):
     lines.append(f'Ratios are to the first model ({models[0]["name"]}); below 1 is faster. The paired ratio is '
                  f'the median of the per-image ratios (each image timed for every model in one round), with '
                  f'their 10th-90th percentiles.')
+    faults = [(m['name'], m.get('page_faults_per_image')) for m in models]
+    if all(f is not None for _, f in faults):
+        lines += ['', 'Minor page faults per timed forward (median over the images; each is a page the C allocator '
+                  'handed back and the forward touched again): '
+                  + ', '.join(f'{name} {f:,.0f}' for name, f in faults) + '.']
     columns = breakdown_columns(summary)
     if columns:
         how = ('in the timed pass (on the CPU the part wrappers cost only clock reads)'

@@ -3,6 +3,7 @@ timed region contains (a fake clock that only preprocessing and chosen model par
 the per-part breakdown of two- and one-stage detectors, and the latency-only mode."""
 import os.path as osp
 
+import numpy as np
 import pytest
 
 from slab_mmdet.benchmark import (benchmark_detectors, load_models, machine_facts, render_markdown, select_images,
@@ -55,12 +56,15 @@ def test_interleaved_order_untimed_preprocessing_and_breakdown(small_configs, mi
         assert timings.breakdown_ms['other'] == pytest.approx([0.0, 0.0], abs=1e-6)
         assert len(timings.memory_mib) == 2 and all(m >= 0 for m in timings.memory_mib)
         assert all(d is not None and d >= 0 for d in timings.detections)
+        # Page faults are counted around each timed forward, on the CPU.
+        assert len(timings.page_faults) == 2 and all(isinstance(f, int) and f >= 0 for f in timings.page_faults)
 
     summary = summarize_result(result, machine={})
     one_stage = summary['models'][1]
     assert one_stage['ratio_to_first']['mean'] == pytest.approx(8 / 18)
     assert one_stage['ratio_to_first']['median'] == pytest.approx(8 / 18)
     assert one_stage['breakdown_ms']['bbox_head'] == pytest.approx(3.0, abs=1e-6)
+    assert one_stage['page_faults_per_image'] == float(np.median(result.timings[1].page_faults))
     for bench_model in models:   # the timers put back the methods they wrapped
         assert 'slow' == bench_model.model.backbone.forward.__name__
 

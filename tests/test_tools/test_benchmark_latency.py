@@ -156,7 +156,9 @@ def test_cli_images_dir_and_backbone_only(mini_coco, tmp_path, keep_torch_thread
     assert recorded_mallopt == [(M_MMAP_MAX, 0), (M_TRIM_THRESHOLD, NEVER_TRIM)]
     assert summary['machine']['cpu_allocator'].startswith('reuse: ')
     with open(osp.join(out_dir, 'latency.md')) as f:
-        assert '- CPU allocator: reuse: glibc malloc keeping freed memory' in f.read()
+        report = f.read()
+    assert '- CPU allocator: reuse: glibc malloc keeping freed memory' in report
+    assert 'Minor page faults per timed forward' in report and len(model['raw']['page_faults']) == 4
 
 
 @pytest.mark.slow
