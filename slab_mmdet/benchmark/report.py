@@ -198,8 +198,7 @@ def render_markdown(summary):
                  f'their 10th-90th percentiles.')
     faults = [(m['name'], m.get('page_faults_per_image')) for m in models]
     if all(f is not None for _, f in faults):
-        lines += ['', 'Minor page faults per timed forward (median over the images; each is a page the C allocator '
-                  'handed back and the forward touched again): '
+        lines += ['', 'Minor page faults per timed forward (median over the images; see the CPU allocator line): '
                   + ', '.join(f'{name} {f:,.0f}' for name, f in faults) + '.']
     columns = breakdown_columns(summary)
     if columns:
