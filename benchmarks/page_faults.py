@@ -14,6 +14,7 @@ import subprocess
 import sys
 
 from bootstrap import REPO
+from slab_mmdet.benchmark.allocator import CPU_ALLOCATOR_MODES
 
 CONFIGS = {   # name -> (config, fuse mode) or ('timm', model name)
     'PVT-S twin': ('configs/mask_rcnn_pvt_s_twin.py', 'none'),
@@ -37,12 +38,12 @@ def build_backbone(source, detail):
 
 def child(mode, threads, size, warmup, runs):
     """One process, one allocator mode: {model: {'median_ms', 'faults_per_forward'}}."""
-    import resource
     import time
 
     import numpy as np
     import torch
     from slab_mmdet.benchmark import set_cpu_allocator
+    from slab_mmdet.benchmark.allocator import minor_page_faults
     torch.set_num_threads(threads)
     in_effect = set_cpu_allocator(mode)
     if in_effect != mode:
@@ -56,11 +57,11 @@ def child(mode, threads, size, warmup, runs):
             for _ in range(warmup):
                 backbone(x)
             for _ in range(runs):
-                before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+                before = minor_page_faults()
                 start = time.perf_counter()
                 backbone(x)
                 ms.append((time.perf_counter() - start) * 1e3)
-                faults.append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+                faults.append(minor_page_faults() - before)
         rows[name] = dict(median_ms=float(np.median(ms)), faults_per_forward=float(np.median(faults)))
         print(f'[{mode}] {name}: {rows[name]["median_ms"]:.0f} ms, {rows[name]["faults_per_forward"]:.0f} faults',
               file=sys.stderr, flush=True)
@@ -87,7 +88,7 @@ def main(argv=None):
     parser.add_argument('--warmup', type=int, default=2)
     parser.add_argument('--runs', type=int, default=5)
     parser.add_argument('--out', default=osp.join(REPO, 'work_dirs', 'benchmarks', 'page_faults'))
-    parser.add_argument('--child', choices=('system', 'reuse'), help=argparse.SUPPRESS)
+    parser.add_argument('--child', choices=CPU_ALLOCATOR_MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     try:
         size = tuple(int(v) for v in args.size.lower().split('x'))
@@ -106,7 +107,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     command = 'python ' + ' '.join([osp.relpath(__file__, REPO)] + (argv if argv is not None else sys.argv[1:]))
     results = {}
-    for mode in ('system', 'reuse'):
+    for mode in CPU_ALLOCATOR_MODES:
         out = subprocess.run([sys.executable, __file__, '--child', mode, '--threads', str(args.threads),
                               '--size', args.size, '--warmup', str(args.warmup), '--runs', str(args.runs)],
                              stdout=subprocess.PIPE, check=True, text=True).stdout

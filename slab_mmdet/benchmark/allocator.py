@@ -35,15 +35,19 @@ DESCRIPTIONS = {
 _mode = 'system'
 
 
-def _mallopt():
-    """glibc's ``mallopt(param, value) -> int`` (1 on success), or None where the C library has none."""
+def c_library_function(name, argtypes, restype=ctypes.c_int):
+    """The C library's function ``name`` with its signature set, or None where it has none (not glibc)."""
     try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').mallopt
+        function = getattr(ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6'), name)
     except (OSError, AttributeError):
         return None
-    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
-    mallopt.restype = ctypes.c_int
-    return mallopt
+    function.argtypes, function.restype = argtypes, restype
+    return function
+
+
+def _mallopt():
+    """glibc's ``mallopt(param, value) -> int`` (1 on success), or None where the C library has none."""
+    return c_library_function('mallopt', [ctypes.c_int, ctypes.c_int])
 
 
 def check_cpu_allocator(mode):

@@ -2,7 +2,6 @@
 statistics, per-part timers and peak-memory probes."""
 import contextlib
 import ctypes
-import ctypes.util
 import functools
 import re
 import threading
@@ -12,6 +11,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .allocator import c_library_function
 from .errors import BenchmarkError
 
 MIB = 1024 ** 2
@@ -210,12 +210,8 @@ def _reset_peak_rss():
 
 def _malloc_trim():
     """glibc's malloc_trim(0), or None where the C library has none."""
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library('c') or 'libc.so.6').malloc_trim
-    except (OSError, AttributeError):
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    return lambda: trim(0)
+    trim = c_library_function('malloc_trim', [ctypes.c_size_t])
+    return None if trim is None else (lambda: trim(0))
 
 
 class RssPeakMemory:

@@ -51,11 +51,11 @@ def machine_facts(device, command=None):
         python=platform.python_version(),
         platform=platform.platform(),
     )
-    if not cuda:
-        facts.update(cpu_allocator=cpu_allocator_description())
     if cuda:
         facts.update(cuda=torch.version.cuda, cudnn=torch.backends.cudnn.version(),
                      cudnn_benchmark=torch.backends.cudnn.benchmark)
+    else:
+        facts.update(cpu_allocator=cpu_allocator_description())
     return facts
 
 
