@@ -19,9 +19,8 @@ import copy
 import dataclasses
 import os
 import os.path as osp
-import sys
 
-from bootstrap import REPO
+from bootstrap import REPO, command_line
 
 # family -> (twin config, SLAB config); the SLAB model is fused.
 FAMILIES = {
@@ -79,7 +78,7 @@ def main(argv=None):
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    command = 'python ' + ' '.join(['benchmarks/fast_paths.py'] + (argv if argv is not None else sys.argv[1:]))
+    command = command_line(__file__, argv)
     run_dir = osp.join(args.out, f'run{args.run}')
     os.makedirs(run_dir, exist_ok=True)
     record = dict(command=command, families={})

@@ -29,9 +29,8 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 
-from bootstrap import REPO
+from bootstrap import REPO, command_line
 from slab_mmdet.benchmark.allocator import CPU_ALLOCATOR_MODES
 from slab_mmdet.benchmark.peers import PVTV2_BACKBONES, TIMM_PEERS, timm_peer_options
 
@@ -184,7 +183,7 @@ def main(argv=None):
         set_cpu_allocator(args.cpu_allocator)
     os.makedirs(args.out_dir, exist_ok=True)
     record = {}
-    command = 'python ' + ' '.join([osp.relpath(__file__, REPO)] + (argv if argv is not None else sys.argv[1:]))
+    command = command_line(__file__, argv)
     for name, (target, entries) in COMPARISONS.items():
         if args.only and name not in args.only:
             continue

@@ -20,9 +20,8 @@ import argparse
 import json
 import os
 import os.path as osp
-import sys
 
-from bootstrap import REPO
+from bootstrap import REPO, command_line
 SHORT_SIDES = (512, 800, 1024, 1333, 2048)
 # family -> [(display name, config, fuse mode, timm peer replacing the backbone or None)];
 # the first of a family (its twin) is the reference of its ratios.
@@ -142,7 +141,7 @@ def main(argv=None):
     if args.device == 'cpu':
         set_cpu_allocator(args.cpu_allocator)
     os.makedirs(args.out_dir, exist_ok=True)
-    command = 'python ' + ' '.join([osp.relpath(__file__, REPO)] + (argv if argv is not None else sys.argv[1:]))
+    command = command_line(__file__, argv)
     models = load_family_models(args.device)
     images = resolve_images(load_config(osp.join(REPO, FAMILIES['PVT-S'][0][1])), args.num_images,
                             images_dir=args.images)

@@ -10,9 +10,8 @@ of that peak. Median of --reps timed calls after warm-up.
 """
 import argparse
 import os.path as osp
-import sys
 
-from bootstrap import REPO
+from bootstrap import REPO, command_line
 
 # (what, rows, in features, out features): the layers of one SLAB-PVT-S block (SLA: q, k and v
 # halves of kv, proj; MLP fc1, fc2), as the fast paths run them: the MLP in chunks of 2^20 hidden
@@ -59,7 +58,7 @@ def main(argv=None):
                 seconds.append(time.perf_counter() - start)
             rows.append((what, n, c_in, c_out, 2 * n * c_in * c_out / float(np.median(seconds)) / 1e9))
     peak = rows[-1][-1]
-    command = 'python ' + ' '.join([osp.relpath(__file__, REPO)] + (argv if argv is not None else sys.argv[1:]))
+    command = command_line(__file__, argv)
     machine = machine_facts('cpu', command)
     lines = [f'Machine: {machine["cpu"]}, {machine["threads"]} threads, torch {machine["torch"]}; {machine["date"]}; '
              f'`{command}`', '', '| layer | rows x in -> out | GFLOP/s | share of the square product |',

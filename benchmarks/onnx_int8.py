@@ -24,10 +24,9 @@ import json
 import os
 import os.path as osp
 import statistics
-import sys
 import time
 
-from bootstrap import REPO
+from bootstrap import REPO, command_line
 COCO_SCALE = (1333, 800)
 
 
@@ -186,7 +185,7 @@ def main(argv=None):
     import torch
     torch.set_num_threads(args.threads)
     log = print
-    prepared, record = [], dict(command=' '.join(['python', 'benchmarks/onnx_int8.py'] + (argv or sys.argv[1:])),
+    prepared, record = [], dict(command=command_line(__file__, argv),
                                 threads=args.threads, method=args.method, num_calib=args.num_calib, ops=args.ops,
                                 models={})
     for name, config, checkpoint in args.models:

@@ -13,7 +13,7 @@ import os.path as osp
 import subprocess
 import sys
 
-from bootstrap import REPO
+from bootstrap import REPO, command_line
 from slab_mmdet.benchmark.allocator import CPU_ALLOCATOR_MODES
 
 CONFIGS = {   # name -> (config, fuse mode) or ('timm', model name)
@@ -105,7 +105,7 @@ def main(argv=None):
     from slab_mmdet.benchmark.report import machine_facts
     import torch
     torch.set_num_threads(args.threads)
-    command = 'python ' + ' '.join([osp.relpath(__file__, REPO)] + (argv if argv is not None else sys.argv[1:]))
+    command = command_line(__file__, argv)
     results = {}
     for mode in CPU_ALLOCATOR_MODES:
         out = subprocess.run([sys.executable, __file__, '--child', mode, '--threads', str(args.threads),

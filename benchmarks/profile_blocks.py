@@ -22,10 +22,9 @@ import json
 import os
 import os.path as osp
 import statistics
-import sys
 import time
 
-from bootstrap import REPO
+from bootstrap import REPO, command_line
 
 # pair -> (twin config, SLAB config, default blocks 'stage.block')
 PAIRS = {
@@ -188,7 +187,7 @@ def main(argv=None):
                 ratio=paired['median'], ratio_p10=paired['p10'], ratio_p90=paired['p90'],
                 twin_ops=profile_ops(blocks[0], inputs[0], tokens * channels),
                 slab_ops=profile_ops(blocks[1], inputs[1], tokens * channels)))
-    command = 'python ' + ' '.join(['benchmarks/profile_blocks.py'] + (argv if argv is not None else sys.argv[1:]))
+    command = command_line(__file__, argv)
     machine = machine_facts('cpu', command)
     text = (f"Machine: {machine['device_name']}, {args.threads} threads, torch {machine['torch']}; "
             f"{machine['date']}; `{command}`\n\n" + render(results))
