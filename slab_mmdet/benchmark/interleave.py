@@ -217,6 +217,7 @@ def _benchmark(models, images, warmup, target, breakdown, clock, progress, memor
                 bar.update()
         # After every timed image: each measured call starts with malloc_trim, which hands the
         # freed pages back to the OS, and the timed forwards that followed would fault them in again.
+        # The inputs are prepared again (untimed) rather than kept: all images' tensors would be GBs.
         for k, path in enumerate(images.paths if memory_pass else ()):
             batch = [m.prepare(path, k) for m in models]
             for i, data in enumerate(batch):
