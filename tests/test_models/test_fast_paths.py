@@ -180,7 +180,7 @@ def test_pvt_attention_in_chunks_adds_the_attention_to_the_residual(kind, sr_rat
 
 
 # --- positional tables resized once per grid ------------------------------------------------------
-def test_resized_pos_table_is_made_again_only_when_its_grid_or_sources_change():
+def test_resized_pos_table_is_kept_from_the_second_call_at_a_grid_until_a_source_changes():
     table = nn.Parameter(torch.randn(1, 3 * 4, 5))
     made = []
 
@@ -189,31 +189,37 @@ def test_resized_pos_table_is_made_again_only_when_its_grid_or_sources_change():
         return table * 2
 
     memo = ResizedPosTable()
-    first = memo(make, [table], (3, 4), (6, 9))
+    first, kept = memo(make, [table], (3, 4), (6, 9))
     torch.testing.assert_close(first, transformer.resize_pos_table(table * 2, (3, 4), (6, 9)))
-    assert memo(make, [table], (3, 4), (6, 9)) is first and len(made) == 1     # same grid, same sources
-    assert memo(make, [table], (3, 4), (5, 9)).shape == (1, 45, 5) and len(made) == 2   # another grid
+    assert not kept and memo._table is None          # a first sight: the caller's table, not kept
+    second, kept = memo(make, [table], (3, 4), (6, 9))
+    assert kept and second is not first and len(made) == 2
+    third, kept = memo(make, [table], (3, 4), (6, 9))
+    assert kept and third is second and len(made) == 2                          # the kept table
+    assert memo(make, [table], (3, 4), (5, 9))[0].shape == (1, 45, 5) and len(made) == 3   # another grid
+    assert not memo(make, [table], (3, 4), (6, 9))[1] and len(made) == 4        # only the last grid is kept
     memo(make, [table], (3, 4), (6, 9))
-    assert len(made) == 3                                                      # only the last grid is kept
     with torch.no_grad():
-        table.add_(1.)                                                         # in place: a new version
-    again = memo(make, [table], (3, 4), (6, 9))
-    assert len(made) == 4
+        table.add_(1.)                                                          # in place: a new version
+    again, kept = memo(make, [table], (3, 4), (6, 9))
+    assert not kept and len(made) == 6
     torch.testing.assert_close(again, transformer.resize_pos_table(table * 2, (3, 4), (6, 9)))
-    table.data = table.data.double()                                           # same object, new storage and dtype
-    assert memo(make, [table], (3, 4), (6, 9)).dtype == torch.float64 and len(made) == 5
-    other = nn.Parameter(table.detach().clone())                               # an equal tensor, another object
-    memo(lambda: other * 2, [other], (3, 4), (6, 9))
-    assert len(made) == 5 and memo._sources[0] is other
+    memo(make, [table], (3, 4), (6, 9))
+    table.data = table.data.double()                                            # same object, new storage and dtype
+    assert memo(make, [table], (3, 4), (6, 9))[0].dtype == torch.float64 and len(made) == 8
+    other = nn.Parameter(table.detach().clone())                                # an equal tensor, another object
+    assert not memo(lambda: other * 2, [other], (3, 4), (6, 9))[1]
 
 
+@pytest.mark.parametrize('batch', [1, 2])
 @pytest.mark.parametrize('hw', [(6, 9), (3, 4)], ids=['resized-positions', 'pretraining-grid'])
-def test_sla_keys_follow_new_weights_and_never_write_the_memoised_table(hw):
-    """Batch 1 (the keys' buffer would be the memo itself if it were not copied), three forwards
-    in a row, then new weights loaded and one changed in place: each equals the plain code."""
+def test_sla_keys_follow_new_weights_and_never_write_the_memoised_table(hw, batch):
+    """Three forwards in a row (the first accumulates into its own table, the others copy the
+    memo's: at batch 1 the keys' buffer would be the memo itself if it were not copied), then
+    new weights loaded and one changed in place: each equals the plain code."""
     torch.manual_seed(0)
     attn = SpatialReductionLinearAttention(8, 2, pos_grid=(3, 4)).double().eval()
-    x = torch.randn(1, hw[0] * hw[1], 8, dtype=torch.float64)
+    x = torch.randn(batch, hw[0] * hw[1], 8, dtype=torch.float64)
 
     def check():
         with torch.no_grad():

@@ -27,7 +27,7 @@ class PVTStage(nn.Module):
     def pos_table(self, tokens, hw_shape):
         """The positional embedding on the ``hw_shape`` grid (in inference, made once per grid)."""
         if fast_path(tokens, self):
-            return self.resized_pos_embed(lambda: self.pos_embed, [self.pos_embed], self.pos_grid, hw_shape)
+            return self.resized_pos_embed(lambda: self.pos_embed, [self.pos_embed], self.pos_grid, hw_shape)[0]
         return resize_pos_table(self.pos_embed, self.pos_grid, hw_shape)
 
 

@@ -266,16 +266,18 @@ class SpatialReductionLinearAttention(SpatialReductionAttentionBase):
     def positioned_keys(self, source, kv_hw, weight, bias):
         """Inference: ``relu(source @ weight^T + bias + positional encoding)`` in three passes over
         the keys instead of five: the resized positional table, with the bias added before the
-        resize (bilinear weights sum to one), is the buffer the product accumulates into; the
-        table is made once per grid (the memo; ``bias`` is a view of the kv projection's bias)."""
-        def table():
+        resize (bilinear weights sum to one), is the buffer the product accumulates into. At a
+        grid that repeats, the table is the memo's, copied (``bias`` is a view of the kv bias)."""
+        def make_table():
             return self.positional_encoding.clone() if bias is None else self.positional_encoding + bias
 
         if exporting_graph():   # the same sum, out of place: one Add node instead of two
-            return F.relu(source @ weight.t() + resize_pos_table(table(), self.pos_grid, kv_hw))
+            return F.relu(source @ weight.t() + resize_pos_table(make_table(), self.pos_grid, kv_hw))
         sources = [self.positional_encoding] + ([] if bias is None else [self.kv.bias])
-        memo = self.resized_key_table(table, sources, self.pos_grid, kv_hw)
-        k = memo.expand(source.shape[0], -1, -1).clone(memory_format=torch.contiguous_format)   # never the memo
+        table, kept = self.resized_key_table(make_table, sources, self.pos_grid, kv_hw)
+        k = table
+        if kept or source.shape[0] > 1:   # the memo is read only; a batch needs a table per image
+            k = table.expand(source.shape[0], -1, -1).clone(memory_format=torch.contiguous_format)
         k.view(-1, k.shape[-1]).addmm_(source.reshape(-1, source.shape[-1]), weight.t())
         return k.relu_()
 
