@@ -39,7 +39,7 @@ def remade_variant(bench_model):
 
     class RemadeEveryForward(ResizedPosTable):
         def __call__(self, make_table, sources, src_hw, dst_hw):
-            return resize_pos_table(make_table(), src_hw, dst_hw)
+            return resize_pos_table(make_table(), src_hw, dst_hw), False
 
     model = copy.deepcopy(bench_model.model)
     replaced = 0
