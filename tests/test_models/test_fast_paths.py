@@ -10,7 +10,7 @@ import torch.nn as nn
 from slab_mmdet.models.layers import attention, fast_paths, transformer, window_attention
 from slab_mmdet.models.layers.attention import SpatialReductionAttention, SpatialReductionLinearAttention
 from slab_mmdet.models.layers.fast_paths import fast_path, plain_inference
-from slab_mmdet.models.layers.transformer import Mlp, PatchEmbed, PreNormBlock, ResizedPosTable, pad_to_multiple
+from slab_mmdet.models.layers.transformer import Mlp, PatchEmbed, PreNormBlock, pad_to_multiple
 from slab_mmdet.models.layers.window_attention import (ShiftedWindowAttention, WindowLinearAttention,
                                                        WindowSoftmaxAttention, shifted_window_bands, window_tiles)
 from testing_utils.backbone_utils import PVT_MINI, SWIN_MINI, build_backbone
@@ -177,81 +177,6 @@ def test_pvt_attention_in_chunks_adds_the_attention_to_the_residual(kind, sr_rat
     assert torch.equal(residual, before)
     assert all(torch.equal(p, parameters[name]) for name, p in attn.named_parameters())
     torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
-
-
-# --- positional tables resized once per grid ------------------------------------------------------
-def test_resized_pos_table_is_kept_from_the_second_call_at_a_grid_until_a_source_changes():
-    table = nn.Parameter(torch.randn(1, 3 * 4, 5))
-    made = []
-
-    def make():
-        made.append(1)
-        return table * 2
-
-    memo = ResizedPosTable()
-    first, kept = memo(make, [table], (3, 4), (6, 9))
-    torch.testing.assert_close(first, transformer.resize_pos_table(table * 2, (3, 4), (6, 9)))
-    assert not kept and memo._table is None          # a first sight: the caller's table, not kept
-    second, kept = memo(make, [table], (3, 4), (6, 9))
-    assert kept and second is not first and len(made) == 2
-    third, kept = memo(make, [table], (3, 4), (6, 9))
-    assert kept and third is second and len(made) == 2                          # the kept table
-    assert memo(make, [table], (3, 4), (5, 9))[0].shape == (1, 45, 5) and len(made) == 3   # another grid
-    assert not memo(make, [table], (3, 4), (6, 9))[1] and len(made) == 4        # only the last grid is kept
-    memo(make, [table], (3, 4), (6, 9))
-    with torch.no_grad():
-        table.add_(1.)                                                          # in place: a new version
-    again, kept = memo(make, [table], (3, 4), (6, 9))
-    assert not kept and len(made) == 6
-    torch.testing.assert_close(again, transformer.resize_pos_table(table * 2, (3, 4), (6, 9)))
-    memo(make, [table], (3, 4), (6, 9))
-    table.data = table.data.double()                                            # same object, new storage and dtype
-    assert memo(make, [table], (3, 4), (6, 9))[0].dtype == torch.float64 and len(made) == 8
-    other = nn.Parameter(table.detach().clone())                                # an equal tensor, another object
-    assert not memo(lambda: other * 2, [other], (3, 4), (6, 9))[1]
-
-
-@pytest.mark.parametrize('batch', [1, 2])
-@pytest.mark.parametrize('hw', [(6, 9), (3, 4)], ids=['resized-positions', 'pretraining-grid'])
-def test_sla_keys_follow_new_weights_and_never_write_the_memoised_table(hw, batch):
-    """Three forwards in a row (the first accumulates into its own table, the others copy the
-    memo's: at batch 1 the keys' buffer would be the memo itself if it were not copied), then
-    new weights loaded and one changed in place: each equals the plain code."""
-    torch.manual_seed(0)
-    attn = SpatialReductionLinearAttention(8, 2, pos_grid=(3, 4)).double().eval()
-    x = torch.randn(batch, hw[0] * hw[1], 8, dtype=torch.float64)
-
-    def check():
-        with torch.no_grad():
-            got = [attn(x, hw) for _ in range(3)]
-            with plain_inference():
-                want = attn(x, hw)
-        for g in got:
-            torch.testing.assert_close(g, want, rtol=1e-12, atol=1e-12)
-
-    check()
-    state = {name: torch.randn_like(t) for name, t in attn.state_dict().items()}
-    attn.load_state_dict(state)
-    check()
-    with torch.no_grad():
-        attn.kv.bias.add_(0.5)
-    check()
-
-
-@torch.no_grad()
-def test_pvt_stage_positional_embedding_follows_new_weights():
-    model = build_backbone(dict(PVT_MINI)).eval()
-    x = torch.randn(1, 3, 72, 104)
-    before = model(x)
-    state = model.state_dict()
-    state = {k: (v + 1. if k.endswith('pos_embed') else v) for k, v in state.items()}
-    model.load_state_dict(state)
-    after = model(x)
-    with plain_inference():
-        want = model(x)
-    assert not torch.allclose(before[0], after[0])
-    for a, w in zip(after, want):
-        torch.testing.assert_close(a, w)
 
 
 # --- window attention in tiles ------------------------------------------------------------------

@@ -6,8 +6,7 @@ from mmengine.model import ModuleList
 from mmdet.registry import MODELS
 
 from ..layers.attention import SpatialReductionAttention, SpatialReductionLinearAttention
-from ..layers.fast_paths import fast_path
-from ..layers.transformer import PatchEmbed, PreNormBlock, ResizedPosTable, nlc_to_nchw, resize_pos_table
+from ..layers.transformer import PatchEmbed, PreNormBlock, nlc_to_nchw, resize_pos_table
 from ...utils import is_int
 from .base import SLABBackboneBase
 
@@ -22,13 +21,6 @@ class PVTStage(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, pos_grid[0] * pos_grid[1], embed_dims))
         self.pos_drop = nn.Dropout(drop_rate)
         self.blocks = blocks
-        self.resized_pos_embed = ResizedPosTable()
-
-    def pos_table(self, tokens, hw_shape):
-        """The positional embedding on the ``hw_shape`` grid (in inference, made once per grid)."""
-        if fast_path(tokens, self):
-            return self.resized_pos_embed(lambda: self.pos_embed, [self.pos_embed], self.pos_grid, hw_shape)[0]
-        return resize_pos_table(self.pos_embed, self.pos_grid, hw_shape)
 
 
 @MODELS.register_module()
@@ -134,7 +126,7 @@ class SLABPyramidVisionTransformer(SLABBackboneBase):
         outs = []
         for i, stage in enumerate(self.stages):
             tokens, hw_shape = stage.patch_embed(x)
-            tokens = stage.pos_drop(tokens + stage.pos_table(tokens, hw_shape))
+            tokens = stage.pos_drop(tokens + resize_pos_table(stage.pos_embed, stage.pos_grid, hw_shape))
             for block in stage.blocks:
                 tokens = block(tokens, hw_shape)
             if i in self.out_indices:

@@ -15,8 +15,7 @@ from ...utils import exporting_graph, is_int
 from .fast_paths import fast_path
 from .fusion import fold_norm
 from .norms import NORM_LAYER_TYPES
-from .transformer import (ResizedPosTable, build_token_norm, conv_on_tokens, nchw_to_nlc, nlc_to_nchw,
-                          resize_pos_table)
+from .transformer import build_token_norm, conv_on_tokens, nchw_to_nlc, nlc_to_nchw, resize_pos_table
 
 SLA_EPS = 1e-6  # added to the normaliser, as in the reference implementation
 # Queries per chunk of SpatialReductionAttentionBase.add_to: their projections and attention
@@ -239,7 +238,6 @@ class SpatialReductionLinearAttention(SpatialReductionAttentionBase):
         self.pos_grid = tuple(pos_grid)
         self.positional_encoding = nn.Parameter(torch.zeros(1, self.pos_grid[0] * self.pos_grid[1], embed_dims))
         self.value_conv = ValueDWConv(embed_dims // num_heads, kernel_size)
-        self.resized_key_table = ResizedPosTable()
 
     def forward(self, x, hw_shape):
         return self.proj_drop(self.proj(self.attend_queries(x, self.key_context(x, hw_shape))))
@@ -266,18 +264,11 @@ class SpatialReductionLinearAttention(SpatialReductionAttentionBase):
     def positioned_keys(self, source, kv_hw, weight, bias):
         """Inference: ``relu(source @ weight^T + bias + positional encoding)`` in three passes over
         the keys instead of five: the resized positional table, with the bias added before the
-        resize (bilinear weights sum to one), is the buffer the product accumulates into. At a
-        grid that repeats, the table is the memo's, copied (``bias`` is a view of the kv bias)."""
-        def make_table():
-            return self.positional_encoding.clone() if bias is None else self.positional_encoding + bias
-
+        resize (bilinear weights sum to one), is the buffer the product accumulates into."""
+        table = self.positional_encoding.clone() if bias is None else self.positional_encoding + bias
         if exporting_graph():   # the same sum, out of place: one Add node instead of two
-            return F.relu(source @ weight.t() + resize_pos_table(make_table(), self.pos_grid, kv_hw))
-        sources = [self.positional_encoding] + ([] if bias is None else [self.kv.bias])
-        table, kept = self.resized_key_table(make_table, sources, self.pos_grid, kv_hw)
-        k = table
-        if kept or source.shape[0] > 1:   # the memo is read only; a batch needs a table per image
-            k = table.expand(source.shape[0], -1, -1).clone(memory_format=torch.contiguous_format)
+            return F.relu(source @ weight.t() + resize_pos_table(table, self.pos_grid, kv_hw))
+        k = resize_pos_table(table, self.pos_grid, kv_hw).expand(source.shape[0], -1, -1).contiguous()
         k.view(-1, k.shape[-1]).addmm_(source.reshape(-1, source.shape[-1]), weight.t())
         return k.relu_()
 

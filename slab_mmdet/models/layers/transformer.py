@@ -3,8 +3,8 @@
 * :func:`build_token_norm`: the PRepBN plumbing -- builds a norm from ``norm_cfg``, or in
   deploy mode what fusion leaves of it (nothing, or DyT's tanh; see :mod:`.norms`).
 * :class:`Mlp`, :class:`PatchEmbed`, :class:`PreNormBlock`: the transformer parts.
-* Token/grid helpers: :func:`nlc_to_nchw`, :func:`nchw_to_nlc`, :func:`resize_pos_table` (and
-  :class:`ResizedPosTable`, its inference memo), :func:`pad_to_multiple`.
+* Token/grid helpers: :func:`nlc_to_nchw`, :func:`nchw_to_nlc`, :func:`resize_pos_table`,
+  :func:`pad_to_multiple`.
 
 Every module that owns a norm implements ``switch_to_deploy()``, which folds the norm
 into its neighbour (see :mod:`.fusion`) and leaves the structure that
@@ -78,41 +78,6 @@ def resize_pos_table(table, src_hw, dst_hw, mode='bilinear'):
     grid = table.reshape(1, src_hw[0], src_hw[1], c).permute(0, 3, 1, 2)
     grid = F.interpolate(grid, size=tuple(dst_hw), mode=mode, align_corners=False)
     return grid.flatten(2).transpose(1, 2)
-
-
-class ResizedPosTable:
-    """Inference memo of one positional table resized to the grid of the last forwards.
-
-    At a fixed input size the resized table is the same at every forward (an exported graph
-    folds it into a constant), and at a detector's stage-1 grid the resize writes ~15 MB. A
-    grid seen for the first time gets a table made for that call alone (the caller may
-    accumulate into it, as SLA's keys do); seen again at the next call, its table is made once
-    more and kept, and later calls get the kept one, to read only. It is kept while the tensors
-    it was made from are the same objects at the same version, storage, dtype and device
-    (loading weights, an optimiser step, fusion and ``.to()`` each change one of those).
-    """
-
-    def __init__(self):
-        self._grid, self._sources, self._states, self._table = None, (), (), None
-
-    @staticmethod
-    def _state(t):
-        return t._version, t.data_ptr(), t.dtype, t.device
-
-    def __call__(self, make_table, sources, src_hw, dst_hw):
-        """``(resize_pos_table(make_table(), src_hw, dst_hw), kept)``, the table remade only when
-        ``dst_hw`` or one of ``sources`` (the tensors ``make_table`` reads) has changed since the
-        last call. ``kept``: the memo holds the table, so it must not be written."""
-        grid, sources = tuple(dst_hw), tuple(sources)
-        states = tuple(self._state(t) for t in sources)
-        seen = (grid == self._grid and len(sources) == len(self._sources)
-                and all(a is b for a, b in zip(sources, self._sources)) and states == self._states)
-        if seen and self._table is not None:
-            return self._table, True
-        table = resize_pos_table(make_table(), src_hw, grid)
-        self._grid, self._sources, self._states = grid, sources, states
-        self._table = table if seen else None   # kept from the second call at one grid
-        return table, seen
 
 
 def pad_to_multiple(x, multiple, channels_last=True):
