@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 from bootstrap import REPO, command_line
-from page_faults import CONFIGS, build_backbone
+from page_faults import CONFIGS, build_backbone, input_size, write_record
 
 MODES = ('4 KiB pages', 'huge pages')
 THP_ENV = 'THP_MEM_ALLOC_ENABLE'   # read once by PyTorch's CPU allocator, so set before the process starts
@@ -88,11 +88,7 @@ def main(argv=None):
     parser.add_argument('--out', default=osp.join(REPO, 'work_dirs', 'benchmarks', 'huge_pages'))
     parser.add_argument('--child', action='store_true', help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    try:
-        size = tuple(int(v) for v in args.size.lower().split('x'))
-        assert len(size) == 2 and min(size) >= 32
-    except (ValueError, AssertionError):
-        parser.error(f'--size {args.size!r}: expected HxW with both sides >= 32, e.g. 800x1216')
+    size = input_size(parser, args.size)
     if args.threads < 1 or args.warmup < 0 or args.rounds < 1 or args.runs < 1:
         parser.error('--threads, --rounds and --runs must be >= 1, --warmup >= 0')
     if args.child:
@@ -118,12 +114,7 @@ def main(argv=None):
                 json.dump(dict(command=command, runs=runs), f, indent=1)
     machine = machine_facts('cpu', command)
     machine['cpu_allocator'] = 'reuse (in every run)'
-    with open(osp.join(args.out, 'huge_pages.json'), 'w') as f:
-        json.dump(dict(machine=machine, runs=runs), f, indent=1)
-    table = render(runs, machine)
-    with open(osp.join(args.out, 'huge_pages.md'), 'w') as f:
-        f.write(table)
-    print(table)
+    write_record(args.out, 'huge_pages', dict(machine=machine, runs=runs), render(runs, machine))
 
 
 if __name__ == '__main__':

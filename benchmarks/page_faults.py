@@ -9,6 +9,7 @@ model and mode, the median time and the faults per forward, and the reuse/system
 """
 import argparse
 import json
+import os
 import os.path as osp
 import subprocess
 import sys
@@ -69,6 +70,26 @@ def child(mode, threads, size, warmup, runs):
     return rows
 
 
+def input_size(parser, text):
+    """(H, W) from ``--size`` text 'HxW', or the parser's error naming it."""
+    try:
+        size = tuple(int(v) for v in text.lower().split('x'))
+        assert len(size) == 2 and min(size) >= 32
+    except (ValueError, AssertionError):
+        parser.error(f'--size {text!r}: expected HxW with both sides >= 32, e.g. 800x1216')
+    return size
+
+
+def write_record(out_dir, stem, record, table):
+    """``<out_dir>/<stem>.json`` (the record) and ``<stem>.md`` (its table), and the table printed."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(osp.join(out_dir, f'{stem}.json'), 'w') as f:
+        json.dump(record, f, indent=1)
+    with open(osp.join(out_dir, f'{stem}.md'), 'w') as f:
+        f.write(table)
+    print(table)
+
+
 def render(results, machine):
     lines = [f'Machine: {machine["cpu"]}, {machine["threads"]} threads, torch {machine["torch"]}; '
              f'{machine["date"]}; `{machine["command"]}`', '',
@@ -90,18 +111,12 @@ def main(argv=None):
     parser.add_argument('--out', default=osp.join(REPO, 'work_dirs', 'benchmarks', 'page_faults'))
     parser.add_argument('--child', choices=CPU_ALLOCATOR_MODES, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    try:
-        size = tuple(int(v) for v in args.size.lower().split('x'))
-        assert len(size) == 2 and min(size) >= 32
-    except (ValueError, AssertionError):
-        parser.error(f'--size {args.size!r}: expected HxW with both sides >= 32, e.g. 800x1216')
+    size = input_size(parser, args.size)
     if args.threads < 1 or args.warmup < 0 or args.runs < 1:
         parser.error('--threads and --runs must be >= 1, --warmup >= 0')
     if args.child:
         print(json.dumps(child(args.child, args.threads, size, args.warmup, args.runs)))
         return
-    import os
-
     from slab_mmdet.benchmark.report import machine_facts
     import torch
     torch.set_num_threads(args.threads)
@@ -114,13 +129,7 @@ def main(argv=None):
         results[mode] = json.loads(out.strip().splitlines()[-1])
     machine = machine_facts('cpu', command)
     machine.pop('cpu_allocator')   # each mode ran in its own process
-    os.makedirs(args.out, exist_ok=True)
-    with open(osp.join(args.out, 'page_faults.json'), 'w') as f:
-        json.dump(dict(machine=machine, results=results), f, indent=1)
-    table = render(results, machine)
-    with open(osp.join(args.out, 'page_faults.md'), 'w') as f:
-        f.write(table)
-    print(table)
+    write_record(args.out, 'page_faults', dict(machine=machine, results=results), render(results, machine))
 
 
 if __name__ == '__main__':
