@@ -19,8 +19,9 @@ from .transformer import build_token_norm, conv_on_tokens, nchw_to_nlc, nlc_to_n
 
 SLA_EPS = 1e-6  # added to the normaliser, as in the reference implementation
 # Queries per chunk of SpatialReductionAttentionBase.add_to: their projections and attention
-# output (a few hundred KiB at PVT's widths) stay in a core's cache.
-ATTENTION_CHUNK_TOKENS = 2048
+# output (2-10 MiB at PVT's widths) stay in the last-level cache; 8,192 beat 2,048 and 4,096
+# for SLAB and twin alike (benchmarks/chunk_sizes.py).
+ATTENTION_CHUNK_TOKENS = 8192
 
 
 def linear_attention_sums(k, v, key_mask=None):

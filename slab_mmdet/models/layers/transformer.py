@@ -110,10 +110,11 @@ def pad_to_multiple(x, multiple, channels_last=True):
     return x, (pad_h, pad_w)
 
 
-# Hidden activations per chunk of tokens in :meth:`Mlp.add_to_in_chunks`: 4 MiB of float32,
-# which stays in a core's cache (2-core Xeon, SLAB-PVT-S stage 1, 60,800 tokens x 512 hidden:
-# the MLP with its residual add 97 ms whole, 35 ms in chunks of 2,048 tokens).
-MLP_CHUNK_ELEMENTS = 2 ** 20
+# Hidden activations per chunk of tokens in :meth:`Mlp.add_to_in_chunks`: 8 MiB of float32, which
+# stays in the last-level cache (2-core Xeon, SLAB-PVT-S stage 1, 60,800 tokens x 512 hidden: the
+# MLP with its residual add 97 ms whole, 35 ms in chunks of 2,048 tokens). Twice the 4 MiB that
+# fits a core's L2 is faster for every backbone (fewer, larger products: benchmarks/chunk_sizes.py).
+MLP_CHUNK_ELEMENTS = 2 ** 21
 
 
 class Mlp(BaseModule):
