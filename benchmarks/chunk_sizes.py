@@ -15,13 +15,9 @@ import os.path as osp
 import time
 
 from bootstrap import REPO, command_line
+from fast_paths import FAMILIES   # family -> (twin config, SLAB config); the SLAB model is fused
 from page_faults import build_backbone, input_size, write_record
 
-FAMILIES = {   # family -> (twin config, SLAB config); the SLAB model is fused
-    'pvt_s': ('configs/mask_rcnn_pvt_s_twin.py', 'configs/mask_rcnn_slab_pvt_s.py'),
-    'pvt_t': ('configs/mask_rcnn_pvt_t_twin.py', 'configs/mask_rcnn_slab_pvt_t.py'),
-    'swin_t': ('configs/mask_rcnn_swin_t_twin.py', 'configs/mask_rcnn_slab_swin_t.py'),
-}
 DEFAULT_SETTINGS = ('1048576x2048', '2097152x4096', '2097152x8192', '4194304x4096')
 
 

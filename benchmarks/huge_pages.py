@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 from bootstrap import REPO, command_line
-from page_faults import CONFIGS, build_backbone, input_size, write_record
+from page_faults import CONFIGS, build_backbone, input_size, interleaved_rounds, write_record
 
 MODES = ('4 KiB pages', 'huge pages')
 THP_ENV = 'THP_MEM_ALLOC_ENABLE'   # read once by PyTorch's CPU allocator, so set before the process starts
@@ -38,8 +38,6 @@ def anon_huge_pages_mib():
 
 
 def child(threads, size, warmup, rounds):
-    import time
-
     import numpy as np
     import torch
     from slab_mmdet.benchmark import set_cpu_allocator
@@ -47,14 +45,8 @@ def child(threads, size, warmup, rounds):
     set_cpu_allocator('reuse')
     x = torch.randn(1, 3, *size)
     backbones = {name: build_backbone(*spec) for name, spec in CONFIGS.items()}
-    ms = {name: [] for name in backbones}
     with torch.inference_mode():
-        for r in range(warmup + rounds):
-            for name, backbone in backbones.items():
-                start = time.perf_counter()
-                backbone(x)
-                if r >= warmup:
-                    ms[name].append((time.perf_counter() - start) * 1e3)
+        ms = interleaved_rounds(backbones, x, warmup, rounds)
     return dict(huge_pages_mib=anon_huge_pages_mib(),
                 median_ms={n: float(np.median(v)) for n, v in ms.items()},
                 ratio={n: float(np.median(np.array(v) / np.array(ms[twin_of(n)]))) for n, v in ms.items()})

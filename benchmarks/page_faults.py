@@ -70,6 +70,20 @@ def child(mode, threads, size, warmup, runs):
     return rows
 
 
+def interleaved_rounds(backbones, x, warmup, rounds):
+    """{name: [ms of each timed round]}: every round runs every backbone once on ``x``, in order;
+    the first ``warmup`` rounds are not kept. Call under ``torch.inference_mode()``."""
+    import time
+    ms = {name: [] for name in backbones}
+    for r in range(warmup + rounds):
+        for name, backbone in backbones.items():
+            start = time.perf_counter()
+            backbone(x)
+            if r >= warmup:
+                ms[name].append((time.perf_counter() - start) * 1e3)
+    return ms
+
+
 def input_size(parser, text):
     """(H, W) from ``--size`` text 'HxW', or the parser's error naming it."""
     try:

@@ -15,9 +15,8 @@ so that weights and activations land at other addresses. Writes the epochs' rati
 import copy
 import json
 import sys
-import time
 
-from page_faults import build_backbone
+from page_faults import build_backbone, interleaved_rounds
 
 MODELS = {'PVT-S twin': ('configs/mask_rcnn_pvt_s_twin.py', 'none'),
           'SLAB-PVT-S': ('configs/mask_rcnn_slab_pvt_s.py', 'yes'),
@@ -48,13 +47,7 @@ def main(argv=None):
                     moved = copy.deepcopy(backbones[name])
                     del backbones[name]
                     backbones[name] = moved
-            ms = {name: [] for name in backbones}
-            for r in range(7):
-                for name, backbone in backbones.items():
-                    start = time.perf_counter()
-                    backbone(x)
-                    if r >= 1:
-                        ms[name].append((time.perf_counter() - start) * 1e3)
+            ms = interleaved_rounds(backbones, x, warmup=1, rounds=6)
             twin = np.array(ms['PVT-S twin'])
             epochs.append({n: float(np.median(np.array(v) / twin)) for n, v in ms.items() if n != 'PVT-S twin'})
             print(epoch, epochs[-1], flush=True)
