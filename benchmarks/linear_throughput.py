@@ -13,21 +13,21 @@ import os.path as osp
 
 from bootstrap import REPO, command_line
 
-# (what, rows, in features, out features): the layers of one SLAB-PVT-S block (SLA: q, k and v
-# halves of kv, proj; MLP fc1, fc2), as the fast paths run them: the MLP in chunks of 2^20 hidden
-# activations (2,048 rows at stage 1, 819 at stage 3), the queries in chunks of 2,048, keys and
-# values over all tokens.
-SHAPES = [
-    ('stage 1 q / proj (chunk)', 2048, 64, 64),
-    ('stage 1 k or v (all tokens)', 60800, 64, 64),
-    ('stage 1 fc1 (chunk)', 2048, 64, 512),
-    ('stage 1 fc2 (chunk)', 2048, 512, 64),
-    ('stage 3 q / proj (chunk)', 2048, 320, 320),
-    ('stage 3 k or v (all tokens)', 3800, 320, 320),
-    ('stage 3 fc1 (chunk)', 819, 320, 1280),
-    ('stage 3 fc2 (chunk)', 819, 1280, 320),
-    ('square 2048 (reference peak)', 2048, 2048, 2048),
-]
+def block_shapes():
+    """(what, rows, in features, out features) of one SLAB-PVT-S block's layers (SLA: q, k and v
+    halves of kv, proj; MLP fc1, fc2) as the fast paths run them, from their chunk sizes: queries
+    in chunks of ``ATTENTION_CHUNK_TOKENS``, the MLP in chunks of ``MLP_CHUNK_ELEMENTS`` hidden
+    activations, keys and values over all tokens; and the square reference product last."""
+    from slab_mmdet.models.layers.attention import ATTENTION_CHUNK_TOKENS
+    from slab_mmdet.models.layers.transformer import MLP_CHUNK_ELEMENTS
+    shapes = []
+    for stage, tokens, channels, hidden in ((1, 60800, 64, 512), (3, 3800, 320, 1280)):
+        queries, mlp_rows = min(tokens, ATTENTION_CHUNK_TOKENS), min(tokens, MLP_CHUNK_ELEMENTS // hidden)
+        shapes += [(f'stage {stage} q / proj (chunk)', queries, channels, channels),
+                   (f'stage {stage} k or v (all tokens)', tokens, channels, channels),
+                   (f'stage {stage} fc1 (chunk)', mlp_rows, channels, hidden),
+                   (f'stage {stage} fc2 (chunk)', mlp_rows, hidden, channels)]
+    return shapes + [('square 2048 (reference peak)', 2048, 2048, 2048)]
 
 
 def main(argv=None):
@@ -47,7 +47,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     rows = []
     with torch.inference_mode():
-        for what, n, c_in, c_out in SHAPES:
+        for what, n, c_in, c_out in block_shapes():
             x, w, b = torch.randn(n, c_in), torch.randn(c_out, c_in), torch.randn(c_out)
             for _ in range(3):
                 F.linear(x, w, b)
