@@ -5,15 +5,15 @@ A run is SEGMENTS short runs of benchmarks/latency_record.py one after another, 
 process with 1 warm-up round and IMAGES images of the mini COCO val split (the next slice of
 the sorted folder in each segment, wrapping round), every comparison in every segment, so
 that each comparison's rounds spread over the whole run instead of sitting in one ten-minute
-window (15 segments of 10 give each of the 50 images three times). Each segment writes
+window (10 segments of 10 give each of the 50 images twice). Each segment writes
 <run>/seg_NNN/ (its reports, and segment.json with its clock times and images) and a re-run
 skips the segments already written: a cut run resumes. A model's ratio for the run is the
 median of its per-image ratios to the twin pooled over the run's segments (p10-p90 beside
 it); `report` puts two runs side by side and plots each
 segment's median ratio against the clock.
 
-    python benchmarks/long_record.py run benchmarks/results/long_record/run1 --segments 15
-    python benchmarks/long_record.py run benchmarks/results/long_record/run2 --segments 15
+    python benchmarks/long_record.py run benchmarks/results/long_record/run1 --segments 10
+    python benchmarks/long_record.py run benchmarks/results/long_record/run2 --segments 10
     python benchmarks/long_record.py report benchmarks/results/long_record/run1 \
         benchmarks/results/long_record/run2 --out benchmarks/results/long_record
 """
@@ -164,7 +164,7 @@ def main(argv=None):
     sub = parser.add_subparsers(dest='command', required=True)
     p = sub.add_parser('run', help='run (or resume) one long run')
     p.add_argument('run_dir')
-    p.add_argument('--segments', type=int, default=15)
+    p.add_argument('--segments', type=int, default=10)
     p.add_argument('--images', type=int, default=10, help='images per segment')
     p.add_argument('--threads', type=int, default=2)
     p = sub.add_parser('report', help='two runs side by side, and the plot')
