@@ -129,6 +129,13 @@ def report(args):
         worst = max(worst, diff)
         lines.append(f'| {key[0]} | {key[1]} | {cells[0]} | {cells[1]} | {diff:.3f} | {" / ".join(spreads)} |')
     lines += ['', f'Largest difference between the runs: {worst:.3f}.']
+    for i, segments in enumerate(runs, 1):   # what a run of half the length would have said
+        half = len(segments) // 2
+        first, second = pooled(segments[:half]), pooled(segments[half:])
+        diffs = sorted(((abs(first[k][0] - second[k][0]), k[1]) for k in first), reverse=True)
+        lines.append(f'Run {i}, its first {half} segments against the rest: largest difference '
+                     f'{diffs[0][0]:.3f} ({diffs[0][1]}), SLAB models at most '
+                     f'{max(d for d, m in diffs if "slab" in m):.3f}.')
     table = '\n'.join(lines) + '\n'
     os.makedirs(args.out, exist_ok=True)
     with open(osp.join(args.out, 'long_record.md'), 'w') as f:
