@@ -139,9 +139,7 @@ def test_sla_never_forms_an_attention_matrix(sr_ratio):
 def test_reduced_sla_values_are_resized_along_the_token_sequence():
     """With keys/values spatially reduced, the depth-wise conv runs on V resized from
     the M reduced tokens to the H*W query tokens by 1-D linear interpolation along
-    the flattened sequence (what the reference model does at 224x224), and come to the
-    conv in token order (contiguous), so that the conv's channels-last grid is a view, not
-    a copy of all H*W tokens."""
+    the flattened sequence (what the reference model does at 224x224)."""
     torch.manual_seed(0)
     attn = SpatialReductionLinearAttention(8, 2, pos_grid=(4, 4), sr_ratio=4).eval()
     seen = {}
@@ -156,24 +154,6 @@ def test_reduced_sla_values_are_resized_along_the_token_sequence():
     expected = F.interpolate(v.transpose(1, 2), size=hw[0] * hw[1], mode='linear', align_corners=False)
     expected = expected.transpose(1, 2)                                 # (B, H*W, C)
     torch.testing.assert_close(seen['conv_in'], expected)
-    assert seen['conv_in'].is_contiguous()
-
-
-@pytest.mark.parametrize('strided', [False, True])
-@pytest.mark.parametrize('m, n', [(20, 414), (7, 5), (950, 60800)])
-def test_token_interpolation_is_the_1d_linear_resize_bit_for_bit(m, n, strided, monkeypatch):
-    """interpolate_tokens' eager form (a one-row bilinear resize, written in token order) gives
-    exactly the 1-D linear resize along the sequence that an export traces, for contiguous
-    values and for a strided half of a wider projection; the eager output is contiguous."""
-    from slab_mmdet.models.layers import attention
-    torch.manual_seed(0)
-    v = torch.randn(2, m, 16)[..., 8:] if strided else torch.randn(2, m, 8)
-    eager = attention.interpolate_tokens(v, n)
-    assert eager.shape == (2, n, 8) and eager.is_contiguous()
-    expected = F.interpolate(v.transpose(1, 2), size=n, mode='linear', align_corners=False).transpose(1, 2)
-    torch.testing.assert_close(eager, expected, rtol=0, atol=0)
-    monkeypatch.setattr(attention, 'exporting_graph', lambda: True)
-    torch.testing.assert_close(attention.interpolate_tokens(v, n), expected, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize('num_heads, sr_ratio', [(1, 1), (2, 1), (2, 2)])

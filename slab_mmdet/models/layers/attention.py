@@ -64,21 +64,6 @@ def normalised_linear_attention(q, k, v, eps=SLA_EPS, residual=None, key_mask=No
     return apply_linear_attention(q, *linear_attention_sums(k, v, key_mask), eps=eps, residual=residual)
 
 
-def interpolate_tokens(v, num_tokens):
-    """(B, M, C) tokens -> (B, num_tokens, C) by linear interpolation along the token sequence
-    (align_corners=False), the reference's resize of spatially reduced values.
-
-    Eager, it runs as a bilinear resize of a one-row channels-last map (the same arithmetic:
-    the row's weight is exactly 1), which writes its output in token order, contiguous; the
-    1-D resize writes it channel by channel, and the conv on V then copies it into token
-    order (a 60,800 x 64 copy per SLAB-PVT stage-1 block). Traced, the 1-D resize (one
-    Resize node, no layout to keep)."""
-    if exporting_graph():
-        return F.interpolate(v.transpose(1, 2), size=num_tokens, mode='linear', align_corners=False).transpose(1, 2)
-    row = F.interpolate(v.transpose(1, 2).unsqueeze(2), size=(1, num_tokens), mode='bilinear', align_corners=False)
-    return row.squeeze(2).transpose(1, 2)
-
-
 def at_least_fp32(*tensors):
     """SLA's sums over all tokens run in (at least) float32, also under mixed precision."""
     dtype = torch.promote_types(tensors[0].dtype, torch.float32)
@@ -268,7 +253,10 @@ class SpatialReductionLinearAttention(SpatialReductionAttentionBase):
         else:
             k, v, kv_hw = self.keys_values(x, hw_shape)
             k = F.relu(k + resize_pos_table(self.positional_encoding, self.pos_grid, kv_hw), inplace=True)
-        grid_values = v if self.sr_ratio == 1 else interpolate_tokens(v, hw_shape[0] * hw_shape[1])
+        grid_values = v
+        if self.sr_ratio > 1:
+            grid_values = F.interpolate(v.transpose(1, 2), size=hw_shape[0] * hw_shape[1], mode='linear',
+                                        align_corners=False).transpose(1, 2)
         conv = self.value_conv(grid_values, hw_shape, self.num_heads)                   # (B, N, C), contiguous
         with torch.autocast(device_type=x.device.type, enabled=False):
             sums = linear_attention_sums(*at_least_fp32(*(split_heads(t, self.num_heads) for t in (k, v))))
