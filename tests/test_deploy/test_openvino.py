@@ -37,11 +37,15 @@ def test_missing_extra_says_how_to_install(monkeypatch):
         import_openvino()
 
 
-def test_bad_arguments_and_files_are_refused(tmp_path):
+def test_bad_arguments_are_refused(tmp_path):
     with pytest.raises(ValueError, match=r"precision 'int4'.*\('f32', 'bf16'\)"):
         OpenVinoGraph(str(tmp_path / 'x.onnx'), precision='int4')
     with pytest.raises(ValueError, match='threads must be an int >= 1'):
         OpenVinoGraph(str(tmp_path / 'x.onnx'), threads=0)
+
+
+def test_a_missing_graph_or_one_openvino_cannot_read_is_refused_naming_it(tmp_path):
+    pytest.importorskip('openvino', reason='OpenVINO is an optional extra: make setup-openvino')
     with pytest.raises(FileNotFoundError, match='x.onnx'):
         OpenVinoGraph(str(tmp_path / 'x.onnx'))
     (tmp_path / 'cut.onnx').write_bytes(b'not a graph' * 10)   # a truncated download, say
