@@ -30,7 +30,11 @@ def parse_args(argv=None):
     parser.add_argument('--out-dir', required=True, help='where to write the deploy config and fused checkpoint')
     parser.add_argument('--image', help='image for the equivalence check (default: the first test image)')
     parser.add_argument('--tolerance', type=float, default=1e-4,
-                        help='largest relative difference accepted (default: 1e-4)')
+                        help="largest relative difference of the features accepted (default: 1e-4)")
+    parser.add_argument('--detection-tolerance', type=float, default=None,
+                        help="largest difference of the detections' scores (and boxes, relative to the image's "
+                             "longer side) accepted; the heads amplify the features' float-level differences "
+                             "(default: slab_mmdet.deploy.fuse.DETECTION_TOLERANCE, 1e-3)")
     parser.add_argument('--cfg-options', nargs='+', action=DictAction, help='override config settings')
     return parser.parse_args(argv)
 
@@ -42,12 +46,15 @@ def main(argv=None):
             sys.exit(f'fuse_norms: {what} not found: {path}')
     if osp.exists(args.out_dir) and not osp.isdir(args.out_dir):
         sys.exit(f'fuse_norms: --out-dir {args.out_dir} exists and is not a directory')
-    if args.tolerance <= 0:
-        sys.exit(f'fuse_norms: --tolerance must be > 0, got {args.tolerance}')
-    from slab_mmdet.deploy import fuse_checkpoint
+    for flag in ('tolerance', 'detection_tolerance'):
+        value = getattr(args, flag)
+        if value is not None and not value > 0:
+            sys.exit(f'fuse_norms: --{flag.replace("_", "-")} must be > 0, got {value}')
+    from slab_mmdet.deploy.fuse import DETECTION_TOLERANCE, fuse_checkpoint
     try:
         result = fuse_checkpoint(args.config, args.checkpoint, args.out_dir, image=args.image,
-                                 cfg_options=args.cfg_options, tolerance=args.tolerance)
+                                 cfg_options=args.cfg_options, tolerance=args.tolerance,
+                                 detection_tolerance=args.detection_tolerance or DETECTION_TOLERANCE)
     except (ValueError, FileNotFoundError) as e:   # FusionError, a checkpoint that does not fit, a missing image
         sys.exit(f'fuse_norms: {e}')
     print(f'norm layers removed: {result["report"]["removed_norms"]}')

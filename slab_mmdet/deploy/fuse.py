@@ -169,12 +169,19 @@ def deploy_config(cfg, out_norms_folded):
     return cfg
 
 
-def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, tolerance=1e-4, logger=print):
+# The heads amplify float-level differences of the features: on an AMD host a fused mini
+# SLAB-PVT-T's features differed by 1.6e-6 (relative) and one RoI score by 1.2e-4, 75 times more.
+DETECTION_TOLERANCE = 1e-3
+
+
+def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, tolerance=1e-4,
+                    detection_tolerance=DETECTION_TOLERANCE, logger=print):
     """Fuse a trained detector and write the fused checkpoint and its deploy config.
 
     Loads ``checkpoint`` (strictly) into the detector of ``config``, fuses a copy with
     :func:`fuse_detector`, checks on a real image through the config's test pipeline
-    that features (backbone + neck) and detections agree within ``tolerance`` (relative), writes
+    that the features (backbone + neck) agree within ``tolerance`` (relative) and the detections
+    within ``detection_tolerance`` (scores, and boxes relative to the image's longer side), writes
     ``<out_dir>/<config>_deploy.py`` and ``<out_dir>/<checkpoint>_fused.pth``, and checks
     that the fused weights load strictly into the deploy config.
 
@@ -195,11 +202,12 @@ def fuse_checkpoint(config, checkpoint, out_dir, image=None, cfg_options=None, t
         det_a, det_b = (inference_detector(m, image).pred_instances for m in (model, fused))
     shape = inputs.shape[-2:]
     diff = dict(features=compare_features(feats_a, feats_b),
-                detections=compare_detections(det_a, det_b, tuple(shape)))
+                detections=compare_detections(det_a, det_b, tuple(shape), score_tolerance=detection_tolerance))
     logger(f'[fuse] checked on {image}: largest difference: features {diff["features"]:.2e} '
            f'(relative), detections {diff["detections"]}')
-    if diff['features'] > tolerance or not detections_equivalent(diff['detections'], tolerance):
-        raise ValueError(f'fused model is not equivalent within {tolerance}: {diff}')
+    if diff['features'] > tolerance or not detections_equivalent(diff['detections'], detection_tolerance):
+        raise ValueError(f'fused model is not equivalent within {tolerance} (features) / {detection_tolerance} '
+                         f'(detections): {diff}')
 
     os.makedirs(out_dir, exist_ok=True)
     stem = osp.splitext(osp.basename(config if isinstance(config, str) else 'model.py'))[0]

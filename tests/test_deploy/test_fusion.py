@@ -162,7 +162,7 @@ def test_fuse_norms_tool_refuses_a_model_still_annealing(tmp_path, mini_coco):
     assert not (tmp_path / 'out').exists()
 
 
-def test_fuse_norms_tool_refuses_another_configs_checkpoint_and_an_out_dir_that_is_a_file(tmp_path, mini_coco):
+def test_fuse_norms_tool_refuses_another_configs_checkpoint_a_bad_out_dir_and_tolerance(tmp_path, mini_coco):
     image = osp.join(mini_coco, 'val', '000000000001.jpg')
     ckpt = tmp_path / 'swin.pth'
     torch.save(dict(state_dict=annealed_mask_rcnn('configs/mini/mask_rcnn_slab_swin_t.py').state_dict()), ckpt)
@@ -176,6 +176,9 @@ def test_fuse_norms_tool_refuses_another_configs_checkpoint_and_an_out_dir_that_
     proc = run_python(['tools/fuse_norms.py', 'configs/mini/mask_rcnn_slab_pvt_t.py', str(ckpt), '--out-dir',
                        str(not_a_dir), '--image', image])
     assert proc.returncode != 0 and f'--out-dir {not_a_dir} exists and is not a directory' in proc.stderr
+    proc = run_python(['tools/fuse_norms.py', 'configs/mini/mask_rcnn_slab_pvt_t.py', str(ckpt), '--out-dir',
+                       str(tmp_path / 'out'), '--detection-tolerance', '0'])
+    assert proc.returncode != 0 and 'fuse_norms: --detection-tolerance must be > 0, got 0.0' in proc.stderr
 
 
 def _instances(boxes, scores, labels):
