@@ -150,6 +150,33 @@ def test_fuse_norms_tool_then_mmdet_test_and_inferencer(trained_like_checkpoint,
     assert len(result['predictions'][0].pred_instances) > 0
 
 
+@pytest.mark.parametrize('scale, refused', [(1.0, False), (1.01, True)])
+def test_fuse_checkpoint_refuses_a_fused_model_whose_features_differ(trained_like_checkpoint, mini_coco, tmp_path,
+                                                                     monkeypatch, scale, refused):
+    """The features' check (1e-4, relative) is what catches a wrong fusion, whatever the looser
+    detections' check says: a fused copy whose first patch embedding is 1 % off is refused."""
+    from slab_mmdet.deploy import fuse
+    make_copy = fuse.fused_copy
+
+    def off_copy(model):
+        fused, report = make_copy(model)
+        with torch.no_grad():
+            fused.backbone.stages[0].patch_embed.proj.weight.mul_(scale)
+        return fused, report
+    monkeypatch.setattr(fuse, 'fused_copy', off_copy)
+    options = {f'{s}.dataset.data_root': f'{mini_coco}/' for s in ('train_dataloader', 'val_dataloader',
+                                                                  'test_dataloader')}
+    check = lambda: fuse.fuse_checkpoint('configs/mini/mask_rcnn_slab_pvt_t.py', trained_like_checkpoint,
+                                         str(tmp_path / 'out'), cfg_options=options, logger=lambda *a: None)
+    if refused:
+        with pytest.raises(ValueError, match=r'not equivalent within 0.0001 \(features\)') as e:
+            check()
+        assert float(str(e.value).split("'features': ")[1].split(',')[0]) > 1e-4
+        assert not (tmp_path / 'out').exists()
+    else:
+        assert check()['diff']['features'] < 1e-4
+
+
 def test_fuse_norms_tool_refuses_a_model_still_annealing(tmp_path, mini_coco):
     model = annealed_mask_rcnn('configs/mini/mask_rcnn_slab_pvt_t.py')
     model.backbone.stages[0].blocks[0].norm1.set_g(0.5)
