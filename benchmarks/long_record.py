@@ -1,4 +1,4 @@
-"""The backbone twin record spread over an hour (issue #38): do two runs agree on the
+"""The backbone twin record spread over half an hour or more (issue #38): do two runs agree on the
 memory-bound peers once each run samples the shared host's states over time?
 
 A run is SEGMENTS short runs of benchmarks/latency_record.py one after another, each a fresh
@@ -9,8 +9,8 @@ window (10 segments of 10 give each of the 50 images twice). Each segment writes
 <run>/seg_NNN/ (its reports, and segment.json with its clock times and images) and a re-run
 skips the segments already written: a cut run resumes. A model's ratio for the run is the
 median of its per-image ratios to the twin pooled over the run's segments (p10-p90 beside
-it); `report` puts two runs side by side and plots each
-segment's median ratio against the clock.
+it); `report` puts two runs side by side and plots each segment's median ratio against the
+clock.
 
     python benchmarks/long_record.py run benchmarks/results/long_record/run1 --segments 10
     python benchmarks/long_record.py run benchmarks/results/long_record/run2 --segments 10
@@ -76,7 +76,7 @@ def run(args):
 
 
 def load_run(run_dir):
-    """[(segment mid-time, {comparison: {model: [per-image ratio to the comparison's first model]}})]."""
+    """[(segment mid-time, {comparison: {model: (its per-image ms, the comparison's first model's)}})]."""
     segments = []
     for seg_dir in sorted(glob.glob(osp.join(run_dir, 'seg_*'))):
         marker = osp.join(seg_dir, 'segment.json')
@@ -85,54 +85,61 @@ def load_run(run_dir):
         with open(marker) as f:
             seg = json.load(f)
         start, end = (datetime.datetime.fromisoformat(seg[k]) for k in ('started', 'ended'))
-        ratios = {}
+        times = {}
         for name in COMPARISONS:
             with open(osp.join(seg_dir, f'{name}.json')) as f:
                 models = json.load(f)['models']
             first = models[0]['raw']['total_ms']
-            ratios[name] = {m['name']: [t / r for t, r in zip(m['raw']['total_ms'], first)] for m in models[1:]}
-        segments.append((start + (end - start) / 2, ratios))
+            times[name] = {m['name']: (m['raw']['total_ms'], first) for m in models[1:]}
+        segments.append((start + (end - start) / 2, times))
     if not segments:
         raise SystemExit(f'{run_dir}: no finished segment (seg_*/segment.json)')
     return segments
 
 
 def pooled(segments):
-    """{(comparison, model): (median, p10, p90, n)} over every image of every segment."""
-    import numpy as np
-    values = {}
-    for _, ratios in segments:
-        for name, models in ratios.items():
-            for model, r in models.items():
-                values.setdefault((name, model), []).extend(r)
-    return {k: (float(np.median(v)), float(np.percentile(v, 10)), float(np.percentile(v, 90)), len(v))
-            for k, v in values.items()}
+    """{(comparison, model): paired ratio (median, p10, p90, n)} over every image of every segment."""
+    from slab_mmdet.benchmark.report import paired_ratio
+    pairs = {}
+    for _, times in segments:
+        for name, models in times.items():
+            for model, (ms, reference) in models.items():
+                both = pairs.setdefault((name, model), ([], []))
+                both[0].extend(ms)
+                both[1].extend(reference)
+    return {k: paired_ratio(*both) for k, both in pairs.items()}
+
+
+def segment_medians(segments, name, model):
+    """Each segment's median per-image ratio of `model` in comparison `name`."""
+    from slab_mmdet.benchmark.report import paired_ratio
+    return [paired_ratio(*times[name][model])['median'] for _, times in segments]
 
 
 def report(args):
-    import numpy as np
+    from slab_mmdet.benchmark.report import format_paired
     runs = [load_run(d) for d in args.runs]
     pools = [pooled(s) for s in runs]
-    spans = [f'{s[0][0]:%H:%M}-{s[-1][0]:%H:%M} UTC mid-segment, {len(s)} segments' for s in runs]
-    lines = [f'Run 1: {spans[0]}; run 2: {spans[1]}. Pooled median of per-image ratios to the twin (p10-p90, images).',
+    spans = [f'{s[0][0]:%H:%M}-{s[-1][0]:%H:%M} UTC mid-segment, {len(s)} segments, '
+             f'{max(p["n"] for p in pool.values())} images' for s, pool in zip(runs, pools)]
+    lines = [f'Run 1: {spans[0]}; run 2: {spans[1]}. Pooled median of per-image ratios to the twin (p10-p90).',
              '', '| comparison | model | run 1 | run 2 | difference | spread of segment medians, run 1 / run 2 |',
              '|---|---|---:|---:|---:|---:|']
     worst = 0.0
     for key in pools[0]:
         cells, spreads = [], []
         for pool, segments in zip(pools, runs):
-            med, p10, p90, n = pool[key]
-            cells.append(f'{med:.3f} ({p10:.2f}-{p90:.2f}, {n})')
-            seg_medians = [np.median(r[key[0]][key[1]]) for _, r in segments]
-            spreads.append(f'{min(seg_medians):.3f}-{max(seg_medians):.3f}')
-        diff = abs(pools[0][key][0] - pools[1][key][0])
+            cells.append(format_paired(pool[key]))
+            medians = segment_medians(segments, *key)
+            spreads.append(f'{min(medians):.3f}-{max(medians):.3f}')
+        diff = abs(pools[0][key]['median'] - pools[1][key]['median'])
         worst = max(worst, diff)
         lines.append(f'| {key[0]} | {key[1]} | {cells[0]} | {cells[1]} | {diff:.3f} | {" / ".join(spreads)} |')
     lines += ['', f'Largest difference between the runs: {worst:.3f}.']
     for i, segments in enumerate(runs, 1):   # what a run of half the length would have said
         half = len(segments) // 2
         first, second = pooled(segments[:half]), pooled(segments[half:])
-        diffs = sorted(((abs(first[k][0] - second[k][0]), k[1]) for k in first), reverse=True)
+        diffs = sorted(((abs(first[k]['median'] - second[k]['median']), k[1]) for k in first), reverse=True)
         lines.append(f'Run {i}, its first {half} segments against the rest: largest difference '
                      f'{diffs[0][0]:.3f} ({diffs[0][1]}), SLAB models at most '
                      f'{max(d for d, m in diffs if "slab" in m):.3f}.')
@@ -148,15 +155,12 @@ def plot(runs, path):
     import matplotlib
     matplotlib.use('Agg')
     import matplotlib.pyplot as plt
-    import numpy as np
     fig, axes = plt.subplots(1, len(COMPARISONS), figsize=(6 * len(COMPARISONS), 4.5), sharex=True)
     for ax, name in zip(axes, COMPARISONS):
         for run_index, segments in enumerate(runs):
             for i, model in enumerate(segments[0][1][name]):
-                times = [t for t, _ in segments]
-                medians = [np.median(r[name][model]) for _, r in segments]
-                ax.plot(times, medians, marker='o' if run_index == 0 else 's', color=f'C{i}',
-                        label=model if run_index == 0 else None)
+                ax.plot([t for t, _ in segments], segment_medians(segments, name, model),
+                        marker='o' if run_index == 0 else 's', color=f'C{i}', label=model if run_index == 0 else None)
         ax.set_title(f'{name}: segment medians / twin')
         ax.set_xlabel('time (UTC)')
         ax.grid(alpha=0.3)
